@@ -1,0 +1,100 @@
+"""Checkpoints: train state and data-iterator position saved together by one orbax manager.
+
+Saves are asynchronous and atomic (orbax writes to a temporary directory and renames it when
+complete), so a run killed at any moment leaves only finished checkpoints behind; unfinished
+temporary directories are removed when the next run opens the workdir.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from gen_jax.errors import GenJaxError
+
+
+class Checkpointer:
+    """Saves and restores `(state, data iterator)` pairs under `directory`."""
+
+    def __init__(self, directory: Path, max_to_keep: int = 3):
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True
+        )
+        handlers = {
+            "state": ocp.StandardCheckpointHandler(),
+            "data": grain.checkpoint.CheckpointHandler(),
+        }
+        self.manager = ocp.CheckpointManager(
+            Path(directory).absolute(), options=options, item_handlers=handlers
+        )
+
+    def latest_step(self) -> int | None:
+        """The step of the newest finished checkpoint, or None if there is none."""
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, iterator: grain.DatasetIterator) -> None:
+        """Start an asynchronous save; the iterator position is captured now."""
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(iterator)
+        )
+        self.manager.save(step, args=args)
+
+    def restore(
+        self, abstract_state: Any, iterator: grain.DatasetIterator | None = None, step: int | None = None
+    ) -> tuple[Any, grain.DatasetIterator | None]:
+        """Restore `step` (default: latest) into arrays shaped and sharded like `abstract_state`."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise GenJaxError(f"no checkpoint in {self.manager.directory}")
+        self._check_shapes(step, abstract_state)
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(iterator)
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        return restored["state"], restored.get("data") if iterator is not None else None
+
+    def _check_shapes(self, step: int, abstract_state: Any) -> None:
+        """Refuse, with the differing entries named, a checkpoint that does not fit the config."""
+        saved_leaves = _leaf_shapes(self.manager.item_metadata(step)["state"])
+        expected_leaves = _leaf_shapes(abstract_state)
+        problems = []
+        for name in sorted(set(saved_leaves) | set(expected_leaves)):
+            if name not in saved_leaves:
+                problems.append(f"{name}: not in the checkpoint")
+            elif name not in expected_leaves:
+                problems.append(f"{name}: in the checkpoint but not in this config's state")
+            elif saved_leaves[name] != expected_leaves[name]:
+                problems.append(
+                    f"{name}: checkpoint {saved_leaves[name]}, config {expected_leaves[name]}"
+                )
+        if problems:
+            listed = "\n  ".join(problems[:10]) + ("\n  ..." if len(problems) > 10 else "")
+            raise GenJaxError(
+                f"the checkpoint at step {step} in {self.manager.directory} does not fit this "
+                f"config ({len(problems)} difference(s)):\n  {listed}\n"
+                "Use a new --workdir for a different model, or the config this workdir was made "
+                "with (its config.json)."
+            )
+
+    def wait(self) -> None:
+        """Block until pending asynchronous saves are finished."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """Leaf shapes by a path string that reads the same for saved metadata and live dataclasses."""
+    def key_name(key) -> str:
+        for attribute in ("key", "name", "idx"):
+            if hasattr(key, attribute):
+                return str(getattr(key, attribute))
+        return str(key)
+
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(key_name(k) for k in path): tuple(leaf.shape) for path, leaf in leaves}

@@ -1,0 +1,65 @@
+"""`gen-jax train EXPERIMENT.py --workdir DIR [--config.a.b=v ...]` and `gen-jax evaluate DIR`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from gen_jax.errors import GenJaxError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gen-jax", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train or resume an experiment in a workdir")
+    train.add_argument("experiment", help="a Python file defining get_config()")
+    train.add_argument("--workdir", required=True, help="where config, logs and checkpoints go")
+    evaluate = sub.add_parser("evaluate", help="print a run's eval metrics as JSON")
+    evaluate.add_argument("workdir")
+    evaluate.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+    for command in (train, evaluate):
+        group = command.add_argument_group("multi-process runs (jax.distributed)")
+        group.add_argument("--coordinator_address", help="host:port of process 0, e.g. 127.0.0.1:12345")
+        group.add_argument("--num_processes", type=int)
+        group.add_argument("--process_id", type=int)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `gen-jax` console script."""
+    parser = _parser()
+    args, overrides = parser.parse_known_args(argv)
+    try:
+        if overrides and args.command != "train":
+            raise GenJaxError(f"unrecognised arguments: {' '.join(overrides)}")
+        return _run(args, overrides)
+    except GenJaxError as error:
+        print(f"gen-jax: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, overrides: list[str]) -> int:
+    from gen_jax import config as config_lib  # imports after parsing: `--help` stays instant
+
+    if args.command == "train":  # validate the whole config before touching JAX or data
+        config = config_lib.load_experiment(args.experiment)
+        config_lib.apply_overrides(config, overrides)
+
+    from gen_jax import parallel, train
+
+    if args.coordinator_address:
+        parallel.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+    if args.command == "train":
+        metrics = train.run(config, args.workdir)
+    else:
+        metrics = train.evaluate_workdir(args.workdir, args.step)
+    import jax
+
+    if jax.process_index() == 0:
+        print(json.dumps(metrics, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

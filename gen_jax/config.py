@@ -1,0 +1,150 @@
+"""Experiment configs: load `get_config()` from a Python file, apply `--config.a.b=v` overrides.
+
+Overrides may only name keys that the experiment's config already has, and each value must parse
+as that key's type; both are checked before anything runs.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+from pathlib import Path
+
+import ml_collections
+
+from gen_jax.errors import GenJaxError
+
+OVERRIDE_PREFIX = "--config."
+
+
+def load_experiment(path: str | Path) -> ml_collections.ConfigDict:
+    """Import an experiment file and return its `get_config()`."""
+    path = Path(path)
+    if not path.is_file():
+        raise GenJaxError(f"experiment file {path} does not exist; pass e.g. experiments/mnist_cnn.py")
+    spec = importlib.util.spec_from_file_location(f"gen_jax_experiment_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise GenJaxError(f"{path} defines no get_config(); an experiment file must define one")
+    config = module.get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise GenJaxError(f"{path}: get_config() must return an ml_collections.ConfigDict")
+    return config
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> None:
+    """Apply `--config.a.b=value` strings in place, rejecting unknown keys and mistyped values."""
+    for override in overrides:
+        if not override.startswith(OVERRIDE_PREFIX) or "=" not in override:
+            raise GenJaxError(f"cannot read {override!r}: overrides look like --config.train.num_steps=100")
+        dotted, raw = override[len(OVERRIDE_PREFIX) :].split("=", 1)
+        parent, leaf = _lookup_parent(config, dotted)
+        old = parent[leaf]
+        parent[leaf] = _parse_like(old, raw, dotted)
+
+
+def _lookup_parent(config: ml_collections.ConfigDict, dotted: str):
+    node, keys = config, dotted.split(".")
+    for depth, key in enumerate(keys):
+        if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+            where = ".".join(keys[:depth]) or "the config"
+            allowed = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else "none"
+            raise GenJaxError(f"unknown config key '{dotted}': {where} has no '{key}'; allowed: {allowed}")
+        if depth == len(keys) - 1:
+            if isinstance(node[key], ml_collections.ConfigDict):
+                raise GenJaxError(f"'{dotted}' is a section, not a value; set one of its keys instead")
+            return node, key
+        node = node[key]
+    raise AssertionError("unreachable")
+
+
+def _parse_like(old, raw: str, dotted: str):
+    """Parse `raw` to the type of the current value `old`."""
+    expected = type(old)
+    try:
+        if isinstance(old, bool):
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return raw.lower() in ("true", "1")
+        if isinstance(old, (int, float)):
+            value = ast.literal_eval(raw)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError
+            if isinstance(old, int) and not isinstance(value, int):
+                raise ValueError
+            return expected(value)
+        if isinstance(old, str):
+            return raw
+        if isinstance(old, (tuple, list)):
+            value = ast.literal_eval(raw)
+            if not isinstance(value, (tuple, list)):
+                raise ValueError
+            return expected(value)
+    except (ValueError, SyntaxError):
+        raise GenJaxError(
+            f"config key '{dotted}' expects a {expected.__name__} (current value {old!r}); "
+            f"got {raw!r}"
+        ) from None
+    raise GenJaxError(f"config key '{dotted}' holds a {expected.__name__}, which cannot be overridden")
+
+
+def save(config: ml_collections.ConfigDict, path: Path) -> None:
+    """Write the resolved config as JSON (the record of what a run was)."""
+    path.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def load(path: Path) -> ml_collections.ConfigDict:
+    """Read a config written by `save` (lists come back as tuples, as experiments write them)."""
+    if not path.is_file():
+        raise GenJaxError(f"{path} not found: is {path.parent} a gen-jax workdir?")
+    return ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
+
+
+def _tuples(node):
+    if isinstance(node, dict):
+        return {k: _tuples(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return tuple(_tuples(v) for v in node)
+    return node
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every key the training path reads, with defaults; experiments start from this."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.task = ml_collections.ConfigDict({"name": "classifier"})
+    config.model = ml_collections.ConfigDict({"name": "cnn"})
+    config.data = ml_collections.ConfigDict(
+        {
+            "name": "mnist",
+            "data_dir": "",  # empty: $TFDS_DATA_DIR
+            "train_split": "train",
+            "eval_split": "test",
+            "max_examples": 0,  # 0: all; >0 keeps the first N of each split (quick runs)
+            "batch_size": 128,
+            "eval_batch_size": 1000,
+            "preprocess": ("scale_to_unit",),
+        }
+    )
+    config.optimizer = ml_collections.ConfigDict(
+        {
+            "name": "sgd",
+            "learning_rate": 0.1,
+            "momentum": 0.9,
+            "weight_decay": 0.0,
+            "schedule": "constant",
+            "warmup_steps": 0,
+        }
+    )
+    config.train = ml_collections.ConfigDict(
+        {
+            "num_steps": 1000,
+            "log_every": 100,
+            "eval_every": 0,  # 0: evaluate only at the end
+            "checkpoint_every": 1000,
+            "keep_checkpoints": 3,
+        }
+    )
+    return config

@@ -1,0 +1,140 @@
+"""Input pipelines: `tfds.data_source` (array_record) decoded once into memory, fed by `grain`.
+
+A training pipeline shuffles example indices with a seed (a new permutation each epoch), batches
+them at the *global* batch size and gives each process its own contiguous slice of every global
+batch. A run therefore sees the same global batches whatever the number of processes or devices,
+and its position is a grain iterator state that checkpoints save and restore.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Iterator
+
+import grain
+import ml_collections
+import numpy as np
+
+from gen_jax.errors import GenJaxError
+
+Batch = dict[str, np.ndarray]
+DECODE_CHUNK = 4096
+
+
+# ----------------------------------------------------------------------------- preprocessing
+def scale_to_unit(batch: Batch) -> Batch:
+    """uint8 pixels to float32 in [0, 1]."""
+    return {**batch, "image": batch["image"].astype(np.float32) / 255.0}
+
+
+def scale_to_symmetric(batch: Batch) -> Batch:
+    """uint8 pixels to float32 in [-1, 1] (a tanh generator's range)."""
+    return {**batch, "image": batch["image"].astype(np.float32) / 127.5 - 1.0}
+
+
+PREPROCESSORS: dict[str, Callable[[Batch], Batch]] = {
+    "scale_to_unit": scale_to_unit,
+    "scale_to_symmetric": scale_to_symmetric,
+}
+
+
+def preprocessor(names: tuple[str, ...]) -> Callable[[Batch], Batch]:
+    """Compose the named preprocessing functions, in order."""
+    unknown = [n for n in names if n not in PREPROCESSORS]
+    if unknown:
+        raise GenJaxError(
+            f"unknown data.preprocess step(s) {unknown}; available: {sorted(PREPROCESSORS)}"
+        )
+    return lambda batch: functools.reduce(lambda b, name: PREPROCESSORS[name](b), names, batch)
+
+
+# ----------------------------------------------------------------------------- loading
+def data_dir(config: ml_collections.ConfigDict) -> str | None:
+    """The TFDS directory: `config.data_dir` if set, else $TFDS_DATA_DIR, else tfds' default."""
+    return config.data_dir or os.environ.get("TFDS_DATA_DIR") or None
+
+
+def load_split(config: ml_collections.ConfigDict, split: str) -> Batch:
+    """All examples of `split` as in-memory arrays (decoded once per process, then cached)."""
+    return _decode_split(config.name, split, data_dir(config), config.max_examples)
+
+
+@functools.lru_cache(maxsize=4)
+def _decode_split(name: str, split: str, directory: str | None, max_examples: int) -> Batch:
+    import tensorflow_datasets as tfds  # heavy import, only when data is needed
+
+    try:
+        source = tfds.data_source(name, split=split, data_dir=directory, download=False)
+    except Exception as error:  # tfds raises several types for "not prepared here"
+        searched = directory or "tfds' default directory (~/tensorflow_datasets)"
+        raise GenJaxError(
+            f"dataset '{name}' (split '{split}') is not available in {searched}: "
+            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}\n"
+            f"Point config.data.data_dir or $TFDS_DATA_DIR at a directory holding {name}/ in "
+            "array_record format (MNIST: ../shared/data/tensorflow_datasets), or build it with "
+            f"`pip install -e .[prepare]` and `tfds build {name} --file_format=array_record`."
+        ) from None
+    count = len(source) if not max_examples else min(max_examples, len(source))
+    examples = []
+    for start in range(0, count, DECODE_CHUNK):
+        examples += source.__getitems__(list(range(start, min(start + DECODE_CHUNK, count))))
+    return {
+        "image": np.stack([e["image"] for e in examples]),
+        "label": np.asarray([e["label"] for e in examples], dtype=np.int32),
+    }
+
+
+# ----------------------------------------------------------------------------- pipelines
+def _process_slice(batch_size: int, process_index: int, process_count: int) -> slice:
+    local = batch_size // process_count
+    return slice(process_index * local, (process_index + 1) * local)
+
+
+def train_iterator(
+    arrays: Batch,
+    *,
+    batch_size: int,
+    seed: int,
+    preprocess: tuple[str, ...],
+    process_index: int = 0,
+    process_count: int = 1,
+) -> grain.DatasetIterator:
+    """An endless, checkpointable iterator over this process's share of shuffled global batches."""
+    transform = preprocessor(preprocess)
+    rows = _process_slice(batch_size, process_index, process_count)
+    num_examples = len(arrays["label"])
+    if batch_size > num_examples:
+        raise GenJaxError(f"data.batch_size {batch_size} exceeds the {num_examples} training examples")
+    dataset = (
+        grain.MapDataset.range(num_examples)
+        .shuffle(seed=seed)
+        .repeat(None)
+        .batch(batch_size, drop_remainder=True)
+        .map(lambda indices: transform({k: v[indices[rows]] for k, v in arrays.items()}))
+    )
+    options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
+    return iter(dataset.to_iter_dataset(read_options=options))
+
+
+def eval_batches(
+    arrays: Batch,
+    *,
+    batch_size: int,
+    preprocess: tuple[str, ...],
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[Batch]:
+    """This process's share of every global batch of a split, in order, padded to full batches.
+
+    Padded rows repeat example 0 and carry `mask` 0, so sums over `mask` count each example once.
+    """
+    transform = preprocessor(preprocess)
+    rows = _process_slice(batch_size, process_index, process_count)
+    num_examples = len(arrays["label"])
+    for start in range(0, num_examples, batch_size):
+        indices = np.arange(start, start + batch_size)[rows]
+        mask = indices < num_examples
+        indices = np.where(mask, indices, 0)
+        batch = transform({k: v[indices] for k, v in arrays.items()})
+        yield {**batch, "mask": mask.astype(np.float32)}

@@ -1,0 +1,57 @@
+"""Where metrics go: `metrics.jsonl`, TensorBoard event files, and a terminal progress bar."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import tqdm
+from tensorboardX import SummaryWriter
+
+
+class MetricWriter:
+    """Appends one JSON object per (step, split, name, value, time) and mirrors it to TensorBoard.
+
+    Only process 0 writes; on other processes every method does nothing.
+    """
+
+    def __init__(self, workdir: Path, enabled: bool = True):
+        self.enabled = enabled
+        if enabled:
+            self.jsonl = open(Path(workdir) / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close)
+            self.tensorboard = SummaryWriter(str(Path(workdir) / "tensorboard"))
+
+    def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        now = time.time()
+        for name, value in sorted(metrics.items()):
+            record = {"step": step, "split": split, "name": name, "value": value, "time": now}
+            self.jsonl.write(json.dumps(record) + "\n")
+            self.tensorboard.add_scalar(f"{split}/{name}", value, step, walltime=now)
+        self.jsonl.flush()
+        self.tensorboard.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.jsonl.close()
+            self.tensorboard.close()
+
+
+def progress_bar(total: int, initial: int, enabled: bool) -> tqdm.tqdm:
+    """Steps with rate and ETA on a terminal; silent otherwise."""
+    return tqdm.tqdm(
+        total=total,
+        initial=initial,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not (enabled and sys.stderr.isatty()),
+    )
+
+
+def read_metrics(workdir: Path) -> list[dict]:
+    """All records of a run's `metrics.jsonl`."""
+    with open(Path(workdir) / "metrics.jsonl") as f:
+        return [json.loads(line) for line in f]

@@ -1,0 +1,27 @@
+"""Linen modules by name: `build(config.model)` turns a model config section into a module."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import ml_collections
+
+from gen_jax.errors import GenJaxError
+from gen_jax.models.cnn import CNN, BatchNormCNN
+
+REGISTRY: dict[str, type[nn.Module]] = {"cnn": CNN, "bn_cnn": BatchNormCNN}
+
+
+def build(model_config: ml_collections.ConfigDict) -> nn.Module:
+    """Instantiate the module named by `model_config.name` with the section's other keys."""
+    kwargs = model_config.to_dict()
+    name = kwargs.pop("name")
+    if name not in REGISTRY:
+        raise GenJaxError(f"unknown model '{name}'; config.model.name must be one of {sorted(REGISTRY)}")
+    module_cls = REGISTRY[name]
+    fields = set(module_cls.__dataclass_fields__) - {"parent", "name"}
+    unknown = sorted(set(kwargs) - fields)
+    if unknown:
+        raise GenJaxError(
+            f"model '{name}' takes no option(s) {unknown}; allowed in config.model: {sorted(fields)}"
+        )
+    return module_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})

@@ -1,0 +1,50 @@
+"""Convolutional MNIST classifiers (Linen modules: images in, logits out)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+
+
+class CNN(nn.Module):
+    """The Flax Linen MNIST example's network: conv32-pool-conv64-pool-dense256-dense10."""
+
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        del train  # no dropout or batch norm: train and eval are the same function
+        x = nn.relu(nn.Conv(32, (3, 3))(x))
+        x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+        x = nn.relu(nn.Conv(64, (3, 3))(x))
+        x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+        x = x.reshape((x.shape[0], -1))
+        x = nn.relu(nn.Dense(256)(x))
+        return nn.Dense(self.num_classes)(x)
+
+
+class BatchNormCNN(nn.Module):
+    """A stronger classifier: conv blocks with batch norm, max pooling and dropout before the head.
+
+    Batch statistics are means over the global batch: under `jit` with a sharded batch the
+    compiler inserts the cross-device reduction.
+    """
+
+    num_classes: int = 10
+    features: tuple[int, ...] = (32, 64, 64)
+    pool_after: tuple[int, ...] = (0, 2)
+    hidden: int = 256
+    dropout_rate: float = 0.4
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        for index, features in enumerate(self.features):
+            x = nn.Conv(features, (3, 3), use_bias=False)(x)
+            x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+            if index in self.pool_after:
+                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = x.reshape((x.shape[0], -1))
+        x = nn.Dense(self.hidden, use_bias=False)(x)
+        x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        return nn.Dense(self.num_classes)(x)

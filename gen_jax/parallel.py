@@ -1,0 +1,68 @@
+"""One device mesh for every run: a `data` axis over all devices of all processes.
+
+Batches are sharded along `data`; train state is replicated. The same code runs on one CPU, on
+fake host devices (`XLA_FLAGS=--xla_force_host_platform_device_count=8`), on a GPU, a TPU slice,
+or several hosts joined by `jax.distributed`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from gen_jax.errors import GenJaxError
+
+DATA_AXIS = "data"
+
+
+def initialize_distributed(coordinator_address: str, num_processes: int, process_id: int) -> None:
+    """Join a multi-process run (CPU processes talk over gloo collectives)."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+    )
+
+
+def make_mesh() -> Mesh:
+    """A 1-D mesh over every device of every process, axis `data`, with compiler-chosen layouts."""
+    return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Every device holds the whole array (train state, metrics)."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def data_sharded(mesh: Mesh) -> NamedSharding:
+    """The leading (batch) axis is split across the `data` axis."""
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, key: str) -> None:
+    """A global batch must split evenly over devices (and so over processes)."""
+    devices = mesh.devices.size
+    if batch_size <= 0 or batch_size % devices:
+        raise GenJaxError(
+            f"{key}={batch_size} is not divisible by the {devices} devices of this run "
+            f"({jax.process_count()} process(es)); choose a multiple of {devices}, "
+            f"e.g. {max(devices, batch_size // devices * devices)}"
+        )
+
+
+def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Assemble the global, `data`-sharded batch from each process's local rows."""
+    sharding = data_sharded(mesh)
+    return {
+        k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()
+    }
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Abstract arrays (shape, dtype) carrying the replicated sharding, for restoring."""
+    sharding = replicated(mesh)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)

@@ -1,0 +1,39 @@
+"""What every task gives the training loop: pure init / train_step / eval_step functions.
+
+The loop never knows which task it runs. A task's state is one pytree with a `step` field;
+randomness inside a step comes from `step_key(state)`, i.e. from (seed, step), so a resumed run
+draws exactly the numbers an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import jax
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+class Task(Protocol):
+    """A model family's objective. All methods are pure and jit-able."""
+
+    def init(self, rng: jax.Array, batch: Batch) -> Any:
+        """A fresh train state for inputs shaped like `batch`."""
+
+    def train_step(self, state: Any, batch: Batch) -> tuple[Any, Metrics]:
+        """One optimisation step: the new state and scalar metrics (with a `loss`)."""
+
+    def eval_step(self, state: Any, batch: Batch) -> Metrics:
+        """Per-batch *sums* over examples with `mask` 1, and `count`, the number of such examples."""
+
+
+def step_key(rng: jax.Array, step: jax.Array) -> jax.Array:
+    """The key for one step, a pure function of the run's key and the step number."""
+    return jax.random.fold_in(rng, step)
+
+
+def average(sums: dict[str, float]) -> dict[str, float]:
+    """Turn summed eval metrics into means over `count` examples."""
+    count = sums["count"]
+    return {k: v / count for k, v in sums.items() if k != "count"}

@@ -1,0 +1,112 @@
+"""Image classification: softmax cross-entropy, optional label smoothing and random shifts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from gen_jax import models, optim
+from gen_jax.tasks.base import Batch, Metrics, step_key
+
+
+@flax.struct.dataclass
+class ClassifierState:
+    """Everything a classifier run carries from step to step."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def random_shift(rng: jax.Array, images: jax.Array, max_shift: int) -> jax.Array:
+    """Translate each image by up to `max_shift` pixels in each direction, zero-filled."""
+    if max_shift == 0:
+        return images
+    height, width = images.shape[1:3]
+    padding = ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0))
+    padded = jnp.pad(images, padding)
+    offsets = jax.random.randint(rng, (images.shape[0], 2), 0, 2 * max_shift + 1)
+
+    def crop(image, offset):
+        return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (height, width, image.shape[-1]))
+
+    return jax.vmap(crop)(padded, offsets)
+
+
+class ClassifierTask:
+    """Trains `config.model` to predict `batch['label']` from `batch['image']`."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.model = models.build(config.model)
+        self.optimizer = optim.build(config.optimizer, config.train.num_steps)
+        self.num_classes = config.model.get("num_classes", 10)
+        self.label_smoothing = config.task.label_smoothing
+        self.max_shift = config.task.max_shift
+
+    def init(self, rng: jax.Array, batch: Batch) -> ClassifierState:
+        params_rng, dropout_rng, run_rng = jax.random.split(rng, 3)
+        rngs = {"params": params_rng, "dropout": dropout_rng}
+        variables = self.model.init(rngs, batch["image"], train=False)
+        params = variables["params"]
+        return ClassifierState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=self.optimizer.init(params),
+            rng=run_rng,
+        )
+
+    def _cross_entropy(self, logits: jax.Array, labels: jax.Array, smoothing: float) -> jax.Array:
+        targets = optax.smooth_labels(jax.nn.one_hot(labels, self.num_classes), smoothing)
+        return optax.softmax_cross_entropy(logits, targets)
+
+    def train_step(self, state: ClassifierState, batch: Batch) -> tuple[ClassifierState, Metrics]:
+        shift_rng, dropout_rng = jax.random.split(step_key(state.rng, state.step))
+        images = random_shift(shift_rng, batch["image"], self.max_shift)
+
+        def loss_fn(params):
+            logits, updates = self.model.apply(
+                {"params": params, "batch_stats": state.batch_stats},
+                images,
+                train=True,
+                rngs={"dropout": dropout_rng},
+                mutable=["batch_stats"],
+            )
+            loss = self._cross_entropy(logits, batch["label"], self.label_smoothing).mean()
+            return loss, (logits, updates.get("batch_stats", {}))
+
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=optax.apply_updates(state.params, updates),
+            batch_stats=batch_stats,
+            opt_state=opt_state,
+        )
+        metrics = {
+            "loss": loss,
+            "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+            "grad_norm": optax.global_norm(grads),
+        }
+        return new_state, metrics
+
+    def logits(self, state: ClassifierState, images: jax.Array) -> jax.Array:
+        """Class logits in inference mode (running batch statistics, no dropout)."""
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        return self.model.apply(variables, images, train=False)
+
+    def eval_step(self, state: ClassifierState, batch: Batch) -> Metrics:
+        logits = self.logits(state, batch["image"])
+        mask = batch["mask"]
+        return {
+            "loss": jnp.sum(self._cross_entropy(logits, batch["label"], 0.0) * mask),
+            "accuracy": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
+            "count": jnp.sum(mask),
+        }
