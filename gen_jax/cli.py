@@ -15,6 +15,10 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train or resume an experiment in a workdir")
     train.add_argument("experiment", help="a Python file defining get_config()")
     train.add_argument("--workdir", required=True, help="where config, logs and checkpoints go")
+    train.add_argument(
+        "--stop_at", type=int, default=None,
+        help="checkpoint and exit after this step; run again to continue (time-sliced jobs)",
+    )
     evaluate = sub.add_parser("evaluate", help="print a run's eval metrics as JSON")
     evaluate.add_argument("workdir")
     evaluate.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
@@ -51,7 +55,7 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.coordinator_address:
         parallel.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
     if args.command == "train":
-        metrics = train.run(config, args.workdir)
+        metrics = train.run(config, args.workdir, args.stop_at)
     else:
         metrics = train.evaluate_workdir(args.workdir, args.step)
     import jax

@@ -88,8 +88,14 @@ def initial_state(
 
 
 # ----------------------------------------------------------------------------- loop
-def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
-    """Train (or resume) the experiment `config` in `workdir`; return the final eval metrics."""
+def run(
+    config: ml_collections.ConfigDict, workdir: str | Path, stop_at: int | None = None
+) -> dict[str, float]:
+    """Train (or resume) the experiment `config` in `workdir`; return the last eval metrics.
+
+    `stop_at` ends this invocation after that step with a checkpoint (for time-sliced jobs);
+    running again continues exactly as if it had never stopped.
+    """
     workdir = Path(workdir)
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.data.batch_size, mesh, "data.batch_size")
@@ -118,7 +124,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, flo
     writer = MetricWriter(workdir, enabled=is_main)
     try:
         return _train_loop(
-            config, mesh, state, iterator, train_step, checkpointer, writer, eval_step, eval_arrays
+            config, mesh, state, iterator, train_step, checkpointer, writer, eval_step, eval_arrays,
+            stop_at,
         )
     finally:
         checkpointer.wait()
@@ -126,15 +133,18 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, flo
         writer.close()
 
 
-def _train_loop(config, mesh, state, iterator, train_step, checkpointer, writer, eval_step, eval_arrays):
+def _train_loop(
+    config, mesh, state, iterator, train_step, checkpointer, writer, eval_step, eval_arrays, stop_at
+):
     train = config.train
     start = int(state.step)
+    end = min(train.num_steps, stop_at or train.num_steps)
     pending: list[dict] = []  # device metrics of steps not yet fetched
     window: list[dict] = []  # host metrics of steps since the last log
     window_start = time.perf_counter()
     bar = progress_bar(train.num_steps, start, enabled=jax.process_index() == 0)
     final = {}
-    for step in range(start + 1, train.num_steps + 1):
+    for step in range(start + 1, end + 1):
         state, metrics = train_step(state, parallel.global_batch(next(iterator), mesh))
         pending.append(metrics)
         bar.update(1)
@@ -142,9 +152,9 @@ def _train_loop(config, mesh, state, iterator, train_step, checkpointer, writer,
             jax.block_until_ready(metrics)
             writer.write(step, "train", {"first_step_seconds": time.perf_counter() - window_start})
         is_last = step == train.num_steps
-        log_now = step % train.log_every == 0 or is_last
+        log_now = step % train.log_every == 0 or step == end
         eval_now = (train.eval_every and step % train.eval_every == 0) or is_last
-        save_now = step % train.checkpoint_every == 0 or is_last
+        save_now = step % train.checkpoint_every == 0 or step == end
         if not (log_now or eval_now or save_now):
             continue
         window += _fetch_checked(pending, first_step=step - len(pending) + 1)
@@ -163,7 +173,7 @@ def _train_loop(config, mesh, state, iterator, train_step, checkpointer, writer,
         if save_now:
             checkpointer.save(step, state, iterator)
     bar.close()
-    if start >= train.num_steps:  # nothing left to train: report the checkpoint as it is
+    if start >= end:  # nothing left to train: report the checkpoint as it is
         final = evaluate(eval_step, state, eval_arrays, config, mesh)
         writer.write(start, config.data.eval_split, final)
     return final
@@ -178,19 +188,26 @@ def _fetch_checked(pending: list[dict], first_step: int) -> list[dict]:
     return host
 
 
-def evaluate_workdir(workdir: str | Path, step: int | None = None) -> dict[str, float]:
-    """Evaluate a run's latest (or given) checkpoint on its eval split, with the run's config."""
+def load_state(workdir: str | Path, step: int | None = None):
+    """A run's config, task, mesh and restored state (latest or given step), on this process's devices."""
     workdir = Path(workdir)
     config = config_lib.load(workdir / "config.json")
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
     task = tasks.build(config)
-    eval_arrays = data.load_split(config.data, config.data.eval_split)
+    arrays = data.load_split(config.data, config.data.eval_split)
     checkpointer = Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
     try:
-        batch = example_batch(eval_arrays, config, mesh)
+        batch = example_batch(arrays, config, mesh)
         state, _ = initial_state(task, config, mesh, batch, checkpointer, step=step, require=True)
     finally:
         checkpointer.close()
-    metrics = evaluate(compile_eval_step(task, mesh), state, eval_arrays, config, mesh)
+    return config, task, mesh, state
+
+
+def evaluate_workdir(workdir: str | Path, step: int | None = None) -> dict[str, float]:
+    """Evaluate a run's latest (or given) checkpoint on its eval split, with the run's config."""
+    config, task, mesh, state = load_state(workdir, step)
+    arrays = data.load_split(config.data, config.data.eval_split)
+    metrics = evaluate(compile_eval_step(task, mesh), state, arrays, config, mesh)
     return {"step": int(state.step), **metrics}

@@ -1,0 +1,97 @@
+"""Shared test fixtures: tiny experiment files, mocked MNIST, and the real-data location."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from tests.mocked_cli import mock_mnist as _mock_mnist
+
+REPO = Path(__file__).resolve().parents[1]
+MOCKED_CLI = Path(__file__).with_name("mocked_cli.py")
+
+
+def write_experiment(path: Path, **overrides) -> Path:
+    """A small experiment file: bn_cnn (batch norm + dropout) on mocked data, tiny and fast."""
+    settings = {
+        "model.name": "'bn_cnn'",
+        "model.features": "(8, 16)",
+        "model.pool_after": "(0, 1)",
+        "model.hidden": "32",
+        "model.dropout_rate": "0.25",
+        "task.label_smoothing": "0.1",
+        "task.max_shift": "2",
+        "data.batch_size": "16",
+        "data.eval_batch_size": "64",
+        "optimizer.name": "'adam'",
+        "optimizer.learning_rate": "1e-3",
+        "optimizer.schedule": "'cosine'",
+        "optimizer.warmup_steps": "2",
+        "train.num_steps": "10",
+        "train.log_every": "1",
+        "train.checkpoint_every": "5",
+        "train.keep_checkpoints": "100",
+    }
+    settings.update({k: repr(v) for k, v in overrides.items()})
+    lines = "\n".join(f"    config.{k} = {v}" for k, v in settings.items())
+    path.write_text(
+        textwrap.dedent(
+            """\
+            from gen_jax.config import base_config
+
+
+            def get_config():
+                config = base_config()
+            """
+        )
+        + lines
+        + "\n    return config\n"
+    )
+    return path
+
+
+@pytest.fixture
+def experiment(tmp_path):
+    """Factory: `experiment(**overrides)` writes a tiny experiment file and returns its path."""
+    return lambda name="tiny.py", **overrides: write_experiment(tmp_path / name, **overrides)
+
+
+@pytest.fixture
+def mock_mnist():
+    """MNIST-shaped random data for every `tfds.data_source` call inside the test."""
+    with _mock_mnist():
+        yield
+
+
+def run_mocked_cli(args: list[str], devices: int = 1, env: dict | None = None, **kwargs):
+    """Run `gen-jax ARGS` in a fresh process on mocked MNIST with `devices` fake CPU devices."""
+    full_env = {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "JAX_PLATFORMS": "cpu",
+        **(env or {}),
+    }
+    command = [sys.executable, str(MOCKED_CLI), *args]
+    return subprocess.Popen(command, env=full_env, cwd=REPO, **kwargs)
+
+
+def check_call_mocked_cli(args: list[str], devices: int = 1, timeout: float = 300) -> str:
+    """Run `gen-jax ARGS` mocked to completion; fail the test with its output if it fails."""
+    process = run_mocked_cli(args, devices, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output
+    return output
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> str:
+    """The prepared TFDS directory with real MNIST ($TFDS_DATA_DIR or ../shared/data); else skip."""
+    candidates = [os.environ.get("TFDS_DATA_DIR"), str(REPO.parent / "shared/data/tensorflow_datasets")]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "mnist").is_dir():
+            return str(Path(candidate).resolve())
+    pytest.skip("real MNIST not found: set TFDS_DATA_DIR (see ../shared/data/README.md)")

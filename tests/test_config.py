@@ -1,0 +1,83 @@
+"""Experiment configs and their command-line overrides."""
+
+import json
+
+import pytest
+
+from gen_jax import config as config_lib
+from gen_jax.errors import GenJaxError
+from tests.conftest import REPO
+
+
+@pytest.fixture
+def config():
+    return config_lib.load_experiment(REPO / "experiments/mnist_cnn.py")
+
+
+def test_every_experiment_file_loads_and_builds_its_task():
+    from gen_jax import tasks
+
+    for path in sorted((REPO / "experiments").glob("*.py")):
+        tasks.build(config_lib.load_experiment(path))
+
+
+def test_overrides_set_values_of_the_existing_type(config):
+    config_lib.apply_overrides(
+        config,
+        ["--config.train.num_steps=7", "--config.optimizer.learning_rate=1", "--config.model.name=bn_cnn"],
+    )
+    assert config.train.num_steps == 7
+    assert config.optimizer.learning_rate == 1.0 and isinstance(config.optimizer.learning_rate, float)
+    assert config.model.name == "bn_cnn"
+
+
+def test_tuple_and_bool_overrides_parse(config):
+    config.flag = False
+    config_lib.apply_overrides(config, ["--config.data.preprocess=('scale_to_symmetric',)", "--config.flag=true"])
+    assert config.data.preprocess == ("scale_to_symmetric",)
+    assert config.flag is True
+
+
+def test_unknown_key_names_the_key_and_what_is_allowed(config):
+    with pytest.raises(GenJaxError, match=r"unknown config key 'train.num_step'.*allowed: .*num_steps"):
+        config_lib.apply_overrides(config, ["--config.train.num_step=5"])
+
+
+def test_unknown_section_is_rejected(config):
+    with pytest.raises(GenJaxError, match=r"the config has no 'trian'"):
+        config_lib.apply_overrides(config, ["--config.trian.num_steps=5"])
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("--config.train.num_steps=1.5", "expects a int"),
+        ("--config.train.num_steps=many", "expects a int"),
+        ("--config.optimizer.learning_rate=fast", "expects a float"),
+        ("--config.data.preprocess=scale", "expects a tuple"),
+    ],
+)
+def test_wrongly_typed_value_is_rejected_with_the_expected_type(config, override, expected):
+    with pytest.raises(GenJaxError, match=expected):
+        config_lib.apply_overrides(config, [override])
+
+
+def test_a_section_cannot_be_replaced_by_a_value(config):
+    with pytest.raises(GenJaxError, match="is a section"):
+        config_lib.apply_overrides(config, ["--config.train=3"])
+
+
+def test_saved_config_round_trips(config, tmp_path):
+    config_lib.save(config, tmp_path / "config.json")
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["num_steps"] == config.train.num_steps
+    assert config_lib.load(tmp_path / "config.json") == config
+
+
+def test_cli_rejects_bad_override_before_running(tmp_path, capsys):
+    from gen_jax import cli
+
+    code = cli.main(["train", str(REPO / "experiments/mnist_cnn.py"), "--workdir", str(tmp_path / "w"),
+                     "--config.train.steps=3"])
+    assert code == 2
+    assert "unknown config key 'train.steps'" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()

@@ -1,0 +1,95 @@
+"""The training path end to end, in this process, on mocked MNIST."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from gen_jax import config as config_lib
+from gen_jax import tasks, train
+from gen_jax.checkpoint import Checkpointer
+from gen_jax.errors import GenJaxError, NonFiniteLossError
+from gen_jax.metric_writer import read_metrics
+from tests.conftest import check_call_mocked_cli
+
+
+def load(path, *overrides):
+    config = config_lib.load_experiment(path)
+    config_lib.apply_overrides(config, list(overrides))
+    return config
+
+
+def test_train_step_lowers_the_loss_on_a_fixed_batch(experiment):
+    config = load(experiment(), "--config.train.num_steps=30", "--config.optimizer.learning_rate=0.01")
+    task = tasks.build(config)
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.random((16, 28, 28, 1), dtype=np.float32),
+        "label": rng.integers(0, 10, 16).astype(np.int32),
+    }
+    state = task.init(jax.random.PRNGKey(0), batch)
+    step = jax.jit(task.train_step)
+    losses = []
+    for _ in range(30):
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+    assert int(state.step) == 30
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_a_run_writes_config_metrics_tensorboard_and_checkpoints(experiment, tmp_path, mock_mnist):
+    workdir = tmp_path / "run"
+    final = train.run(load(experiment(), "--config.train.eval_every=5"), workdir)
+    assert set(final) == {"loss", "accuracy"}
+    assert json.loads((workdir / "config.json").read_text())["model"]["hidden"] == 32
+    records = read_metrics(workdir)
+    assert {"step", "split", "name", "value", "time"} == set(records[0])
+    train_losses = [r for r in records if r["split"] == "train" and r["name"] == "loss"]
+    assert [r["step"] for r in train_losses] == list(range(1, 11))
+    assert [r["step"] for r in records if r["split"] == "test" and r["name"] == "accuracy"] == [5, 10]
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    assert Checkpointer(workdir / "checkpoints").manager.all_steps() == [5, 10]
+    assert train.evaluate_workdir(workdir) == {"step": 10, **final}
+
+
+def test_a_finished_run_reruns_without_training_again(experiment, tmp_path, mock_mnist):
+    path = experiment()
+    first = train.run(load(path), tmp_path / "run")
+    assert train.run(load(path), tmp_path / "run") == first
+
+
+def test_checkpoint_that_does_not_fit_the_config_is_refused(experiment, tmp_path, mock_mnist):
+    workdir = tmp_path / "run"
+    train.run(load(experiment(), "--config.train.num_steps=2"), workdir)
+    saved_config = (workdir / "config.json").read_text()
+    with pytest.raises(GenJaxError, match=r"(?s)does not fit this config.*Dense_0/kernel: checkpoint \(784, 32\), config \(784, 64\)") as error:
+        train.run(load(experiment(), "--config.train.num_steps=4", "--config.model.hidden=64"), workdir)
+    assert "new --workdir" in str(error.value)
+    assert (workdir / "config.json").read_text() == saved_config
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(experiment, tmp_path, mock_mnist):
+    workdir = tmp_path / "run"
+    train.run(load(experiment(), "--config.train.num_steps=5"), workdir)
+    _, _, _, good = train.load_state(workdir)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step (\d+)") as error:
+        train.run(load(experiment(), "--config.optimizer.learning_rate=1e30"), workdir)
+    assert 5 < error.value.step <= 10
+    assert Checkpointer(workdir / "checkpoints").latest_step() == 5
+    _, _, _, kept = train.load_state(workdir)
+    assert jax.tree.all(jax.tree.map(np.array_equal, good.params, kept.params))
+
+
+def test_evaluate_without_a_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(GenJaxError, match="is .* a gen-jax workdir"):
+        train.evaluate_workdir(tmp_path)
+
+
+@pytest.mark.slow
+def test_batch_not_divisible_by_the_devices_is_an_error_that_says_so(experiment, tmp_path):
+    path = experiment(**{"data.batch_size": 12})
+    with pytest.raises(AssertionError) as failure:
+        check_call_mocked_cli(["train", str(path), "--workdir", str(tmp_path / "run")], devices=8)
+    assert "data.batch_size=12 is not divisible by the 8 devices" in str(failure.value)
+    assert "Traceback" not in str(failure.value)
