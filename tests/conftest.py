@@ -79,9 +79,13 @@ def run_mocked_cli(args: list[str], devices: int = 1, env: dict | None = None, *
     return subprocess.Popen(command, env=full_env, cwd=REPO, **kwargs)
 
 
-def check_call_mocked_cli(args: list[str], devices: int = 1, timeout: float = 300) -> str:
+def check_call_mocked_cli(
+    args: list[str], devices: int = 1, env: dict | None = None, timeout: float = 300
+) -> str:
     """Run `gen-jax ARGS` mocked to completion; fail the test with its output if it fails."""
-    process = run_mocked_cli(args, devices, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = run_mocked_cli(
+        args, devices, env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     output, _ = process.communicate(timeout=timeout)
     assert process.returncode == 0, output
     return output
