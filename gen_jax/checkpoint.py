@@ -44,7 +44,10 @@ class Checkpointer:
         self.manager.save(step, args=args)
 
     def restore(
-        self, abstract_state: Any, iterator: grain.DatasetIterator | None = None, step: int | None = None
+        self,
+        abstract_state: Any,
+        iterator: grain.DatasetIterator | None = None,
+        step: int | None = None,
     ) -> tuple[Any, grain.DatasetIterator | None]:
         """Restore `step` (default: latest) into arrays shaped and sharded like `abstract_state`."""
         step = self.latest_step() if step is None else step
@@ -90,6 +93,7 @@ class Checkpointer:
 
 def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     """Leaf shapes by a path string that reads the same for saved metadata and live dataclasses."""
+
     def key_name(key) -> str:
         for attribute in ("key", "name", "idx"):
             if hasattr(key, attribute):

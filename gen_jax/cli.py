@@ -16,7 +16,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("experiment", help="a Python file defining get_config()")
     train.add_argument("--workdir", required=True, help="where config, logs and checkpoints go")
     train.add_argument(
-        "--stop_at", type=int, default=None,
+        "--stop_at",
+        type=int,
+        default=None,
         help="checkpoint and exit after this step; run again to continue (time-sliced jobs)",
     )
     evaluate = sub.add_parser("evaluate", help="print a run's eval metrics as JSON")
@@ -24,7 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
     for command in (train, evaluate):
         group = command.add_argument_group("multi-process runs (jax.distributed)")
-        group.add_argument("--coordinator_address", help="host:port of process 0, e.g. 127.0.0.1:12345")
+        group.add_argument(
+            "--coordinator_address", help="host:port of process 0, e.g. 127.0.0.1:12345"
+        )
         group.add_argument("--num_processes", type=int)
         group.add_argument("--process_id", type=int)
     return parser
@@ -53,7 +57,9 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
     from gen_jax import parallel, train
 
     if args.coordinator_address:
-        parallel.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+        parallel.initialize_distributed(
+            args.coordinator_address, args.num_processes, args.process_id
+        )
     if args.command == "train":
         metrics = train.run(config, args.workdir, args.stop_at)
     else:

@@ -22,7 +22,9 @@ def load_experiment(path: str | Path) -> ml_collections.ConfigDict:
     """Import an experiment file and return its `get_config()`."""
     path = Path(path)
     if not path.is_file():
-        raise GenJaxError(f"experiment file {path} does not exist; pass e.g. experiments/mnist_cnn.py")
+        raise GenJaxError(
+            f"experiment file {path} does not exist; pass e.g. experiments/mnist_cnn.py"
+        )
     spec = importlib.util.spec_from_file_location(f"gen_jax_experiment_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -38,7 +40,9 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
     """Apply `--config.a.b=value` strings in place, rejecting unknown keys and mistyped values."""
     for override in overrides:
         if not override.startswith(OVERRIDE_PREFIX) or "=" not in override:
-            raise GenJaxError(f"cannot read {override!r}: overrides look like --config.train.num_steps=100")
+            raise GenJaxError(
+                f"cannot read {override!r}: overrides look like --config.train.num_steps=100"
+            )
         dotted, raw = override[len(OVERRIDE_PREFIX) :].split("=", 1)
         parent, leaf = _lookup_parent(config, dotted)
         old = parent[leaf]
@@ -50,11 +54,19 @@ def _lookup_parent(config: ml_collections.ConfigDict, dotted: str):
     for depth, key in enumerate(keys):
         if not isinstance(node, ml_collections.ConfigDict) or key not in node:
             where = ".".join(keys[:depth]) or "the config"
-            allowed = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else "none"
-            raise GenJaxError(f"unknown config key '{dotted}': {where} has no '{key}'; allowed: {allowed}")
+            allowed = (
+                ", ".join(sorted(node.keys()))
+                if isinstance(node, ml_collections.ConfigDict)
+                else "none"
+            )
+            raise GenJaxError(
+                f"unknown config key '{dotted}': {where} has no '{key}'; allowed: {allowed}"
+            )
         if depth == len(keys) - 1:
             if isinstance(node[key], ml_collections.ConfigDict):
-                raise GenJaxError(f"'{dotted}' is a section, not a value; set one of its keys instead")
+                raise GenJaxError(
+                    f"'{dotted}' is a section, not a value; set one of its keys instead"
+                )
             return node, key
         node = node[key]
     raise AssertionError("unreachable")
@@ -87,7 +99,9 @@ def _parse_like(old, raw: str, dotted: str):
             f"config key '{dotted}' expects a {expected.__name__} (current value {old!r}); "
             f"got {raw!r}"
         ) from None
-    raise GenJaxError(f"config key '{dotted}' holds a {expected.__name__}, which cannot be overridden")
+    raise GenJaxError(
+        f"config key '{dotted}' holds a {expected.__name__}, which cannot be overridden"
+    )
 
 
 def save(config: ml_collections.ConfigDict, path: Path) -> None:

@@ -105,7 +105,9 @@ def train_iterator(
     rows = _process_slice(batch_size, process_index, process_count)
     num_examples = len(arrays["label"])
     if batch_size > num_examples:
-        raise GenJaxError(f"data.batch_size {batch_size} exceeds the {num_examples} training examples")
+        raise GenJaxError(
+            f"data.batch_size {batch_size} exceeds the {num_examples} training examples"
+        )
     dataset = (
         grain.MapDataset.range(num_examples)
         .shuffle(seed=seed)

@@ -57,9 +57,7 @@ def check_batch_size(batch_size: int, mesh: Mesh, key: str) -> None:
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Assemble the global, `data`-sharded batch from each process's local rows."""
     sharding = data_sharded(mesh)
-    return {
-        k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()
-    }
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:

@@ -35,7 +35,9 @@ def compile_eval_step(task: Task, mesh: Mesh):
     return jax.jit(task.eval_step, in_shardings=(state, batch), out_shardings=state)
 
 
-def evaluate(eval_step, state: Any, arrays: data.Batch, config: ml_collections.ConfigDict, mesh: Mesh) -> dict[str, float]:
+def evaluate(
+    eval_step, state: Any, arrays: data.Batch, config: ml_collections.ConfigDict, mesh: Mesh
+) -> dict[str, float]:
     """Mean eval metrics over a whole split (every example counted exactly once)."""
     sums = None
     for local in data.eval_batches(
@@ -51,7 +53,9 @@ def evaluate(eval_step, state: Any, arrays: data.Batch, config: ml_collections.C
 
 
 # ----------------------------------------------------------------------------- state
-def example_batch(arrays: data.Batch, config: ml_collections.ConfigDict, mesh: Mesh) -> dict[str, jax.Array]:
+def example_batch(
+    arrays: data.Batch, config: ml_collections.ConfigDict, mesh: Mesh
+) -> dict[str, jax.Array]:
     """One global training-shaped batch, used only for its shapes when building state."""
     local = next(
         data.eval_batches(
@@ -124,7 +128,15 @@ def run(
     writer = MetricWriter(workdir, enabled=is_main)
     try:
         return _train_loop(
-            config, mesh, state, iterator, train_step, checkpointer, writer, eval_step, eval_arrays,
+            config,
+            mesh,
+            state,
+            iterator,
+            train_step,
+            checkpointer,
+            writer,
+            eval_step,
+            eval_arrays,
             stop_at,
         )
     finally:
@@ -189,7 +201,7 @@ def _fetch_checked(pending: list[dict], first_step: int) -> list[dict]:
 
 
 def load_state(workdir: str | Path, step: int | None = None):
-    """A run's config, task, mesh and restored state (latest or given step), on this process's devices."""
+    """A run's config, task, mesh and restored state (latest or given step) on these devices."""
     workdir = Path(workdir)
     config = config_lib.load(workdir / "config.json")
     mesh = parallel.make_mesh()

@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from tests.mocked_cli import mock_mnist as _mock_mnist
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,7 +95,10 @@ def check_call_mocked_cli(
 @pytest.fixture(scope="session")
 def real_data_dir() -> str:
     """The prepared TFDS directory with real MNIST ($TFDS_DATA_DIR or ../shared/data); else skip."""
-    candidates = [os.environ.get("TFDS_DATA_DIR"), str(REPO.parent / "shared/data/tensorflow_datasets")]
+    candidates = [
+        os.environ.get("TFDS_DATA_DIR"),
+        str(REPO.parent / "shared/data/tensorflow_datasets"),
+    ]
     for candidate in candidates:
         if candidate and (Path(candidate) / "mnist").is_dir():
             return str(Path(candidate).resolve())

@@ -24,7 +24,7 @@ def mock_mnist(num_examples: int = MOCK_EXAMPLES):
     tfds 4.9.10's mock installs a batched `__getitems__` that cannot be called (it is set on a
     MagicMock, which does not bind it); reading the examples one by one avoids it.
     """
-    one_by_one = lambda self, keys: [self[k] for k in keys]  # noqa: E731
+    one_by_one = lambda self, keys: [self[k] for k in keys]
     with (
         tfds.testing.mock_data(num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE),
         mock.patch.object(tfds.core.data_sources.base.BaseDataSource, "__getitems__", one_by_one),
@@ -43,7 +43,9 @@ def _dump_params_on_save(workdir: str) -> None:
     def save_and_dump(self, step, state, iterator):
         save(self, step, state, iterator)
         local = jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data), state.params)
-        flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(local)[0]}
+        flat = {
+            jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(local)[0]
+        }
         os.makedirs(f"{workdir}/local_params", exist_ok=True)
         np.savez(f"{workdir}/local_params/process{jax.process_index()}_step{step}.npz", **flat)
 

@@ -24,22 +24,32 @@ def test_every_experiment_file_loads_and_builds_its_task():
 def test_overrides_set_values_of_the_existing_type(config):
     config_lib.apply_overrides(
         config,
-        ["--config.train.num_steps=7", "--config.optimizer.learning_rate=1", "--config.model.name=bn_cnn"],
+        [
+            "--config.train.num_steps=7",
+            "--config.optimizer.learning_rate=1",
+            "--config.model.name=bn_cnn",
+        ],
     )
     assert config.train.num_steps == 7
-    assert config.optimizer.learning_rate == 1.0 and isinstance(config.optimizer.learning_rate, float)
+    assert config.optimizer.learning_rate == 1.0 and isinstance(
+        config.optimizer.learning_rate, float
+    )
     assert config.model.name == "bn_cnn"
 
 
 def test_tuple_and_bool_overrides_parse(config):
     config.flag = False
-    config_lib.apply_overrides(config, ["--config.data.preprocess=('scale_to_symmetric',)", "--config.flag=true"])
+    config_lib.apply_overrides(
+        config, ["--config.data.preprocess=('scale_to_symmetric',)", "--config.flag=true"]
+    )
     assert config.data.preprocess == ("scale_to_symmetric",)
     assert config.flag is True
 
 
 def test_unknown_key_names_the_key_and_what_is_allowed(config):
-    with pytest.raises(GenJaxError, match=r"unknown config key 'train.num_step'.*allowed: .*num_steps"):
+    with pytest.raises(
+        GenJaxError, match=r"unknown config key 'train.num_step'.*allowed: .*num_steps"
+    ):
         config_lib.apply_overrides(config, ["--config.train.num_step=5"])
 
 
@@ -69,15 +79,25 @@ def test_a_section_cannot_be_replaced_by_a_value(config):
 
 def test_saved_config_round_trips(config, tmp_path):
     config_lib.save(config, tmp_path / "config.json")
-    assert json.loads((tmp_path / "config.json").read_text())["train"]["num_steps"] == config.train.num_steps
+    assert (
+        json.loads((tmp_path / "config.json").read_text())["train"]["num_steps"]
+        == config.train.num_steps
+    )
     assert config_lib.load(tmp_path / "config.json") == config
 
 
 def test_cli_rejects_bad_override_before_running(tmp_path, capsys):
     from gen_jax import cli
 
-    code = cli.main(["train", str(REPO / "experiments/mnist_cnn.py"), "--workdir", str(tmp_path / "w"),
-                     "--config.train.steps=3"])
+    code = cli.main(
+        [
+            "train",
+            str(REPO / "experiments/mnist_cnn.py"),
+            "--workdir",
+            str(tmp_path / "w"),
+            "--config.train.steps=3",
+        ]
+    )
     assert code == 2
     assert "unknown config key 'train.steps'" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()

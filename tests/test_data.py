@@ -9,7 +9,10 @@ from gen_jax.errors import GenJaxError
 
 
 def arrays(n=50):
-    return {"image": np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1), "label": np.arange(n, dtype=np.int32)}
+    return {
+        "image": np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1),
+        "label": np.arange(n, dtype=np.int32),
+    }
 
 
 def labels_of(iterator, steps):
@@ -30,8 +33,12 @@ def test_train_batches_are_a_seeded_permutation_each_epoch():
 def test_processes_split_each_global_batch_into_disjoint_contiguous_shards():
     whole = labels_of(data.train_iterator(arrays(), batch_size=8, seed=0, preprocess=()), 6)
     shards = [
-        labels_of(data.train_iterator(arrays(), batch_size=8, seed=0, preprocess=(), process_index=p,
-                                      process_count=4), 6)
+        labels_of(
+            data.train_iterator(
+                arrays(), batch_size=8, seed=0, preprocess=(), process_index=p, process_count=4
+            ),
+            6,
+        )
         for p in range(4)
     ]
     for step, batch in enumerate(whole):
@@ -52,7 +59,9 @@ def test_eval_batches_count_every_example_exactly_once():
     batches = [
         b
         for p in range(2)
-        for b in data.eval_batches(arrays(45), batch_size=20, preprocess=(), process_index=p, process_count=2)
+        for b in data.eval_batches(
+            arrays(45), batch_size=20, preprocess=(), process_index=p, process_count=2
+        )
     ]
     assert {len(b["label"]) for b in batches} == {10}
     counted = np.concatenate([b["label"][b["mask"] == 1] for b in batches])
@@ -63,12 +72,14 @@ def test_named_preprocessing_scales_pixels():
     batch = {"image": np.array([0, 255], np.uint8)}
     np.testing.assert_allclose(data.preprocessor(("scale_to_unit",))(batch)["image"], [0, 1])
     np.testing.assert_allclose(data.preprocessor(("scale_to_symmetric",))(batch)["image"], [-1, 1])
-    with pytest.raises(GenJaxError, match="unknown data.preprocess step"):
+    with pytest.raises(GenJaxError, match=r"unknown data\.preprocess step"):
         data.preprocessor(("normalise",))
 
 
 def test_missing_dataset_names_dataset_directory_and_remedy(tmp_path):
-    config = ml_collections.ConfigDict({"name": "mnist", "data_dir": str(tmp_path), "max_examples": 0})
+    config = ml_collections.ConfigDict(
+        {"name": "mnist", "data_dir": str(tmp_path), "max_examples": 0}
+    )
     with pytest.raises(GenJaxError) as error:
         data.load_split(config, "train")
     message = str(error.value)

@@ -25,11 +25,17 @@ def train_args(experiment, workdir, *extra):
 
 
 def train_losses(workdir):
-    return np.array([r["value"] for r in read_metrics(workdir) if r["split"] == "train" and r["name"] == "loss"])
+    return np.array(
+        [r["value"] for r in read_metrics(workdir) if r["split"] == "train" and r["name"] == "loss"]
+    )
 
 
 def assert_trees_close(a, b, atol):
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=atol), a, b)
+    jax.tree.map(
+        lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=atol),
+        a,
+        b,
+    )
 
 
 def assert_trees_equal(a, b):
@@ -46,7 +52,9 @@ def test_one_device_and_eight_devices_agree_after_ten_steps(tmp_path, mock_mnist
     experiment = write_experiment(tmp_path / "tiny.py")
     for devices in (1, 8):
         check_call_mocked_cli(train_args(experiment, tmp_path / f"d{devices}"), devices=devices)
-    np.testing.assert_allclose(train_losses(tmp_path / "d1"), train_losses(tmp_path / "d8"), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        train_losses(tmp_path / "d1"), train_losses(tmp_path / "d8"), rtol=0, atol=1e-5
+    )
     assert len(train_losses(tmp_path / "d1")) == 10
     one, eight = train.load_state(tmp_path / "d1")[3], train.load_state(tmp_path / "d8")[3]
     assert_trees_close(one.params, eight.params, atol=1e-5)
@@ -60,9 +68,21 @@ def test_two_hosts_end_with_identical_params_equal_to_one_process(tmp_path):
     address = f"127.0.0.1:{free_port()}"
     hosts = [
         run_mocked_cli(
-            train_args(experiment, tmp_path / "multi", "--coordinator_address", address,
-                       "--num_processes", "2", "--process_id", str(i)),
-            devices=2, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            train_args(
+                experiment,
+                tmp_path / "multi",
+                "--coordinator_address",
+                address,
+                "--num_processes",
+                "2",
+                "--process_id",
+                str(i),
+            ),
+            devices=2,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for i in range(2)
     ]
@@ -79,16 +99,20 @@ def test_two_hosts_end_with_identical_params_equal_to_one_process(tmp_path):
 
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory):
-    """12 steps in one go, a checkpoint after every step: the reference the interrupted runs meet."""
+    """12 steps in one go, a checkpoint after each: the reference the interrupted runs must meet."""
     root = tmp_path_factory.mktemp("straight")
-    experiment = write_experiment(root / "tiny.py", **{"train.num_steps": 12, "train.checkpoint_every": 1,
-                                                       "train.keep_checkpoints": 3})
+    experiment = write_experiment(
+        root / "tiny.py",
+        **{"train.num_steps": 12, "train.checkpoint_every": 1, "train.keep_checkpoints": 3},
+    )
     check_call_mocked_cli(train_args(experiment, root / "run"))
     with mock_mnist():
         return experiment, train.load_state(root / "run")[3]
 
 
-def test_a_run_stopped_halfway_and_resumed_in_a_new_process_is_bitwise_identical(straight_run, tmp_path, mock_mnist):
+def test_a_run_stopped_halfway_and_resumed_in_a_new_process_is_bitwise_identical(
+    straight_run, tmp_path, mock_mnist
+):
     experiment, reference = straight_run
     check_call_mocked_cli(train_args(experiment, tmp_path / "run", "--stop_at", "6"))
     assert int(train.load_state(tmp_path / "run")[3].step) == 6
@@ -96,16 +120,22 @@ def test_a_run_stopped_halfway_and_resumed_in_a_new_process_is_bitwise_identical
     assert_trees_equal(reference, train.load_state(tmp_path / "run")[3])
 
 
-def test_sigkill_mid_run_and_mid_save_leaves_a_workdir_that_resumes(straight_run, tmp_path, mock_mnist):
+def test_sigkill_mid_run_and_mid_save_leaves_a_workdir_that_resumes(
+    straight_run, tmp_path, mock_mnist
+):
     experiment, reference = straight_run
     workdir, checkpoints = tmp_path / "run", tmp_path / "run" / "checkpoints"
 
     def finished_steps():
-        return sorted(int(p.name) for p in checkpoints.glob("*") if (p / "commit_success.txt").exists())
+        return sorted(
+            int(p.name) for p in checkpoints.glob("*") if (p / "commit_success.txt").exists()
+        )
 
     killed_during_save = False
     for delay in (0.0, 0.05, 0.1, 0.2, 0.3, 0.5):
-        process = run_mocked_cli(train_args(experiment, workdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = run_mocked_cli(
+            train_args(experiment, workdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         start = finished_steps()[-1] if finished_steps() else 0
         deadline = time.time() + 120
         while (not finished_steps() or finished_steps()[-1] <= start) and process.poll() is None:

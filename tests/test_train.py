@@ -21,7 +21,9 @@ def load(path, *overrides):
 
 
 def test_train_step_lowers_the_loss_on_a_fixed_batch(experiment):
-    config = load(experiment(), "--config.train.num_steps=30", "--config.optimizer.learning_rate=0.01")
+    config = load(
+        experiment(), "--config.train.num_steps=30", "--config.optimizer.learning_rate=0.01"
+    )
     task = tasks.build(config)
     rng = np.random.default_rng(0)
     batch = {
@@ -47,7 +49,10 @@ def test_a_run_writes_config_metrics_tensorboard_and_checkpoints(experiment, tmp
     assert {"step", "split", "name", "value", "time"} == set(records[0])
     train_losses = [r for r in records if r["split"] == "train" and r["name"] == "loss"]
     assert [r["step"] for r in train_losses] == list(range(1, 11))
-    assert [r["step"] for r in records if r["split"] == "test" and r["name"] == "accuracy"] == [5, 10]
+    assert [r["step"] for r in records if r["split"] == "test" and r["name"] == "accuracy"] == [
+        5,
+        10,
+    ]
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
     assert Checkpointer(workdir / "checkpoints").manager.all_steps() == [5, 10]
     assert train.evaluate_workdir(workdir) == {"step": 10, **final}
@@ -63,13 +68,21 @@ def test_checkpoint_that_does_not_fit_the_config_is_refused(experiment, tmp_path
     workdir = tmp_path / "run"
     train.run(load(experiment(), "--config.train.num_steps=2"), workdir)
     saved_config = (workdir / "config.json").read_text()
-    with pytest.raises(GenJaxError, match=r"(?s)does not fit this config.*Dense_0/kernel: checkpoint \(784, 32\), config \(784, 64\)") as error:
-        train.run(load(experiment(), "--config.train.num_steps=4", "--config.model.hidden=64"), workdir)
+    with pytest.raises(
+        GenJaxError,
+        match=r"(?s)does not fit this config.*"
+        r"Dense_0/kernel: checkpoint \(784, 32\), config \(784, 64\)",
+    ) as error:
+        train.run(
+            load(experiment(), "--config.train.num_steps=4", "--config.model.hidden=64"), workdir
+        )
     assert "new --workdir" in str(error.value)
     assert (workdir / "config.json").read_text() == saved_config
 
 
-def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(experiment, tmp_path, mock_mnist):
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
+    experiment, tmp_path, mock_mnist
+):
     workdir = tmp_path / "run"
     train.run(load(experiment(), "--config.train.num_steps=5"), workdir)
     _, _, _, good = train.load_state(workdir)
@@ -82,7 +95,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 
 
 def test_evaluate_without_a_checkpoint_is_a_clear_error(tmp_path):
-    with pytest.raises(GenJaxError, match="is .* a gen-jax workdir"):
+    with pytest.raises(GenJaxError, match=r"is .* a gen-jax workdir"):
         train.evaluate_workdir(tmp_path)
 
 

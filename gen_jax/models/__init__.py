@@ -16,12 +16,15 @@ def build(model_config: ml_collections.ConfigDict) -> nn.Module:
     kwargs = model_config.to_dict()
     name = kwargs.pop("name")
     if name not in REGISTRY:
-        raise GenJaxError(f"unknown model '{name}'; config.model.name must be one of {sorted(REGISTRY)}")
+        raise GenJaxError(
+            f"unknown model '{name}'; config.model.name must be one of {sorted(REGISTRY)}"
+        )
     module_cls = REGISTRY[name]
     fields = set(module_cls.__dataclass_fields__) - {"parent", "name"}
     unknown = sorted(set(kwargs) - fields)
     if unknown:
         raise GenJaxError(
-            f"model '{name}' takes no option(s) {unknown}; allowed in config.model: {sorted(fields)}"
+            f"model '{name}' takes no option(s) {unknown}; "
+            f"allowed in config.model: {sorted(fields)}"
         )
     return module_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})

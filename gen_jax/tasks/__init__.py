@@ -15,5 +15,7 @@ def build(config: ml_collections.ConfigDict) -> Task:
     """Instantiate the task (model, optimizer, objective) that the config describes."""
     name = config.task.name
     if name not in REGISTRY:
-        raise GenJaxError(f"unknown task '{name}'; config.task.name must be one of {sorted(REGISTRY)}")
+        raise GenJaxError(
+            f"unknown task '{name}'; config.task.name must be one of {sorted(REGISTRY)}"
+        )
     return REGISTRY[name](config)

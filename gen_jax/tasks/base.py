@@ -25,7 +25,7 @@ class Task(Protocol):
         """One optimisation step: the new state and scalar metrics (with a `loss`)."""
 
     def eval_step(self, state: Any, batch: Batch) -> Metrics:
-        """Per-batch *sums* over examples with `mask` 1, and `count`, the number of such examples."""
+        """Per-batch *sums* over examples whose `mask` is 1, and `count`, how many there are."""
 
 
 def step_key(rng: jax.Array, step: jax.Array) -> jax.Array:

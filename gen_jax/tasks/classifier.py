@@ -35,7 +35,9 @@ def random_shift(rng: jax.Array, images: jax.Array, max_shift: int) -> jax.Array
     offsets = jax.random.randint(rng, (images.shape[0], 2), 0, 2 * max_shift + 1)
 
     def crop(image, offset):
-        return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (height, width, image.shape[-1]))
+        return jax.lax.dynamic_slice(
+            image, (offset[0], offset[1], 0), (height, width, image.shape[-1])
+        )
 
     return jax.vmap(crop)(padded, offsets)
 
@@ -82,7 +84,9 @@ class ClassifierTask:
             loss = self._cross_entropy(logits, batch["label"], self.label_smoothing).mean()
             return loss, (logits, updates.get("batch_stats", {}))
 
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         new_state = state.replace(
             step=state.step + 1,
