@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -21,35 +22,46 @@ from gen_jax.tasks.base import Task, average
 
 
 # ----------------------------------------------------------------------------- compiled steps
-def compile_train_step(task: Task, mesh: Mesh):
-    """`task.train_step` under jit: batch sharded on `data`, state replicated and donated."""
-    state, batch = parallel.replicated(mesh), parallel.data_sharded(mesh)
-    return jax.jit(
-        task.train_step, in_shardings=(state, batch), out_shardings=(state, state), donate_argnums=0
+class Steps(NamedTuple):
+    """The compiled functions a run calls: one train step, and a whole-split evaluation."""
+
+    train: Callable[[Any, data.Batch], tuple[Any, dict]]  # (state, local batch) -> (state, metrics)
+    evaluate: Callable[[Any], dict[str, float]]  # state -> mean eval metrics
+
+
+def compile_steps(
+    task: Task, config: ml_collections.ConfigDict, mesh: Mesh, eval_arrays: data.Batch
+) -> Steps:
+    """Jit the task's steps: batch sharded on `data`, state replicated (and donated to training)."""
+    replicated, sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
+    train_step = jax.jit(
+        task.train_step,
+        in_shardings=(replicated, sharded),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
+    eval_step = jax.jit(
+        task.eval_step, in_shardings=(replicated, sharded), out_shardings=replicated
     )
 
+    def train(state, local_batch):
+        return train_step(state, parallel.global_batch(local_batch, mesh))
 
-def compile_eval_step(task: Task, mesh: Mesh):
-    """`task.eval_step` under jit, returning replicated per-batch sums."""
-    state, batch = parallel.replicated(mesh), parallel.data_sharded(mesh)
-    return jax.jit(task.eval_step, in_shardings=(state, batch), out_shardings=state)
+    def evaluate(state) -> dict[str, float]:
+        """Mean eval metrics over the whole eval split (every example counted exactly once)."""
+        sums = None
+        for local in data.eval_batches(
+            eval_arrays,
+            batch_size=config.data.eval_batch_size,
+            preprocess=config.data.preprocess,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        ):
+            metrics = eval_step(state, parallel.global_batch(local, mesh))
+            sums = metrics if sums is None else jax.tree.map(np.add, sums, metrics)
+        return {k: float(v) for k, v in average(jax.device_get(sums)).items()}
 
-
-def evaluate(
-    eval_step, state: Any, arrays: data.Batch, config: ml_collections.ConfigDict, mesh: Mesh
-) -> dict[str, float]:
-    """Mean eval metrics over a whole split (every example counted exactly once)."""
-    sums = None
-    for local in data.eval_batches(
-        arrays,
-        batch_size=config.data.eval_batch_size,
-        preprocess=config.data.preprocess,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    ):
-        metrics = eval_step(state, parallel.global_batch(local, mesh))
-        sums = metrics if sums is None else jax.tree.map(np.add, sums, metrics)
-    return {k: float(v) for k, v in average(jax.device_get(sums)).items()}
+    return Steps(train, evaluate)
 
 
 # ----------------------------------------------------------------------------- state
@@ -124,80 +136,85 @@ def run(
     )
     if is_main:  # only now: a workdir refused above keeps the config it was made with
         config_lib.save(config, workdir / "config.json")
-    train_step, eval_step = compile_train_step(task, mesh), compile_eval_step(task, mesh)
+    steps = compile_steps(task, config, mesh, eval_arrays)
     writer = MetricWriter(workdir, enabled=is_main)
     try:
-        return _train_loop(
-            config,
-            mesh,
-            state,
-            iterator,
-            train_step,
-            checkpointer,
-            writer,
-            eval_step,
-            eval_arrays,
-            stop_at,
-        )
+        return _loop(config, state, iterator, steps, checkpointer, writer, stop_at)
     finally:
         checkpointer.wait()
         checkpointer.close()
         writer.close()
 
 
-def _train_loop(
-    config, mesh, state, iterator, train_step, checkpointer, writer, eval_step, eval_arrays, stop_at
-):
-    train = config.train
+def _loop(config, state, iterator, steps: Steps, checkpointer, writer, stop_at) -> dict[str, float]:
+    """Step from the state's step to `num_steps` (or `stop_at`): log, evaluate, checkpoint."""
+    train, eval_split = config.train, config.data.eval_split
     start = int(state.step)
     end = min(train.num_steps, stop_at or train.num_steps)
-    pending: list[dict] = []  # device metrics of steps not yet fetched
-    window: list[dict] = []  # host metrics of steps since the last log
-    window_start = time.perf_counter()
-    bar = progress_bar(train.num_steps, start, enabled=jax.process_index() == 0)
+    log = TrainLog(writer, config.data.batch_size, start, train.num_steps)
     final = {}
     for step in range(start + 1, end + 1):
-        state, metrics = train_step(state, parallel.global_batch(next(iterator), mesh))
-        pending.append(metrics)
-        bar.update(1)
-        if step == start + 1:
-            jax.block_until_ready(metrics)
-            writer.write(step, "train", {"first_step_seconds": time.perf_counter() - window_start})
-        is_last = step == train.num_steps
+        state, metrics = steps.train(state, next(iterator))
+        log.record(step, metrics)
         log_now = step % train.log_every == 0 or step == end
-        eval_now = (train.eval_every and step % train.eval_every == 0) or is_last
+        eval_now = (train.eval_every and step % train.eval_every == 0) or step == train.num_steps
         save_now = step % train.checkpoint_every == 0 or step == end
-        if not (log_now or eval_now or save_now):
-            continue
-        window += _fetch_checked(pending, first_step=step - len(pending) + 1)
-        pending = []
+        if log_now or eval_now or save_now:
+            log.check_finite()  # before any save: a diverged state is never checkpointed
         if log_now:
-            elapsed = time.perf_counter() - window_start
-            means = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
-            means["steps_per_second"] = len(window) / elapsed
-            means["examples_per_second"] = len(window) * config.data.batch_size / elapsed
-            writer.write(step, "train", means)
-            bar.set_postfix(loss=f"{means['loss']:.4f}")
-            window, window_start = [], time.perf_counter()
+            log.write(step)
         if eval_now:
-            final = evaluate(eval_step, state, eval_arrays, config, mesh)
-            writer.write(step, config.data.eval_split, final)
+            final = steps.evaluate(state)
+            writer.write(step, eval_split, final)
         if save_now:
             checkpointer.save(step, state, iterator)
-    bar.close()
+    log.close()
     if start >= end:  # nothing left to train: report the checkpoint as it is
-        final = evaluate(eval_step, state, eval_arrays, config, mesh)
-        writer.write(start, config.data.eval_split, final)
+        final = steps.evaluate(state)
+        writer.write(start, eval_split, final)
     return final
 
 
-def _fetch_checked(pending: list[dict], first_step: int) -> list[dict]:
-    """Copy per-step metrics to the host; stop the run at the first non-finite loss."""
-    host = jax.device_get(pending)
-    for offset, metrics in enumerate(host):
-        if not math.isfinite(float(metrics["loss"])):
-            raise NonFiniteLossError(first_step + offset, {k: float(v) for k, v in metrics.items()})
-    return host
+class TrainLog:
+    """Per-step train metrics: kept on device until needed, checked for divergence, averaged
+    over each logging window, with the time of the first (compiling) step and a progress bar."""
+
+    def __init__(self, writer: MetricWriter, batch_size: int, start: int, total: int):
+        self.writer, self.batch_size, self.start = writer, batch_size, start
+        self.pending: list[tuple[int, dict]] = []  # (step, device metrics) not yet fetched
+        self.window: list[dict] = []  # host metrics since the last write
+        self.window_start = time.perf_counter()
+        self.bar = progress_bar(total, start, enabled=writer.enabled)
+
+    def record(self, step: int, metrics: dict) -> None:
+        self.pending.append((step, metrics))
+        self.bar.update(1)
+        if step == self.start + 1:
+            jax.block_until_ready(metrics)
+            seconds = time.perf_counter() - self.window_start
+            self.writer.write(step, "train", {"first_step_seconds": seconds})
+
+    def check_finite(self) -> None:
+        """Fetch pending metrics; stop the run at the first step whose loss is not finite."""
+        fetched = jax.device_get([metrics for _, metrics in self.pending])
+        for (step, _), metrics in zip(self.pending, fetched, strict=True):
+            if not math.isfinite(float(metrics["loss"])):
+                raise NonFiniteLossError(step, {k: float(v) for k, v in metrics.items()})
+        self.window += fetched
+        self.pending = []
+
+    def write(self, step: int) -> None:
+        """Write the window's mean metrics and throughput, then start a new window."""
+        elapsed = time.perf_counter() - self.window_start
+        means = {k: float(np.mean([m[k] for m in self.window])) for k in self.window[0]}
+        means["steps_per_second"] = len(self.window) / elapsed
+        means["examples_per_second"] = len(self.window) * self.batch_size / elapsed
+        self.writer.write(step, "train", means)
+        self.bar.set_postfix(loss=f"{means['loss']:.4f}")
+        self.window, self.window_start = [], time.perf_counter()
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def load_state(workdir: str | Path, step: int | None = None):
@@ -221,5 +238,4 @@ def evaluate_workdir(workdir: str | Path, step: int | None = None) -> dict[str, 
     """Evaluate a run's latest (or given) checkpoint on its eval split, with the run's config."""
     config, task, mesh, state = load_state(workdir, step)
     arrays = data.load_split(config.data, config.data.eval_split)
-    metrics = evaluate(compile_eval_step(task, mesh), state, arrays, config, mesh)
-    return {"step": int(state.step), **metrics}
+    return {"step": int(state.step), **compile_steps(task, config, mesh, arrays).evaluate(state)}
