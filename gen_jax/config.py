@@ -162,3 +162,26 @@ def base_config() -> ml_collections.ConfigDict:
         }
     )
     return config
+
+
+def vae_config() -> ml_collections.ConfigDict:
+    """`base_config()` set up for a VAE on dynamically binarised MNIST (conv, 32-d latent)."""
+    config = base_config()
+    config.task = ml_collections.ConfigDict(
+        {
+            "name": "vae",
+            "objective": "elbo",  # or "iwae": the importance-weighted bound
+            "train_samples": 1,  # k of the IWAE objective
+            "beta": 1.0,  # weight of the KL term (beta-VAE); applies to the "elbo" objective
+            "kl_warmup_steps": 0,  # beta ramps linearly from 0 over these steps
+            "eval_samples": 100,  # importance samples for the NLL of periodic evaluations
+            "final_eval_samples": 1000,  # ... and of the final one (the reported number)
+            "eval_sample_chunk": 50,  # samples decoded at once (memory: chunk x eval batch)
+            "eval_seed": 0,  # fixes the test binarisation and the evaluation samples
+        }
+    )
+    config.model = ml_collections.ConfigDict({"name": "conv_vae", "latent_dim": 32, "hidden": 256})
+    config.optimizer.name = "adam"
+    config.optimizer.learning_rate = 1e-3
+    config.data.eval_batch_size = 200
+    return config

@@ -130,6 +130,8 @@ def eval_batches(
     """This process's share of every global batch of a split, in order, padded to full batches.
 
     Padded rows repeat example 0 and carry `mask` 0, so sums over `mask` count each example once.
+    `index` is each row's position in the split: a per-example key for evaluations that sample
+    (e.g. a fixed binarisation), independent of batch size and device count.
     """
     transform = preprocessor(preprocess)
     rows = _process_slice(batch_size, process_index, process_count)
@@ -139,4 +141,4 @@ def eval_batches(
         mask = indices < num_examples
         indices = np.where(mask, indices, 0)
         batch = transform({k: v[indices] for k, v in arrays.items()})
-        yield {**batch, "mask": mask.astype(np.float32)}
+        yield {**batch, "mask": mask.astype(np.float32), "index": indices.astype(np.int32)}

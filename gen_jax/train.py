@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ class Steps(NamedTuple):
     """The compiled functions a run calls: one train step, and a whole-split evaluation."""
 
     train: Callable[[Any, data.Batch], tuple[Any, dict]]  # (state, local batch) -> (state, metrics)
-    evaluate: Callable[[Any], dict[str, float]]  # state -> mean eval metrics
+    evaluate: Callable[..., dict[str, float]]  # (state, final=False) -> mean eval metrics
 
 
 def compile_steps(
@@ -40,14 +41,19 @@ def compile_steps(
         out_shardings=(replicated, replicated),
         donate_argnums=0,
     )
-    eval_step = jax.jit(
-        task.eval_step, in_shardings=(replicated, sharded), out_shardings=replicated
-    )
+    eval_steps = {  # jit compiles lazily: the final variant only when first used
+        final: jax.jit(
+            functools.partial(task.eval_step, final=final),
+            in_shardings=(replicated, sharded),
+            out_shardings=replicated,
+        )
+        for final in (False, True)
+    }
 
     def train(state, local_batch):
         return train_step(state, parallel.global_batch(local_batch, mesh))
 
-    def evaluate(state) -> dict[str, float]:
+    def evaluate(state, final: bool = False) -> dict[str, float]:
         """Mean eval metrics over the whole eval split (every example counted exactly once)."""
         sums = None
         for local in data.eval_batches(
@@ -57,7 +63,7 @@ def compile_steps(
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         ):
-            metrics = eval_step(state, parallel.global_batch(local, mesh))
+            metrics = eval_steps[final](state, parallel.global_batch(local, mesh))
             sums = metrics if sums is None else jax.tree.map(np.add, sums, metrics)
         return {k: float(v) for k, v in average(jax.device_get(sums)).items()}
 
@@ -78,7 +84,7 @@ def example_batch(
             process_count=jax.process_count(),
         )
     )
-    local.pop("mask")
+    del local["mask"], local["index"]
     return parallel.global_batch(local, mesh)
 
 
@@ -152,7 +158,7 @@ def _loop(config, state, iterator, steps: Steps, checkpointer, writer, stop_at) 
     start = int(state.step)
     end = min(train.num_steps, stop_at or train.num_steps)
     log = TrainLog(writer, config.data.batch_size, start, train.num_steps)
-    final = {}
+    results = {}
     for step in range(start + 1, end + 1):
         state, metrics = steps.train(state, next(iterator))
         log.record(step, metrics)
@@ -164,15 +170,15 @@ def _loop(config, state, iterator, steps: Steps, checkpointer, writer, stop_at) 
         if log_now:
             log.write(step)
         if eval_now:
-            final = steps.evaluate(state)
-            writer.write(step, eval_split, final)
+            results = steps.evaluate(state, final=step == train.num_steps)
+            writer.write(step, eval_split, results)
         if save_now:
             checkpointer.save(step, state, iterator)
     log.close()
     if start >= end:  # nothing left to train: report the checkpoint as it is
-        final = steps.evaluate(state)
-        writer.write(start, eval_split, final)
-    return final
+        results = steps.evaluate(state, final=True)
+        writer.write(start, eval_split, results)
+    return results
 
 
 class TrainLog:
@@ -238,4 +244,5 @@ def evaluate_workdir(workdir: str | Path, step: int | None = None) -> dict[str, 
     """Evaluate a run's latest (or given) checkpoint on its eval split, with the run's config."""
     config, task, mesh, state = load_state(workdir, step)
     arrays = data.load_split(config.data, config.data.eval_split)
-    return {"step": int(state.step), **compile_steps(task, config, mesh, arrays).evaluate(state)}
+    metrics = compile_steps(task, config, mesh, arrays).evaluate(state, final=True)
+    return {"step": int(state.step), **metrics}

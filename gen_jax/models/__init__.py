@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+
 import flax.linen as nn
 import ml_collections
 
 from gen_jax.errors import GenJaxError
 from gen_jax.models.cnn import CNN, BatchNormCNN
+from gen_jax.models.vae import conv_vae, mlp_vae
 
-REGISTRY: dict[str, type[nn.Module]] = {"cnn": CNN, "bn_cnn": BatchNormCNN}
+REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "cnn": CNN,
+    "bn_cnn": BatchNormCNN,
+    "conv_vae": conv_vae,
+    "mlp_vae": mlp_vae,
+}
 
 
 def build(model_config: ml_collections.ConfigDict) -> nn.Module:
@@ -19,12 +28,12 @@ def build(model_config: ml_collections.ConfigDict) -> nn.Module:
         raise GenJaxError(
             f"unknown model '{name}'; config.model.name must be one of {sorted(REGISTRY)}"
         )
-    module_cls = REGISTRY[name]
-    fields = set(module_cls.__dataclass_fields__) - {"parent", "name"}
+    constructor = REGISTRY[name]
+    fields = set(inspect.signature(constructor).parameters) - {"parent", "name"}
     unknown = sorted(set(kwargs) - fields)
     if unknown:
         raise GenJaxError(
             f"model '{name}' takes no option(s) {unknown}; "
             f"allowed in config.model: {sorted(fields)}"
         )
-    return module_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
+    return constructor(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})

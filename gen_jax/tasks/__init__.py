@@ -7,8 +7,9 @@ import ml_collections
 from gen_jax.errors import GenJaxError
 from gen_jax.tasks.base import Task
 from gen_jax.tasks.classifier import ClassifierTask
+from gen_jax.tasks.vae import VAETask
 
-REGISTRY = {"classifier": ClassifierTask}
+REGISTRY = {"classifier": ClassifierTask, "vae": VAETask}
 
 
 def build(config: ml_collections.ConfigDict) -> Task:

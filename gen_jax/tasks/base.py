@@ -24,8 +24,10 @@ class Task(Protocol):
     def train_step(self, state: Any, batch: Batch) -> tuple[Any, Metrics]:
         """One optimisation step: the new state and scalar metrics (with a `loss`)."""
 
-    def eval_step(self, state: Any, batch: Batch) -> Metrics:
-        """Per-batch *sums* over examples whose `mask` is 1, and `count`, how many there are."""
+    def eval_step(self, state: Any, batch: Batch, final: bool = False) -> Metrics:
+        """Per-batch *sums* over examples whose `mask` is 1, and `count`, how many there are.
+
+        `final` asks for the run's reported numbers (e.g. more importance samples)."""
 
 
 def step_key(rng: jax.Array, step: jax.Array) -> jax.Array:

@@ -106,7 +106,8 @@ class ClassifierTask:
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         return self.model.apply(variables, images, train=False)
 
-    def eval_step(self, state: ClassifierState, batch: Batch) -> Metrics:
+    def eval_step(self, state: ClassifierState, batch: Batch, final: bool = False) -> Metrics:
+        del final  # periodic and final evaluations are the same
         logits = self.logits(state, batch["image"])
         mask = batch["mask"]
         return {

@@ -1,0 +1,95 @@
+"""Variational autoencoders: an encoder to a diagonal Gaussian over latents, a decoder to
+Bernoulli logits over pixels. Convolutional or the Flax example's MLP (784-500-latent)."""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+
+
+class ConvEncoder(nn.Module):
+    """28x28 image -> (mean, log-variance) of q(z|x): two stride-2 convs and a dense layer."""
+
+    latent_dim: int
+    features: tuple[int, ...] = (32, 64)
+    hidden: int = 256
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        for features in self.features:
+            x = nn.gelu(nn.Conv(features, (3, 3), strides=(2, 2))(x))
+        x = nn.gelu(nn.Dense(self.hidden)(x.reshape((x.shape[0], -1))))
+        return nn.Dense(self.latent_dim)(x), nn.Dense(self.latent_dim)(x)
+
+
+class ConvDecoder(nn.Module):
+    """Latent -> 28x28 pixel logits: dense to 7x7, two stride-2 transposed convolutions."""
+
+    features: tuple[int, ...] = (64, 32)
+    hidden: int = 256
+    channels: int = 1
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> jax.Array:
+        x = nn.gelu(nn.Dense(self.hidden)(z))
+        x = nn.gelu(nn.Dense(7 * 7 * self.features[0])(x)).reshape((-1, 7, 7, self.features[0]))
+        for features in self.features:
+            x = nn.gelu(nn.ConvTranspose(features, (3, 3), strides=(2, 2))(x))
+        return nn.Conv(self.channels, (3, 3))(x)
+
+
+class MLPEncoder(nn.Module):
+    """Flattened image -> hidden ReLU layer -> (mean, log-variance), as in the Flax VAE example."""
+
+    latent_dim: int
+    hidden: int = 500
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        x = nn.relu(nn.Dense(self.hidden)(x.reshape((x.shape[0], -1))))
+        return nn.Dense(self.latent_dim)(x), nn.Dense(self.latent_dim)(x)
+
+
+class MLPDecoder(nn.Module):
+    """Latent -> hidden ReLU layer -> 784 pixel logits, reshaped to the image."""
+
+    hidden: int = 500
+    image_shape: tuple[int, int, int] = (28, 28, 1)
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> jax.Array:
+        x = nn.relu(nn.Dense(self.hidden)(z))
+        x = nn.Dense(math.prod(self.image_shape))(x)
+        return x.reshape((-1, *self.image_shape))
+
+
+class VAE(nn.Module):
+    """Encoder and decoder under one set of params; subclasses choose the two networks."""
+
+    encoder: nn.Module
+    decoder: nn.Module
+
+    def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Mean and log-variance of q(z|x)."""
+        return self.encoder(x)
+
+    def decode(self, z: jax.Array) -> jax.Array:
+        """Bernoulli logits of p(x|z), image-shaped."""
+        return self.decoder(z)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Decode the posterior mean (creates every parameter at init)."""
+        mean, _ = self.encode(x)
+        return self.decode(mean)
+
+
+def conv_vae(latent_dim: int = 32, hidden: int = 256) -> VAE:
+    """The convolutional VAE."""
+    return VAE(ConvEncoder(latent_dim, hidden=hidden), ConvDecoder(hidden=hidden))
+
+
+def mlp_vae(latent_dim: int = 20, hidden: int = 500) -> VAE:
+    """The Flax example's VAE: 784-500-latent encoder, latent-500-784 decoder."""
+    return VAE(MLPEncoder(latent_dim, hidden=hidden), MLPDecoder(hidden=hidden))

@@ -1,0 +1,189 @@
+"""Variational autoencoders on dynamically binarised images: ELBO (with beta and KL warm-up) or
+the importance-weighted bound (IWAE) as the objective; test ELBO and importance-sampled NLL in nats.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from gen_jax import models, optim
+from gen_jax.errors import GenJaxError
+from gen_jax.tasks.base import Batch, Metrics, step_key
+
+OBJECTIVES = ("elbo", "iwae")
+
+
+# ----------------------------------------------------------------------------- the math
+def binarize(rng: jax.Array, images: jax.Array) -> jax.Array:
+    """Each pixel drawn as Bernoulli(intensity), intensities in [0, 1]."""
+    return jax.random.bernoulli(rng, images).astype(images.dtype)
+
+
+def bernoulli_log_likelihood(logits: jax.Array, x: jax.Array) -> jax.Array:
+    """log p(x | logits), summed over all but the leading axis."""
+    per_pixel = -optax.sigmoid_binary_cross_entropy(logits, x)
+    return per_pixel.reshape(per_pixel.shape[0], -1).sum(-1)
+
+
+def gaussian_kl(mean: jax.Array, logvar: jax.Array) -> jax.Array:
+    """KL(N(mean, exp(logvar)) || N(0, I)), summed over the last axis."""
+    return 0.5 * jnp.sum(jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar, axis=-1)
+
+
+def gaussian_log_density(z: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
+    """log N(z; mean, exp(logvar)), summed over the last axis."""
+    return -0.5 * jnp.sum(
+        math.log(2 * math.pi) + logvar + jnp.square(z - mean) * jnp.exp(-logvar), axis=-1
+    )
+
+
+def sample_latents(rng: jax.Array, mean: jax.Array, logvar: jax.Array, k: int) -> jax.Array:
+    """k reparameterised draws from q(z|x): shape (k, batch, latent)."""
+    noise = jax.random.normal(rng, (k, *mean.shape), mean.dtype)
+    return mean + jnp.exp(0.5 * logvar) * noise
+
+
+def log_weights(decode, x: jax.Array, z: jax.Array, mean: jax.Array, logvar: jax.Array):
+    """log p(x, z) - log q(z|x) for each of the k latents z (k, batch): importance log-weights."""
+    k, batch = z.shape[:2]
+    logits = decode(z.reshape(k * batch, -1))
+    repeated_x = jnp.broadcast_to(x, (k, *x.shape)).reshape(k * batch, *x.shape[1:])
+    log_px_z = bernoulli_log_likelihood(logits, repeated_x).reshape(k, batch)
+    zeros = jnp.zeros_like(mean)
+    return log_px_z + gaussian_log_density(z, zeros, zeros) - gaussian_log_density(z, mean, logvar)
+
+
+def iw_bound(weights: jax.Array) -> jax.Array:
+    """The importance-weighted bound log (1/k) sum_i w_i from log-weights (k, batch)."""
+    return jax.nn.logsumexp(weights, axis=0) - math.log(weights.shape[0])
+
+
+# ----------------------------------------------------------------------------- the task
+@flax.struct.dataclass
+class VAEState:
+    """Everything a VAE run carries from step to step."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+class VAETask:
+    """Trains `config.model` (a VAE) on `batch['image']` binarised anew each step."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        task = config.task
+        if task.objective not in OBJECTIVES:
+            raise GenJaxError(f"unknown task.objective '{task.objective}'; use one of {OBJECTIVES}")
+        self.model = models.build(config.model)
+        self.optimizer = optim.build(config.optimizer, config.train.num_steps)
+        self.latent_dim = config.model.latent_dim
+        self.objective, self.train_samples = task.objective, task.train_samples
+        self.beta, self.warmup_steps = task.beta, task.kl_warmup_steps
+        self.eval_samples, self.final_eval_samples = task.eval_samples, task.final_eval_samples
+        self.sample_chunk, self.eval_seed = task.eval_sample_chunk, task.eval_seed
+
+    def init(self, rng: jax.Array, batch: Batch) -> VAEState:
+        params_rng, run_rng = jax.random.split(rng)
+        params = self.model.init(params_rng, batch["image"])["params"]
+        return VAEState(jnp.zeros((), jnp.int32), params, self.optimizer.init(params), run_rng)
+
+    def encode(self, params, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Mean and log-variance of q(z|x)."""
+        return self.model.apply({"params": params}, x, method="encode")
+
+    def decode(self, params, z: jax.Array) -> jax.Array:
+        """Pixel logits of p(x|z)."""
+        return self.model.apply({"params": params}, z, method="decode")
+
+    def kl_weight(self, step: jax.Array) -> jax.Array:
+        """beta, ramped linearly from 0 over the first `kl_warmup_steps` steps."""
+        if self.warmup_steps == 0:
+            return jnp.asarray(self.beta, jnp.float32)
+        return self.beta * jnp.minimum(1.0, step / self.warmup_steps)
+
+    def elbo_terms(self, params, rng: jax.Array, x: jax.Array) -> dict[str, jax.Array]:
+        """Per-example reconstruction (-log p(x|z), one z) and analytic KL, in nats."""
+        mean, logvar = self.encode(params, x)
+        z = sample_latents(rng, mean, logvar, 1)[0]
+        recon = -bernoulli_log_likelihood(self.decode(params, z), x)
+        return {"recon": recon, "kl": gaussian_kl(mean, logvar)}
+
+    def iw_bound(self, params, rng: jax.Array, x: jax.Array, k: int, chunk: int) -> jax.Array:
+        """Per-example importance-weighted bound with k samples, decoded `chunk` at a time."""
+        mean, logvar = self.encode(params, x)
+        decode = lambda z: self.decode(params, z)
+        if k <= chunk:
+            return iw_bound(
+                log_weights(decode, x, sample_latents(rng, mean, logvar, k), mean, logvar)
+            )
+        if k % chunk:
+            raise GenJaxError(f"{k} importance samples do not split into chunks of {chunk}")
+
+        def one_chunk(_, key):
+            z = sample_latents(key, mean, logvar, chunk)
+            return None, log_weights(decode, x, z, mean, logvar)
+
+        _, weights = jax.lax.scan(one_chunk, None, jax.random.split(rng, k // chunk))
+        return iw_bound(weights.reshape(k, -1))
+
+    def train_step(self, state: VAEState, batch: Batch) -> tuple[VAEState, Metrics]:
+        binarize_rng, sample_rng = jax.random.split(step_key(state.rng, state.step))
+        x = binarize(binarize_rng, batch["image"])
+        kl_weight = self.kl_weight(state.step)
+
+        def loss_fn(params):
+            terms = self.elbo_terms(params, sample_rng, x)
+            terms = {k: v.mean() for k, v in terms.items()}
+            if self.objective == "elbo":
+                loss = terms["recon"] + kl_weight * terms["kl"]
+            else:
+                loss = -self.iw_bound(
+                    params, sample_rng, x, self.train_samples, self.train_samples
+                ).mean()
+            return loss, terms
+
+        (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=optax.apply_updates(state.params, updates),
+            opt_state=opt_state,
+        )
+        metrics = {
+            "loss": loss,
+            "neg_elbo": terms["recon"] + terms["kl"],
+            **terms,
+            "kl_weight": kl_weight,
+            "grad_norm": optax.global_norm(grads),
+        }
+        return new_state, metrics
+
+    def eval_step(self, state: VAEState, batch: Batch, final: bool = False) -> Metrics:
+        """Sums of negative ELBO, its terms, and NLL (IW bound, `final_eval_samples` samples when
+        `final`, else `eval_samples`) on a fixed binarisation: example i always draws from
+        fold_in(key(eval_seed), i), whatever the batch size or device count."""
+        k = self.final_eval_samples if final else self.eval_samples
+        base = jax.random.PRNGKey(self.eval_seed)
+        keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(batch["index"])
+
+        def one_example(key, image):
+            binarize_rng, elbo_rng, iw_rng = jax.random.split(key, 3)
+            x = binarize(binarize_rng, image[None])
+            terms = self.elbo_terms(state.params, elbo_rng, x)
+            nll = -self.iw_bound(state.params, iw_rng, x, k, min(k, self.sample_chunk))
+            return {"recon": terms["recon"][0], "kl": terms["kl"][0], "nll": nll[0]}
+
+        per_example = jax.vmap(one_example)(keys, batch["image"])
+        per_example["neg_elbo"] = per_example["recon"] + per_example["kl"]
+        mask = batch["mask"]
+        sums = {name: jnp.sum(value * mask) for name, value in per_example.items()}
+        return {**sums, "count": jnp.sum(mask)}
