@@ -7,8 +7,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import tqdm
 from tensorboardX import SummaryWriter
+
+from gen_jax import images
 
 
 class MetricWriter:
@@ -18,7 +21,7 @@ class MetricWriter:
     """
 
     def __init__(self, workdir: Path, enabled: bool = True):
-        self.enabled = enabled
+        self.enabled, self.workdir = enabled, Path(workdir)
         if enabled:
             self.jsonl = open(Path(workdir) / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close)
             self.tensorboard = SummaryWriter(str(Path(workdir) / "tensorboard"))
@@ -32,6 +35,16 @@ class MetricWriter:
             self.jsonl.write(json.dumps(record) + "\n")
             self.tensorboard.add_scalar(f"{split}/{name}", value, step, walltime=now)
         self.jsonl.flush()
+        self.tensorboard.flush()
+
+    def write_images(self, step: int, layouts: dict[str, np.ndarray]) -> None:
+        """Save each (rows, columns, H, W, C) layout as samples/NAME_STEP.png and to TensorBoard."""
+        if not self.enabled:
+            return
+        for name, layout in layouts.items():
+            image = images.grid(layout)
+            images.save_png(image, self.workdir / "samples" / f"{name}_{step:07d}.png")
+            self.tensorboard.add_image(f"samples/{name}", image, step, dataformats="HWC")
         self.tensorboard.flush()
 
     def close(self) -> None:

@@ -21,13 +21,16 @@ from gen_jax.errors import NonFiniteLossError
 from gen_jax.metric_writer import MetricWriter, progress_bar
 from gen_jax.tasks.base import Task, average
 
-
 # ----------------------------------------------------------------------------- compiled steps
+PICTURE_INPUTS = 32  # the first eval images, shown in every evaluation's pictures
+
+
 class Steps(NamedTuple):
     """The compiled functions a run calls: one train step, and a whole-split evaluation."""
 
     train: Callable[[Any, data.Batch], tuple[Any, dict]]  # (state, local batch) -> (state, metrics)
     evaluate: Callable[..., dict[str, float]]  # (state, final=False) -> mean eval metrics
+    pictures: Callable[[Any], dict[str, np.ndarray]]  # state -> named image layouts
 
 
 def compile_steps(
@@ -67,7 +70,16 @@ def compile_steps(
             sums = metrics if sums is None else jax.tree.map(np.add, sums, metrics)
         return {k: float(v) for k, v in average(jax.device_get(sums)).items()}
 
-    return Steps(train, evaluate)
+    picture_inputs = data.preprocessor(config.data.preprocess)(
+        {"image": eval_arrays["image"][:PICTURE_INPUTS]}
+    )["image"]
+    picture_inputs = jax.device_put(picture_inputs, replicated)
+    pictures_step = jax.jit(task.pictures, in_shardings=replicated, out_shardings=replicated)
+
+    def pictures(state) -> dict[str, np.ndarray]:
+        return jax.device_get(pictures_step(state, picture_inputs))
+
+    return Steps(train, evaluate, pictures)
 
 
 # ----------------------------------------------------------------------------- state
@@ -172,6 +184,7 @@ def _loop(config, state, iterator, steps: Steps, checkpointer, writer, stop_at) 
         if eval_now:
             results = steps.evaluate(state, final=step == train.num_steps)
             writer.write(step, eval_split, results)
+            writer.write_images(step, steps.pictures(state))
         if save_now:
             checkpointer.save(step, state, iterator)
     log.close()

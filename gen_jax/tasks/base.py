@@ -29,6 +29,11 @@ class Task(Protocol):
 
         `final` asks for the run's reported numbers (e.g. more importance samples)."""
 
+    def pictures(self, state: Any, images: jax.Array) -> dict[str, jax.Array]:
+        """Named image layouts (rows, columns, H, W, C) in [0, 1] to save at each evaluation,
+        made from fixed eval `images` and fixed noise so a series over training is comparable.
+        May be empty."""
+
 
 def step_key(rng: jax.Array, step: jax.Array) -> jax.Array:
     """The key for one step, a pure function of the run's key and the step number."""

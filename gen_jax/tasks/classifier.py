@@ -106,6 +106,10 @@ class ClassifierTask:
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         return self.model.apply(variables, images, train=False)
 
+    def pictures(self, state: ClassifierState, images: jax.Array) -> dict[str, jax.Array]:
+        del state, images  # a classifier makes no pictures
+        return {}
+
     def eval_step(self, state: ClassifierState, batch: Batch, final: bool = False) -> Metrics:
         del final  # periodic and final evaluations are the same
         logits = self.logits(state, batch["image"])
