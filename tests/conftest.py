@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -16,41 +15,54 @@ REPO = Path(__file__).resolve().parents[1]
 MOCKED_CLI = Path(__file__).with_name("mocked_cli.py")
 
 
-def write_experiment(path: Path, **overrides) -> Path:
-    """A small experiment file: bn_cnn (batch norm + dropout) on mocked data, tiny and fast."""
-    settings = {
-        "model.name": "'bn_cnn'",
-        "model.features": "(8, 16)",
-        "model.pool_after": "(0, 1)",
-        "model.hidden": "32",
-        "model.dropout_rate": "0.25",
-        "task.label_smoothing": "0.1",
-        "task.max_shift": "2",
-        "data.batch_size": "16",
-        "data.eval_batch_size": "64",
-        "optimizer.name": "'adam'",
-        "optimizer.learning_rate": "1e-3",
-        "optimizer.schedule": "'cosine'",
-        "optimizer.warmup_steps": "2",
-        "train.num_steps": "10",
-        "train.log_every": "1",
-        "train.checkpoint_every": "5",
-        "train.keep_checkpoints": "100",
-    }
-    settings.update({k: repr(v) for k, v in overrides.items()})
-    lines = "\n".join(f"    config.{k} = {v}" for k, v in settings.items())
+COMMON_SETTINGS = {
+    "data.batch_size": 16,
+    "data.eval_batch_size": 64,
+    "optimizer.name": "adam",
+    "optimizer.learning_rate": 1e-3,
+    "optimizer.schedule": "cosine",
+    "optimizer.warmup_steps": 2,
+    "train.num_steps": 10,
+    "train.log_every": 1,
+    "train.checkpoint_every": 5,
+    "train.keep_checkpoints": 100,
+}
+FAMILIES = {  # config function, settings: tiny versions that exercise every source of randomness
+    "classifier": (
+        "base_config",
+        {
+            "model.name": "bn_cnn",  # batch norm and dropout
+            "model.features": (8, 16),
+            "model.pool_after": (0, 1),
+            "model.hidden": 32,
+            "model.dropout_rate": 0.25,
+            "task.label_smoothing": 0.1,
+            "task.max_shift": 2,
+        },
+    ),
+    "vae": (
+        "vae_config",
+        {
+            "model.name": "mlp_vae",
+            "model.latent_dim": 4,
+            "model.hidden": 32,
+            "task.kl_warmup_steps": 5,
+            "task.eval_samples": 4,
+            "task.final_eval_samples": 8,
+            "task.eval_sample_chunk": 4,
+        },
+    ),
+}
+
+
+def write_experiment(path: Path, family: str = "classifier", **overrides) -> Path:
+    """A small experiment file of a task family, for mocked data: tiny and fast."""
+    config_function, family_settings = FAMILIES[family]
+    settings = {**COMMON_SETTINGS, **family_settings, **overrides}
+    lines = "\n".join(f"    config.{k} = {v!r}" for k, v in settings.items())
     path.write_text(
-        textwrap.dedent(
-            """\
-            from gen_jax.config import base_config
-
-
-            def get_config():
-                config = base_config()
-            """
-        )
-        + lines
-        + "\n    return config\n"
+        f"from gen_jax.config import {config_function}\n\n\n"
+        f"def get_config():\n    config = {config_function}()\n{lines}\n    return config\n"
     )
     return path
 
