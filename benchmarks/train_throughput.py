@@ -24,7 +24,7 @@ import optax
 from flax.training import train_state
 
 from gen_jax import config as config_lib
-from gen_jax import data, models, train
+from gen_jax import data, models, parallel, train
 from gen_jax.metric_writer import read_metrics
 
 EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments/mnist_cnn.py"
@@ -100,6 +100,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=50, help="untimed warm-up steps")
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
+    parallel.use_every_cpu_core()  # as `gen-jax train` does; the plain loop uses one device
 
     config = config_lib.load_experiment(EXPERIMENT)
     config.data.data_dir = args.data_dir

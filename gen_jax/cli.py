@@ -56,6 +56,7 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
 
     from gen_jax import parallel, train
 
+    parallel.use_every_cpu_core()
     if args.coordinator_address:
         parallel.initialize_distributed(
             args.coordinator_address, args.num_processes, args.process_id
