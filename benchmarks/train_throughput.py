@@ -3,17 +3,23 @@
     TFDS_DATA_DIR=../shared/data/tensorflow_datasets python benchmarks/train_throughput.py
 
 Both train the baseline CNN (experiments/mnist_cnn.py: same network, SGD with momentum, batch 128)
-on the real MNIST training set. The plain loop is the Flax example's style: decoded images in a
-numpy array, a fresh permutation per epoch, one jitted step per Python iteration. The gen_jax loop
-is `gen_jax.train.run` itself (grain pipeline, sharded step, metric fetches, a final checkpoint),
-timed over its logged windows after the first (which holds compilation). Rounds alternate the two
-loops; the table reports each round and the ratio of medians.
+on the real MNIST training set, each round of each loop in a fresh process, rounds alternating:
+
+- gen_jax: `gen_jax.train.run` itself (grain pipeline, sharded step, metric fetches, a final
+  checkpoint) with the process set-up `gen-jax train` does, timed over its logged windows after
+  the first (which holds compilation);
+- plain: the Flax example's style: decoded images in a numpy array, a fresh permutation per
+  epoch, one jitted step per Python iteration;
+- plain + allocator: the plain loop after gen_jax's one process setting
+  (`host.keep_freed_memory_in_heap`), to show where a difference comes from.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +30,7 @@ import optax
 from flax.training import train_state
 
 from gen_jax import config as config_lib
-from gen_jax import data, models, parallel, train
+from gen_jax import data, host, models, train
 from gen_jax.metric_writer import read_metrics
 
 EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments/mnist_cnn.py"
@@ -93,34 +99,51 @@ def plain_loop(config, arrays: data.Batch, steps: int, window: int) -> float:
     return steps * batch_size / (time.perf_counter() - start)
 
 
+LOOPS = ("gen_jax", "plain", "plain + allocator")
+
+
+def measure(loop: str, args: argparse.Namespace) -> float:
+    """Examples/s of one loop, timed in this process."""
+    config = config_lib.load_experiment(EXPERIMENT)
+    config.data.data_dir = args.data_dir
+    if loop != "plain":
+        host.keep_freed_memory_in_heap()
+    if loop == "gen_jax":
+        return gen_jax_loop(config, args.steps, args.window)
+    arrays = data.load_split(config.data, config.data.train_split)
+    return plain_loop(config, arrays, args.steps, args.window)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_dir", default="", help="TFDS directory (default $TFDS_DATA_DIR)")
     parser.add_argument("--steps", type=int, default=500, help="timed steps per round")
     parser.add_argument("--window", type=int, default=50, help="untimed warm-up steps")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--loop", choices=LOOPS, help="measure one loop here and print examples/s")
     args = parser.parse_args()
-    parallel.use_every_cpu_core()  # as `gen-jax train` does; the plain loop uses one device
+    if args.loop:
+        print(measure(args.loop, args))
+        return
 
-    config = config_lib.load_experiment(EXPERIMENT)
-    config.data.data_dir = args.data_dir
-    arrays = data.load_split(config.data, config.data.train_split)
-    results = {"gen_jax loop": [], "plain jit loop": []}
+    results = {loop: [] for loop in LOOPS}
     for _ in range(args.rounds):
-        results["gen_jax loop"].append(gen_jax_loop(config, args.steps, args.window))
-        results["plain jit loop"].append(plain_loop(config, arrays, args.steps, args.window))
+        for loop in LOOPS:
+            command = [sys.executable, __file__, "--loop", loop, *sys.argv[1:]]
+            output = subprocess.check_output(command, text=True, stderr=subprocess.DEVNULL)
+            results[loop].append(float(output.strip().splitlines()[-1]))
 
-    baseline = statistics.median(results["plain jit loop"])
+    baseline = statistics.median(results["plain"])
     print(
-        f"\nCNN training, batch {config.data.batch_size}, {args.steps} timed steps per round, "
-        f"{jax.device_count()} {jax.devices()[0].platform} device(s), jax {jax.__version__}"
+        f"CNN training, batch 128, {args.steps} timed steps per round, one device, "
+        f"jax {jax.__version__}; each round of each loop in a fresh process"
     )
     print("| loop | examples/s per round | median | ratio to plain |")
     print("|---|---|---|---|")
-    for name, rates in results.items():
+    for loop, rates in results.items():
         median = statistics.median(rates)
         rounds = ", ".join(f"{r:,.0f}" for r in rates)
-        print(f"| {name} | {rounds} | {median:,.0f} | {median / baseline:.3f} |")
+        print(f"| {loop} | {rounds} | {median:,.0f} | {median / baseline:.3f} |")
 
 
 if __name__ == "__main__":

@@ -54,9 +54,9 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
         config = config_lib.load_experiment(args.experiment)
         config_lib.apply_overrides(config, overrides)
 
-    from gen_jax import parallel, train
+    from gen_jax import host, parallel, train
 
-    parallel.use_every_cpu_core()
+    host.keep_freed_memory_in_heap()
     if args.coordinator_address:
         parallel.initialize_distributed(
             args.coordinator_address, args.num_processes, args.process_id

@@ -128,7 +128,9 @@ def base_config() -> ml_collections.ConfigDict:
     """Every key the training path reads, with defaults; experiments start from this."""
     config = ml_collections.ConfigDict()
     config.seed = 0
-    config.task = ml_collections.ConfigDict({"name": "classifier"})
+    config.task = ml_collections.ConfigDict(
+        {"name": "classifier", "label_smoothing": 0.0, "max_shift": 0}  # max_shift: random shifts
+    )
     config.model = ml_collections.ConfigDict({"name": "cnn"})
     config.data = ml_collections.ConfigDict(
         {

@@ -7,8 +7,6 @@ or several hosts joined by `jax.distributed`.
 
 from __future__ import annotations
 
-import math
-import os
 from typing import Any
 
 import jax
@@ -18,26 +16,6 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from gen_jax.errors import GenJaxError
 
 DATA_AXIS = "data"
-
-
-MAX_CPU_DEVICES = 8
-
-
-def use_every_cpu_core() -> None:
-    """Split a CPU host into one XLA device per core (a power of two, at most 8).
-
-    XLA runs each CPU device's convolutions on about one core, so one device leaves the others
-    idle; data parallelism over several devices uses them all (1.7x on 2 cores, see
-    benchmarks/README.md). Does nothing when a count is already chosen (XLA_FLAGS'
-    --xla_force_host_platform_device_count or JAX_NUM_CPU_DEVICES). Call before JAX starts its
-    backends, as the CLI does.
-    """
-    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
-        return
-    if jax.config.jax_num_cpu_devices != -1:
-        return
-    cores = min(len(os.sched_getaffinity(0)), MAX_CPU_DEVICES)
-    jax.config.update("jax_num_cpu_devices", 2 ** int(math.log2(cores)))
 
 
 def initialize_distributed(coordinator_address: str, num_processes: int, process_id: int) -> None:
