@@ -24,10 +24,20 @@ class ConvEncoder(nn.Module):
         return nn.Dense(self.latent_dim)(x), nn.Dense(self.latent_dim)(x)
 
 
-class ConvDecoder(nn.Module):
-    """Latent -> 28x28 pixel logits: dense to 7x7, two stride-2 transposed convolutions."""
+def depth_to_space(x: jax.Array, block: int = 2) -> jax.Array:
+    """Rearrange (B, H, W, block*block*C) to (B, block*H, block*W, C) ("pixel shuffle")."""
+    batch, height, width, channels = x.shape
+    features = channels // (block * block)
+    x = x.reshape(batch, height, width, block, block, features).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(batch, height * block, width * block, features)
 
-    features: tuple[int, ...] = (64, 32)
+
+class ConvDecoder(nn.Module):
+    """Latent -> 28x28 pixel logits: dense to 7x7, then two 2x upsamplings, each a convolution
+    to 4x the features followed by `depth_to_space`. (XLA's CPU ConvTranspose is ~5x slower
+    than this for the same shapes; see benchmarks/README.md.)"""
+
+    features: tuple[int, ...] = (32, 16)
     hidden: int = 256
     channels: int = 1
 
@@ -36,7 +46,7 @@ class ConvDecoder(nn.Module):
         x = nn.gelu(nn.Dense(self.hidden)(z))
         x = nn.gelu(nn.Dense(7 * 7 * self.features[0])(x)).reshape((-1, 7, 7, self.features[0]))
         for features in self.features:
-            x = nn.gelu(nn.ConvTranspose(features, (3, 3), strides=(2, 2))(x))
+            x = nn.gelu(depth_to_space(nn.Conv(4 * features, (3, 3))(x)))
         return nn.Conv(self.channels, (3, 3))(x)
 
 
