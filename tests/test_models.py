@@ -37,3 +37,26 @@ def test_unknown_model_or_option_is_a_clear_error():
         models.build(ml_collections.ConfigDict({"name": "resnet"}))
     with pytest.raises(GenJaxError, match=r"takes no option\(s\) \['width'\]"):
         models.build(ml_collections.ConfigDict({"name": "cnn", "width": 3}))
+
+
+def test_depth_to_space_puts_each_channel_block_in_its_pixel():
+    from gen_jax.models.vae import depth_to_space
+
+    x = jnp.arange(2 * 3 * 3 * 8).reshape(2, 3, 3, 8)
+    y = depth_to_space(x)
+    assert y.shape == (2, 6, 6, 2)
+    # pixel (2i + a, 2j + b) holds channels [(2a + b) * 2, (2a + b) * 2 + 2) of input pixel (i, j)
+    for a in range(2):
+        for b in range(2):
+            block = 2 * a + b
+            assert jnp.array_equal(y[:, a::2, b::2, :], x[..., 2 * block : 2 * block + 2])
+
+
+@pytest.mark.parametrize("name, latent", [("conv_vae", 32), ("mlp_vae", 20)])
+def test_vae_encodes_to_a_gaussian_and_decodes_to_image_logits(name, latent):
+    model = models.build(ml_collections.ConfigDict({"name": name, "latent_dim": latent}))
+    x = jnp.zeros((3, 28, 28, 1))
+    variables = model.init(jax.random.PRNGKey(0), x)
+    mean, logvar = model.apply(variables, x, method="encode")
+    assert mean.shape == logvar.shape == (3, latent)
+    assert model.apply(variables, mean, method="decode").shape == (3, 28, 28, 1)
