@@ -2,9 +2,11 @@
 
     python benchmarks/run_summary.py runs/mnist_cnn runs/mnist_cnn_bn
 
-Prints one table row per workdir: final test accuracy, training wall time (first to last record,
-so start-up before the first step is excluded), mean examples/s over the logged windows after the
-first (which holds compilation), and the time of the first step (compilation included).
+Prints one table row per workdir: the last evaluation's metrics, training wall time (first to
+last record, so start-up before the first step is excluded), the median examples/s of the
+logged windows after the first (which holds compilation; the median also ignores windows that
+held an evaluation, in runs made before evaluations were left out of the timing), and the time of
+the first step (compilation included).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from pathlib import Path
 from gen_jax.metric_writer import read_metrics
 
 
-def summarise(workdir: Path) -> dict[str, float]:
-    """Final eval accuracy, wall seconds, steady examples/s and first-step seconds of a run."""
+def summarise(workdir: Path) -> dict:
+    """Last eval metrics, wall seconds, steady examples/s and first-step seconds of a run."""
     records = read_metrics(workdir)
 
     def values(split: str, name: str) -> list[tuple[int, float]]:
@@ -25,13 +27,14 @@ def summarise(workdir: Path) -> dict[str, float]:
             (r["step"], r["value"]) for r in records if r["split"] == split and r["name"] == name
         ]
 
-    eval_split = next(r["split"] for r in records if r["split"] != "train")
+    evals = [r for r in records if r["split"] != "train"]
+    last_step = evals[-1]["step"]
     rates = values("train", "examples_per_second")
     return {
         "steps": max(r["step"] for r in records),
-        "accuracy": values(eval_split, "accuracy")[-1][1],
+        "eval": {r["name"]: r["value"] for r in evals if r["step"] == last_step},
         "wall_seconds": records[-1]["time"] - records[0]["time"],
-        "examples_per_second": statistics.fmean(v for _, v in rates[1:]),
+        "examples_per_second": statistics.median(v for _, v in rates[1:]),
         "first_step_seconds": values("train", "first_step_seconds")[0][1],
     }
 
@@ -40,12 +43,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("workdirs", nargs="+", type=Path)
     args = parser.parse_args()
-    print("| run | steps | test accuracy | wall time | examples/s | first step |")
+    print("| run | steps | last evaluation | wall time | examples/s | first step |")
     print("|---|---|---|---|---|---|")
     for workdir in args.workdirs:
         s = summarise(workdir)
+        metrics = ", ".join(f"{name} {value:.4g}" for name, value in sorted(s["eval"].items()))
         print(
-            f"| {workdir.name} | {s['steps']} | {100 * s['accuracy']:.2f}% | "
+            f"| {workdir.name} | {s['steps']} | {metrics} | "
             f"{s['wall_seconds'] / 60:.1f} min | {s['examples_per_second']:,.0f} | "
             f"{s['first_step_seconds']:.2f} s |"
         )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -181,12 +182,13 @@ def _loop(config, state, iterator, steps: Steps, checkpointer, writer, stop_at) 
             log.check_finite()  # before any save: a diverged state is never checkpointed
         if log_now:
             log.write(step)
-        if eval_now:
-            results = steps.evaluate(state, final=step == train.num_steps)
-            writer.write(step, eval_split, results)
-            writer.write_images(step, steps.pictures(state))
-        if save_now:
-            checkpointer.save(step, state, iterator)
+        with log.paused():  # evaluations and saves do not count against training throughput
+            if eval_now:
+                results = steps.evaluate(state, final=step == train.num_steps)
+                writer.write(step, eval_split, results)
+                writer.write_images(step, steps.pictures(state))
+            if save_now:
+                checkpointer.save(step, state, iterator)
     log.close()
     if start >= end:  # nothing left to train: report the checkpoint as it is
         results = steps.evaluate(state, final=True)
@@ -231,6 +233,13 @@ class TrainLog:
         self.writer.write(step, "train", means)
         self.bar.set_postfix(loss=f"{means['loss']:.4f}")
         self.window, self.window_start = [], time.perf_counter()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Leave the time spent inside out of the current window's throughput."""
+        start = time.perf_counter()
+        yield
+        self.window_start += time.perf_counter() - start
 
     def close(self) -> None:
         self.bar.close()
