@@ -8,6 +8,7 @@ from PIL import Image
 
 from gen_jax import config as config_lib
 from gen_jax import tasks, train
+from gen_jax.errors import GenJaxError
 from gen_jax.tasks import vae
 
 
@@ -96,6 +97,11 @@ def test_iw_bound_rises_with_k_and_chunking_does_not_change_it(setup):
     bounds = [mean_bound(k, k) for k in (1, 5, 50)]
     assert bounds[0] < bounds[1] < bounds[2]
     np.testing.assert_allclose(mean_bound(50, 10), bounds[2], rtol=0.01)
+
+
+def test_sample_counts_that_do_not_split_into_chunks_are_refused_at_once():
+    with pytest.raises(GenJaxError, match=r"task\.final_eval_samples=1000 is not a multiple"):
+        tiny_task(final_eval_samples=1000, eval_sample_chunk=300)
 
 
 def test_kl_weight_warms_up_linearly_to_beta():

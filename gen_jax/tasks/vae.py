@@ -90,6 +90,12 @@ class VAETask:
         self.beta, self.warmup_steps = task.beta, task.kl_warmup_steps
         self.eval_samples, self.final_eval_samples = task.eval_samples, task.final_eval_samples
         self.sample_chunk, self.eval_seed = task.eval_sample_chunk, task.eval_seed
+        for key in ("eval_samples", "final_eval_samples"):
+            if task[key] > self.sample_chunk and task[key] % self.sample_chunk:
+                raise GenJaxError(
+                    f"task.{key}={task[key]} is not a multiple of task.eval_sample_chunk="
+                    f"{self.sample_chunk}; the samples are decoded that many at a time"
+                )
 
     def init(self, rng: jax.Array, batch: Batch) -> VAEState:
         params_rng, run_rng = jax.random.split(rng)
@@ -125,8 +131,6 @@ class VAETask:
             return iw_bound(
                 log_weights(decode, x, sample_latents(rng, mean, logvar, k), mean, logvar)
             )
-        if k % chunk:
-            raise GenJaxError(f"{k} importance samples do not split into chunks of {chunk}")
 
         def one_chunk(_, key):
             z = sample_latents(key, mean, logvar, chunk)
