@@ -60,6 +60,11 @@ def load_split(config: ml_collections.ConfigDict, split: str) -> Batch:
     return _decode_split(config.name, split, data_dir(config), config.max_examples)
 
 
+def clear_cache() -> None:
+    """Forget the decoded splits kept in memory (they are reread on next use)."""
+    _decode_split.cache_clear()
+
+
 @functools.lru_cache(maxsize=4)
 def _decode_split(name: str, split: str, directory: str | None, max_examples: int) -> Batch:
     import tensorflow_datasets as tfds  # heavy import, only when data is needed

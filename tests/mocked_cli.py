@@ -24,12 +24,22 @@ def mock_mnist(num_examples: int = MOCK_EXAMPLES):
     tfds 4.9.10's mock installs a batched `__getitems__` that cannot be called (it is set on a
     MagicMock, which does not bind it); reading the examples one by one avoids it.
     """
+    from gen_jax import data
+
     one_by_one = lambda self, keys: [self[k] for k in keys]
-    with (
-        tfds.testing.mock_data(num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE),
-        mock.patch.object(tfds.core.data_sources.base.BaseDataSource, "__getitems__", one_by_one),
-    ):
-        yield
+    data.clear_cache()  # decoded splits are cached: mocked and real data must never mix
+    try:
+        with (
+            tfds.testing.mock_data(
+                num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE
+            ),
+            mock.patch.object(
+                tfds.core.data_sources.base.BaseDataSource, "__getitems__", one_by_one
+            ),
+        ):
+            yield
+    finally:
+        data.clear_cache()
 
 
 def _dump_params_on_save(workdir: str) -> None:

@@ -3,7 +3,7 @@
 import pytest
 
 from gen_jax import config as config_lib
-from gen_jax import train
+from gen_jax import data, train
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -19,6 +19,7 @@ def test_three_hundred_steps_of_the_baseline_reach_95_percent(real_data_dir, tmp
             "--config.train.checkpoint_every=300",
         ],
     )
+    assert len(data.load_split(config.data, "test")["label"]) == 10_000  # real, not mocked
     metrics = train.run(config, tmp_path / "run")
     assert metrics["accuracy"] > 0.95
     assert train.evaluate_workdir(tmp_path / "run")["accuracy"] == metrics["accuracy"]
