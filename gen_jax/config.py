@@ -16,6 +16,13 @@ import ml_collections
 from gen_jax.errors import GenJaxError
 
 OVERRIDE_PREFIX = "--config."
+TYPE_NAMES = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    tuple: "a tuple, e.g. (1, 2)",
+    list: "a list, e.g. [1, 2]",
+}
 
 
 def load_experiment(path: str | Path) -> ml_collections.ConfigDict:
@@ -96,7 +103,7 @@ def _parse_like(old, raw: str, dotted: str):
             return expected(value)
     except (ValueError, SyntaxError):
         raise GenJaxError(
-            f"config key '{dotted}' expects a {expected.__name__} (current value {old!r}); "
+            f"config key '{dotted}' expects {TYPE_NAMES[expected]} (current value {old!r}); "
             f"got {raw!r}"
         ) from None
     raise GenJaxError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grain
 import ml_collections
@@ -69,16 +70,23 @@ def clear_cache() -> None:
 def _decode_split(name: str, split: str, directory: str | None, max_examples: int) -> Batch:
     import tensorflow_datasets as tfds  # heavy import, only when data is needed
 
+    searched = directory or "tfds' default directory (~/tensorflow_datasets)"
+    remedy = (
+        f"Point config.data.data_dir or $TFDS_DATA_DIR at a directory holding {name}/ in "
+        "array_record format (MNIST: ../shared/data/tensorflow_datasets), or build it with "
+        f"`pip install -e .[prepare]` and `tfds build {name} --file_format=array_record`."
+    )
+    if directory and not (Path(directory) / name).is_dir():
+        raise GenJaxError(
+            f"dataset '{name}' not found: {searched} has no {name}/ folder.\n{remedy}"
+        )
     try:
         source = tfds.data_source(name, split=split, data_dir=directory, download=False)
     except Exception as error:  # tfds raises several types for "not prepared here"
-        searched = directory or "tfds' default directory (~/tensorflow_datasets)"
+        reason = str(error).splitlines()[0] if str(error) else ""
         raise GenJaxError(
-            f"dataset '{name}' (split '{split}') is not available in {searched}: "
-            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}\n"
-            f"Point config.data.data_dir or $TFDS_DATA_DIR at a directory holding {name}/ in "
-            "array_record format (MNIST: ../shared/data/tensorflow_datasets), or build it with "
-            f"`pip install -e .[prepare]` and `tfds build {name} --file_format=array_record`."
+            f"dataset '{name}' (split '{split}') cannot be read from {searched}: "
+            f"{type(error).__name__}: {reason}\n{remedy}"
         ) from None
     count = len(source) if not max_examples else min(max_examples, len(source))
     examples = []

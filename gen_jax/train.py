@@ -137,7 +137,6 @@ def run(
     parallel.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
     task = tasks.build(config)
     is_main = jax.process_index() == 0
-    workdir.mkdir(parents=True, exist_ok=True)
 
     train_arrays = data.load_split(config.data, config.data.train_split)
     eval_arrays = data.load_split(config.data, config.data.eval_split)
@@ -149,6 +148,7 @@ def run(
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
+    workdir.mkdir(parents=True, exist_ok=True)
     checkpointer = Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
     state, iterator = initial_state(
         task, config, mesh, example_batch(train_arrays, config, mesh), checkpointer, iterator

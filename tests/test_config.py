@@ -61,9 +61,9 @@ def test_unknown_section_is_rejected(config):
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("--config.train.num_steps=1.5", "expects a int"),
-        ("--config.train.num_steps=many", "expects a int"),
-        ("--config.optimizer.learning_rate=fast", "expects a float"),
+        ("--config.train.num_steps=1.5", "expects an integer"),
+        ("--config.train.num_steps=many", "expects an integer"),
+        ("--config.optimizer.learning_rate=fast", "expects a number"),
         ("--config.data.preprocess=scale", "expects a tuple"),
     ],
 )
