@@ -116,9 +116,9 @@ def initial_state(
     With `require`, a workdir without checkpoints is an error instead of a fresh start.
     """
     rng = jax.random.PRNGKey(config.seed)
-    abstract = jax.eval_shape(task.init, rng, batch)
     if checkpointer.latest_step() is None and not require:
         return jax.jit(task.init, out_shardings=parallel.replicated(mesh))(rng, batch), iterator
+    abstract = jax.eval_shape(task.init, rng, batch)
     return checkpointer.restore(parallel.replicate(abstract, mesh), iterator, step)
 
 
