@@ -23,3 +23,22 @@ def test_three_hundred_steps_of_the_baseline_reach_95_percent(real_data_dir, tmp
     metrics = train.run(config, tmp_path / "run")
     assert metrics["accuracy"] > 0.95
     assert train.evaluate_workdir(tmp_path / "run")["accuracy"] == metrics["accuracy"]
+
+
+def test_a_short_mlp_vae_run_lowers_the_test_negative_elbo_far_below_its_start(
+    real_data_dir, tmp_path
+):
+    config = config_lib.load_experiment(REPO / "experiments/mnist_vae_mlp.py")
+    quick = [
+        f"--config.data.data_dir={real_data_dir}",
+        "--config.task.eval_samples=10",
+        "--config.task.final_eval_samples=10",
+        "--config.task.eval_sample_chunk=10",
+    ]
+    config_lib.apply_overrides(config, [*quick, "--config.train.num_steps=1"])
+    at_start = train.run(config, tmp_path / "run")  # evaluated after one step
+    config.train.num_steps = 300  # constant learning rate: continuing is training on
+    after = train.run(config, tmp_path / "run")
+    assert at_start["neg_elbo"] > 400
+    assert after["neg_elbo"] < at_start["neg_elbo"] - 250
+    assert after["nll"] <= after["neg_elbo"]
