@@ -36,7 +36,9 @@ def mock_mnist(num_examples: int = MOCK_EXAMPLES):
             mock.patch.object(
                 tfds.core.data_sources.base.BaseDataSource, "__getitems__", one_by_one
             ),
+            mock.patch.dict(os.environ),  # mocked data lives in no directory
         ):
+            os.environ.pop("TFDS_DATA_DIR", None)
             yield
     finally:
         data.clear_cache()
