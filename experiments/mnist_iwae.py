@@ -16,7 +16,7 @@ def get_config():
     config.task.objective = "iwae"
     config.task.train_samples = 5
     config.train.num_steps = 100 * EPOCH
-    config.train.eval_every = 10 * EPOCH
+    config.train.eval_every = 25 * EPOCH
     config.train.checkpoint_every = 5 * EPOCH
     config.optimizer.schedule = "cosine"
     return config

@@ -14,7 +14,7 @@ EPOCH = 60_000 // 128
 def get_config():
     config = vae_config()
     config.train.num_steps = 100 * EPOCH
-    config.train.eval_every = 10 * EPOCH
+    config.train.eval_every = 25 * EPOCH
     config.train.checkpoint_every = 5 * EPOCH
     config.optimizer.schedule = "cosine"
     return config
