@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gen_jax.models.vae import depth_to_space
+from gen_jax.models.layers import depth_to_space
 
 
 def resize_conv(x: jax.Array, features: int) -> jax.Array:

@@ -155,7 +155,9 @@ def base_config() -> ml_collections.ConfigDict:
         {
             "name": "sgd",
             "learning_rate": 0.1,
-            "momentum": 0.9,
+            "momentum": 0.9,  # sgd
+            "b1": 0.9,  # adam, adamw
+            "b2": 0.999,
             "weight_decay": 0.0,
             "schedule": "constant",
             "warmup_steps": 0,
@@ -193,4 +195,31 @@ def vae_config() -> ml_collections.ConfigDict:
     config.optimizer.name = "adam"
     config.optimizer.learning_rate = 1e-3
     config.data.eval_batch_size = 200
+    return config
+
+
+def gan_config() -> ml_collections.ConfigDict:
+    """`base_config()` set up for a DCGAN on MNIST in [-1, 1]: non-saturating loss, Adam
+    (2e-4, b1 0.5) for each player, an EMA generator."""
+    config = base_config()
+    config.task = ml_collections.ConfigDict(
+        {
+            "name": "gan",
+            "loss": "non_saturating",  # or "hinge", "wasserstein"
+            "critic_steps": 1,  # discriminator updates per generator update
+            "gradient_penalty": 0.0,  # weight of the WGAN-GP penalty (> 0 for "wasserstein")
+            "ema_decay": 0.999,
+            "classifier_workdir": "",  # a finished classifier run: FID, IS, precision, recall
+            "eval_samples": 10_000,  # generated images per evaluation (<= eval split size)
+            "neighbours": 3,  # k of the k-NN manifolds of precision and recall
+            "eval_seed": 0,  # fixes the evaluation noise and the picture noise
+        }
+    )
+    config.model = ml_collections.ConfigDict({"name": "dcgan", "noise_dim": 64, "num_classes": 0})
+    config.data.preprocess = ("scale_to_symmetric",)
+    config.data.eval_batch_size = 500
+    adam = config.optimizer.to_dict() | {"name": "adam", "learning_rate": 2e-4, "b1": 0.5}
+    config.optimizer = ml_collections.ConfigDict(
+        {"generator": dict(adam), "discriminator": dict(adam)}
+    )
     return config

@@ -40,6 +40,20 @@ PREPROCESSORS: dict[str, Callable[[Batch], Batch]] = {
 }
 
 
+PIXEL_RANGES = {"scale_to_unit": (0.0, 1.0), "scale_to_symmetric": (-1.0, 1.0)}
+
+
+def pixel_range(names: tuple[str, ...]) -> tuple[float, float]:
+    """The (low, high) pixel values after the named preprocessing (set by its last scaling)."""
+    scalings = [n for n in names if n in PIXEL_RANGES]
+    if not scalings:
+        raise GenJaxError(
+            f"data.preprocess {tuple(names)} sets no pixel range; end with one of "
+            f"{sorted(PIXEL_RANGES)}"
+        )
+    return PIXEL_RANGES[scalings[-1]]
+
+
 def preprocessor(names: tuple[str, ...]) -> Callable[[Batch], Batch]:
     """Compose the named preprocessing functions, in order."""
     unknown = [n for n in names if n not in PREPROCESSORS]

@@ -31,7 +31,7 @@ def build(config: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTr
     if config.name == "sgd":
         return optax.sgd(schedule, momentum=config.momentum or None)
     if config.name == "adam":
-        return optax.adam(schedule)
+        return optax.adam(schedule, b1=config.b1, b2=config.b2)
     if config.name == "adamw":
-        return optax.adamw(schedule, weight_decay=config.weight_decay)
+        return optax.adamw(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay)
     raise GenJaxError(f"unknown optimizer.name '{config.name}'; use one of {OPTIMIZERS}")

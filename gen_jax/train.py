@@ -20,7 +20,7 @@ from gen_jax import data, parallel, tasks
 from gen_jax.checkpoint import Checkpointer
 from gen_jax.errors import NonFiniteLossError
 from gen_jax.metric_writer import MetricWriter, progress_bar
-from gen_jax.tasks.base import Task, average
+from gen_jax.tasks.base import Task
 
 # ----------------------------------------------------------------------------- compiled steps
 PICTURE_INPUTS = 32  # the first eval images, shown in every evaluation's pictures
@@ -30,7 +30,7 @@ class Steps(NamedTuple):
     """The compiled functions a run calls: one train step, and a whole-split evaluation."""
 
     train: Callable[[Any, data.Batch], tuple[Any, dict]]  # (state, local batch) -> (state, metrics)
-    evaluate: Callable[..., dict[str, float]]  # (state, final=False) -> mean eval metrics
+    evaluate: Callable[..., dict[str, float]]  # (state, final=False) -> eval metrics
     pictures: Callable[[Any], dict[str, np.ndarray]]  # state -> named image layouts
 
 
@@ -58,8 +58,8 @@ def compile_steps(
         return train_step(state, parallel.global_batch(local_batch, mesh))
 
     def evaluate(state, final: bool = False) -> dict[str, float]:
-        """Mean eval metrics over the whole eval split (every example counted exactly once)."""
-        sums = None
+        """The task's numbers over the whole eval split (every example counted exactly once)."""
+        outputs = []
         for local in data.eval_batches(
             eval_arrays,
             batch_size=config.data.eval_batch_size,
@@ -67,9 +67,8 @@ def compile_steps(
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         ):
-            metrics = eval_steps[final](state, parallel.global_batch(local, mesh))
-            sums = metrics if sums is None else jax.tree.map(np.add, sums, metrics)
-        return {k: float(v) for k, v in average(jax.device_get(sums)).items()}
+            outputs.append(eval_steps[final](state, parallel.global_batch(local, mesh)))
+        return task.summarize(jax.device_get(outputs))
 
     picture_inputs = data.preprocessor(config.data.preprocess)(
         {"image": eval_arrays["image"][:PICTURE_INPUTS]}

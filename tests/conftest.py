@@ -18,15 +18,18 @@ MOCKED_CLI = Path(__file__).with_name("mocked_cli.py")
 COMMON_SETTINGS = {
     "data.batch_size": 16,
     "data.eval_batch_size": 64,
-    "optimizer.name": "adam",
-    "optimizer.learning_rate": 1e-3,
-    "optimizer.schedule": "cosine",
-    "optimizer.warmup_steps": 2,
     "train.num_steps": 10,
     "train.log_every": 1,
     "train.checkpoint_every": 5,
     "train.keep_checkpoints": 100,
 }
+OPTIMIZER = {"name": "adam", "learning_rate": 1e-3, "schedule": "cosine", "warmup_steps": 2}
+
+
+def _optimizer_settings(*sections: str) -> dict:
+    return {f"{section}.{k}": v for section in sections for k, v in OPTIMIZER.items()}
+
+
 FAMILIES = {  # config function, settings: tiny versions that exercise every source of randomness
     "classifier": (
         "base_config",
@@ -38,6 +41,7 @@ FAMILIES = {  # config function, settings: tiny versions that exercise every sou
             "model.dropout_rate": 0.25,
             "task.label_smoothing": 0.1,
             "task.max_shift": 2,
+            **_optimizer_settings("optimizer"),
         },
     ),
     "vae": (
@@ -50,9 +54,31 @@ FAMILIES = {  # config function, settings: tiny versions that exercise every sou
             "task.eval_samples": 4,
             "task.final_eval_samples": 8,
             "task.eval_sample_chunk": 4,
+            **_optimizer_settings("optimizer"),
+        },
+    ),
+    "gan": (
+        "gan_config",
+        {
+            "model.noise_dim": 8,
+            "model.generator_features": (16, 8, 4),
+            "model.discriminator_features": (8, 16),
+            "task.eval_samples": 64,
+            **_optimizer_settings("optimizer.generator", "optimizer.discriminator"),
         },
     ),
 }
+FAMILIES["wgan_gp"] = (
+    "gan_config",
+    {
+        **FAMILIES["gan"][1],
+        "model.num_classes": 10,
+        "model.discriminator_norm": "layer",
+        "task.loss": "wasserstein",
+        "task.gradient_penalty": 10.0,
+        "task.critic_steps": 2,
+    },
+)
 
 
 def write_experiment(path: Path, family: str = "classifier", **overrides) -> Path:

@@ -54,7 +54,7 @@ def _dump_params_on_save(workdir: str) -> None:
 
     def save_and_dump(self, step, state, iterator):
         save(self, step, state, iterator)
-        local = jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data), state.params)
+        local = jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data), state)
         flat = {
             jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(local)[0]
         }

@@ -40,7 +40,7 @@ def test_unknown_model_or_option_is_a_clear_error():
 
 
 def test_depth_to_space_puts_each_channel_block_in_its_pixel():
-    from gen_jax.models.vae import depth_to_space
+    from gen_jax.models.layers import depth_to_space
 
     x = jnp.arange(2 * 3 * 3 * 8).reshape(2, 3, 3, 8)
     y = depth_to_space(x)

@@ -10,17 +10,19 @@ import ml_collections
 
 from gen_jax.errors import GenJaxError
 from gen_jax.models.cnn import CNN, BatchNormCNN
+from gen_jax.models.dcgan import GANModels, dcgan
 from gen_jax.models.vae import conv_vae, mlp_vae
 
-REGISTRY: dict[str, Callable[..., nn.Module]] = {
+REGISTRY: dict[str, Callable[..., nn.Module | GANModels]] = {
     "cnn": CNN,
     "bn_cnn": BatchNormCNN,
     "conv_vae": conv_vae,
     "mlp_vae": mlp_vae,
+    "dcgan": dcgan,
 }
 
 
-def build(model_config: ml_collections.ConfigDict) -> nn.Module:
+def build(model_config: ml_collections.ConfigDict) -> nn.Module | GANModels:
     """Instantiate the module named by `model_config.name` with the section's other keys."""
     kwargs = model_config.to_dict()
     name = kwargs.pop("name")

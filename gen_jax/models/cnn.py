@@ -1,9 +1,14 @@
-"""Convolutional MNIST classifiers (Linen modules: images in, logits out)."""
+"""Convolutional MNIST classifiers (Linen modules: images in, logits out).
+
+Each sows its penultimate activations as intermediates["features"]: the feature space of
+the sample-quality metrics (`gen_jax.sample_quality`)."""
 
 from __future__ import annotations
 
 import flax.linen as nn
 import jax
+
+FEATURES = "features"  # the penultimate activations, sown for feature-space metrics (FID)
 
 
 class CNN(nn.Module):
@@ -20,6 +25,7 @@ class CNN(nn.Module):
         x = nn.avg_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(nn.Dense(256)(x))
+        self.sow("intermediates", FEATURES, x)
         return nn.Dense(self.num_classes)(x)
 
 
@@ -46,5 +52,6 @@ class BatchNormCNN(nn.Module):
         x = x.reshape((x.shape[0], -1))
         x = nn.Dense(self.hidden, use_bias=False)(x)
         x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+        self.sow("intermediates", FEATURES, x)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return nn.Dense(self.num_classes)(x)

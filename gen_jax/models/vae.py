@@ -8,6 +8,8 @@ import math
 import flax.linen as nn
 import jax
 
+from gen_jax.models.layers import depth_to_space
+
 
 class ConvEncoder(nn.Module):
     """28x28 image -> (mean, log-variance) of q(z|x): two stride-2 convs and a dense layer."""
@@ -24,18 +26,9 @@ class ConvEncoder(nn.Module):
         return nn.Dense(self.latent_dim)(x), nn.Dense(self.latent_dim)(x)
 
 
-def depth_to_space(x: jax.Array, block: int = 2) -> jax.Array:
-    """Rearrange (B, H, W, block*block*C) to (B, block*H, block*W, C) ("pixel shuffle")."""
-    batch, height, width, channels = x.shape
-    features = channels // (block * block)
-    x = x.reshape(batch, height, width, block, block, features).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(batch, height * block, width * block, features)
-
-
 class ConvDecoder(nn.Module):
     """Latent -> 28x28 pixel logits: dense to 7x7, then two 2x upsamplings, each a convolution
-    to 4x the features followed by `depth_to_space`. (XLA's CPU ConvTranspose is ~5x slower
-    than this for the same shapes; see benchmarks/README.md.)"""
+    to 4x the features followed by `depth_to_space` (see `layers.Upsample`)."""
 
     features: tuple[int, ...] = (32, 16)
     hidden: int = 256

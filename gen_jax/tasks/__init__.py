@@ -7,9 +7,10 @@ import ml_collections
 from gen_jax.errors import GenJaxError
 from gen_jax.tasks.base import Task
 from gen_jax.tasks.classifier import ClassifierTask
+from gen_jax.tasks.gan import GANTask
 from gen_jax.tasks.vae import VAETask
 
-REGISTRY = {"classifier": ClassifierTask, "vae": VAETask}
+REGISTRY = {"classifier": ClassifierTask, "vae": VAETask, "gan": GANTask}
 
 
 def build(config: ml_collections.ConfigDict) -> Task:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import jax
+import numpy as np
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -29,6 +30,9 @@ class Task(Protocol):
 
         `final` asks for the run's reported numbers (e.g. more importance samples)."""
 
+    def summarize(self, outputs: list[Metrics]) -> dict[str, float]:
+        """The evaluation's numbers from every batch's `eval_step` output (host arrays)."""
+
     def pictures(self, state: Any, images: jax.Array) -> dict[str, jax.Array]:
         """Named image layouts (rows, columns, H, W, C) in [0, 1] to save at each evaluation,
         made from fixed eval `images` and fixed noise so a series over training is comparable.
@@ -40,7 +44,8 @@ def step_key(rng: jax.Array, step: jax.Array) -> jax.Array:
     return jax.random.fold_in(rng, step)
 
 
-def average(sums: dict[str, float]) -> dict[str, float]:
-    """Turn summed eval metrics into means over `count` examples."""
-    count = sums["count"]
-    return {k: v / count for k, v in sums.items() if k != "count"}
+def mean_of_sums(outputs: list[Metrics]) -> dict[str, float]:
+    """Add up per-batch sums and divide by the total `count` of examples: per-example means."""
+    sums = {k: float(np.sum([o[k] for o in outputs])) for k in outputs[0]}
+    count = sums.pop("count")
+    return {k: v / count for k, v in sums.items()}

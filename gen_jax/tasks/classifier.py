@@ -11,7 +11,7 @@ import ml_collections
 import optax
 
 from gen_jax import models, optim
-from gen_jax.tasks.base import Batch, Metrics, step_key
+from gen_jax.tasks.base import Batch, Metrics, mean_of_sums, step_key
 
 
 @flax.struct.dataclass
@@ -119,3 +119,6 @@ class ClassifierTask:
             "accuracy": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
             "count": jnp.sum(mask),
         }
+
+    def summarize(self, outputs: list[Metrics]) -> dict[str, float]:
+        return mean_of_sums(outputs)

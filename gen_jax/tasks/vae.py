@@ -15,7 +15,7 @@ import optax
 
 from gen_jax import models, optim
 from gen_jax.errors import GenJaxError
-from gen_jax.tasks.base import Batch, Metrics, step_key
+from gen_jax.tasks.base import Batch, Metrics, mean_of_sums, step_key
 
 OBJECTIVES = ("elbo", "iwae")
 
@@ -204,3 +204,6 @@ class VAETask:
         mask = batch["mask"]
         sums = {name: jnp.sum(value * mask) for name, value in per_example.items()}
         return {**sums, "count": jnp.sum(mask)}
+
+    def summarize(self, outputs: list[Metrics]) -> dict[str, float]:
+        return mean_of_sums(outputs)

@@ -1,0 +1,150 @@
+"""Sample quality in the feature space of a trained gen_jax classifier.
+
+Fréchet distance (FID), an Inception-Score-style score from the class probabilities, improved
+precision and recall (Kynkäänniemi et al., 2019: k-NN balls around each set's points) and the
+class histogram of generated images. The classifier is any finished classifier run (e.g.
+`experiments/mnist_cnn.py`): its penultimate activations are the features, its softmax the
+class probabilities. The metrics are plain numpy functions of feature arrays; only feature
+extraction runs under jit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gen_jax import config as config_lib
+from gen_jax import data, parallel
+from gen_jax.checkpoint import Checkpointer
+from gen_jax.errors import GenJaxError
+from gen_jax.models.cnn import FEATURES
+from gen_jax.tasks.classifier import ClassifierTask
+
+DISTANCE_CHUNK = 1000  # rows of a pairwise-distance matrix computed at once
+
+
+# ----------------------------------------------------------------------------- the math
+def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
+    values, vectors = np.linalg.eigh(matrix)
+    return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """|mu_a - mu_b|^2 + tr(C_a + C_b - 2 (C_a C_b)^1/2) between Gaussians fitted to (N, D) sets."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    mean_a, mean_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    # tr (C_a C_b)^1/2 = sum of the square roots of the eigenvalues of the PSD S C_b S, S = C_a^1/2
+    root = _sqrt_psd(cov_a)
+    trace_root = np.sqrt(np.clip(np.linalg.eigvalsh(root @ cov_b @ root), 0.0, None)).sum()
+    distance = np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root
+    return float(max(distance, 0.0))
+
+
+def inception_score(probs: np.ndarray) -> float:
+    """exp E_x KL(p(y|x) || p(y)): 1 for uniform predictions, the class count at best."""
+    probs = np.asarray(probs, np.float64)
+    marginal = probs.mean(0)
+    log_ratio = np.log(np.clip(probs, 1e-30, None)) - np.log(np.clip(marginal, 1e-30, None))
+    return float(np.exp(np.mean(np.sum(probs * log_ratio, axis=1))))
+
+
+def class_histogram(probs: np.ndarray) -> np.ndarray:
+    """The fraction of images whose most probable class is each class."""
+    counts = np.bincount(np.argmax(probs, axis=1), minlength=probs.shape[1])
+    return counts / len(probs)
+
+
+def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.maximum(np.sum(a * a, 1)[:, None] + np.sum(b * b, 1)[None, :] - 2.0 * a @ b.T, 0.0)
+
+
+def knn_radii(points: np.ndarray, k: int) -> np.ndarray:
+    """Squared distance from each point to its k-th nearest other point of the set."""
+    radii = []
+    for start in range(0, len(points), DISTANCE_CHUNK):
+        distances = _squared_distances(points[start : start + DISTANCE_CHUNK], points)
+        radii.append(np.partition(distances, k, axis=1)[:, k])  # column 0 is the point itself
+    return np.concatenate(radii)
+
+
+def coverage(points: np.ndarray, manifold: np.ndarray, radii: np.ndarray) -> float:
+    """The fraction of `points` inside at least one k-NN ball of the `manifold` set."""
+    inside = [
+        np.any(_squared_distances(points[start : start + DISTANCE_CHUNK], manifold) <= radii, 1)
+        for start in range(0, len(points), DISTANCE_CHUNK)
+    ]
+    return float(np.mean(np.concatenate(inside)))
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[float, float]:
+    """Precision: fake points on the real manifold; recall: real points on the fake manifold."""
+    real, fake = np.asarray(real, np.float32), np.asarray(fake, np.float32)
+    precision = coverage(fake, real, knn_radii(real, k))
+    recall = coverage(real, fake, knn_radii(fake, k))
+    return precision, recall
+
+
+def score(real_features, real_probs, fake_features, fake_probs, k: int = 3) -> dict[str, float]:
+    """Every metric of a generated set against a real one."""
+    histogram = class_histogram(fake_probs)
+    precision, recall = precision_recall(real_features, fake_features, k)
+    return {
+        "fid": frechet_distance(real_features, fake_features),
+        "inception_score": inception_score(fake_probs),
+        "precision": precision,
+        "recall": recall,
+        "classes_covered": float(np.sum(histogram > 0)),
+        "min_class_fraction": float(histogram.min()),
+        **{f"class_{label}_fraction": float(f) for label, f in enumerate(histogram)},
+    }
+
+
+# ----------------------------------------------------------------------------- the classifier
+class FeatureClassifier:
+    """A finished classifier run, frozen: images -> (features, class probabilities).
+
+    `input_preprocess` names the preprocessing of the images it will be given (e.g. a GAN's
+    `("scale_to_symmetric",)`); they are mapped to the pixel range the classifier was trained on.
+    """
+
+    def __init__(self, workdir: str | Path, image_shape: tuple[int, ...], input_preprocess):
+        workdir = Path(workdir)
+        if not (workdir / "config.json").is_file():
+            raise GenJaxError(
+                f"task.classifier_workdir {workdir} holds no finished run (no config.json); "
+                "train one first: gen-jax train experiments/mnist_cnn.py --workdir runs/mnist_cnn"
+            )
+        config = config_lib.load(workdir / "config.json")
+        if config.task.name != "classifier":
+            raise GenJaxError(
+                f"task.classifier_workdir {workdir} is a '{config.task.name}' run, not a classifier"
+            )
+        task = ClassifierTask(config)
+        example = {"image": jnp.zeros((1, *image_shape)), "label": jnp.zeros((1,), jnp.int32)}
+        abstract = jax.eval_shape(task.init, jax.random.PRNGKey(0), example)
+        checkpointer = Checkpointer(workdir / "checkpoints")
+        try:
+            state, _ = checkpointer.restore(parallel.replicate(abstract, parallel.make_mesh()))
+        finally:
+            checkpointer.close()
+        local = lambda x: np.asarray(x.addressable_data(0))  # a host copy on every process
+        self.variables = jax.tree.map(
+            local, {"params": state.params, "batch_stats": state.batch_stats}
+        )
+        self.model, self.step = task.model, int(local(state.step))
+        low, high = data.pixel_range(input_preprocess)
+        self.target_low, self.target_high = data.pixel_range(config.data.preprocess)
+        self.scale = (self.target_high - self.target_low) / (high - low)
+        self.shift = self.target_low - low * self.scale
+
+    def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Features (B, D) and class probabilities (B, classes) in inference mode (jit-able)."""
+        images = jnp.clip(images * self.scale + self.shift, self.target_low, self.target_high)
+        logits, intermediates = self.model.apply(
+            self.variables, images, train=False, mutable=["intermediates"]
+        )
+        return intermediates["intermediates"][FEATURES][0], jax.nn.softmax(logits)

@@ -1,0 +1,356 @@
+"""Generative adversarial networks: both players updated inside one compiled step.
+
+Losses: non-saturating (binary cross-entropy), hinge, or Wasserstein with a gradient penalty.
+Each step makes `critic_steps` discriminator updates, each on its own slice of the batch and with
+its own key, then one generator update. The state keeps an exponential moving average (EMA) of
+the generator, which evaluations and samples use. Evaluation scores `eval_samples` generated
+images in the feature space of a trained classifier run (`gen_jax.sample_quality`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from gen_jax import data, models, optim, sample_quality
+from gen_jax.errors import GenJaxError
+from gen_jax.models.dcgan import GANModels
+from gen_jax.tasks.base import Batch, Metrics, step_key
+
+LOSSES = ("non_saturating", "hinge", "wasserstein")
+SKIPPED_METRICS = (
+    "gen-jax: task.classifier_workdir is empty, so FID / IS / precision / recall are skipped. "
+    "Train a classifier (gen-jax train experiments/mnist_cnn.py --workdir runs/mnist_cnn) and "
+    "pass --config.task.classifier_workdir=runs/mnist_cnn to score samples."
+)
+
+
+# ----------------------------------------------------------------------------- the losses
+def discriminator_loss(kind: str, real_scores: jax.Array, fake_scores: jax.Array) -> jax.Array:
+    """The discriminator's (critic's) loss, a mean over the batch, without any penalty."""
+    if kind == "non_saturating":  # binary cross-entropy: real -> 1, fake -> 0
+        return jnp.mean(jax.nn.softplus(-real_scores) + jax.nn.softplus(fake_scores))
+    if kind == "hinge":
+        return jnp.mean(jax.nn.relu(1.0 - real_scores) + jax.nn.relu(1.0 + fake_scores))
+    if kind == "wasserstein":
+        return jnp.mean(fake_scores - real_scores)
+    raise GenJaxError(f"unknown task.loss '{kind}'; use one of {LOSSES}")
+
+
+def generator_loss(kind: str, fake_scores: jax.Array) -> jax.Array:
+    """The generator's loss on the discriminator's scores of its images, a mean over the batch."""
+    if kind == "non_saturating":  # -log D(G(z)) rather than log(1 - D(G(z)))
+        return jnp.mean(jax.nn.softplus(-fake_scores))
+    if kind in ("hinge", "wasserstein"):
+        return -jnp.mean(fake_scores)
+    raise GenJaxError(f"unknown task.loss '{kind}'; use one of {LOSSES}")
+
+
+def gradient_penalty(
+    critic: Callable[[jax.Array], jax.Array], real: jax.Array, fake: jax.Array, rng: jax.Array
+) -> jax.Array:
+    """Gulrajani et al. (2017): mean of (|grad_x critic(x)| - 1)^2 at a random point between each
+    real and fake example (per-example gradients: the critic must not couple examples)."""
+    mix = jax.random.uniform(rng, (real.shape[0],) + (1,) * (real.ndim - 1))
+    points = mix * real + (1.0 - mix) * fake
+    grads = jax.grad(lambda x: jnp.sum(critic(x)))(points)
+    norms = jnp.sqrt(jnp.sum(jnp.square(grads.reshape(grads.shape[0], -1)), axis=1) + 1e-12)
+    return jnp.mean(jnp.square(norms - 1.0))
+
+
+def ema_decay(decay: float, step: jax.Array) -> jax.Array:
+    """The EMA's decay at `step`: (1 + step) / (10 + step) early on, so the average starts fast."""
+    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+# ----------------------------------------------------------------------------- the state
+@flax.struct.dataclass
+class Player:
+    """One network's weights, batch statistics and optimizer state."""
+
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+@flax.struct.dataclass
+class GANState:
+    """Everything a GAN run carries from step to step."""
+
+    step: jax.Array
+    generator: Player
+    discriminator: Player
+    ema: Any  # {"params", "batch_stats"}: the generator's moving average
+    rng: jax.Array
+
+
+# ----------------------------------------------------------------------------- the task
+class GANTask:
+    """Trains `config.model` (a generator and a discriminator) on `batch['image']` in [-1, 1]."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        pair = models.build(config.model)
+        if not isinstance(pair, GANModels):
+            raise GenJaxError(
+                f"task 'gan' needs a GAN model (e.g. dcgan), not '{config.model.name}'"
+            )
+        self.generator, self.discriminator = pair.generator, pair.discriminator
+        self.noise_dim, self.num_classes = pair.noise_dim, pair.num_classes
+        task = config.task
+        self.loss, self.critic_steps, self.penalty = (
+            task.loss,
+            task.critic_steps,
+            task.gradient_penalty,
+        )
+        self._check(config)
+        self.ema_decay = task.ema_decay
+        self.optimizers = {
+            name: optim.build(config.optimizer[name], config.train.num_steps)
+            for name in ("generator", "discriminator")
+        }
+        self.eval_samples, self.eval_seed, self.neighbours = (
+            task.eval_samples,
+            task.eval_seed,
+            task.neighbours,
+        )
+        self.data_config = config.data
+        self.classifier = None
+        if not task.classifier_workdir and jax.process_index() == 0:
+            print(SKIPPED_METRICS, file=sys.stderr)
+        if task.classifier_workdir:
+            shape = (pair.generator.image_size, pair.generator.image_size, pair.generator.channels)
+            self.classifier = sample_quality.FeatureClassifier(
+                task.classifier_workdir, shape, config.data.preprocess
+            )
+        self._floor = None  # real-vs-real scores, computed at the first evaluation
+
+    def _check(self, config: ml_collections.ConfigDict) -> None:
+        if self.loss not in LOSSES:
+            raise GenJaxError(f"unknown task.loss '{self.loss}'; use one of {LOSSES}")
+        if self.loss == "wasserstein" and self.penalty <= 0:
+            raise GenJaxError("task.loss 'wasserstein' needs task.gradient_penalty > 0 (e.g. 10)")
+        if self.penalty > 0 and self.discriminator.norm == "batch":
+            raise GenJaxError(
+                "a gradient penalty is per example, and batch norm couples the examples: set "
+                "model.discriminator_norm to 'layer' or 'none'"
+            )
+        if self.critic_steps < 1 or config.data.batch_size % self.critic_steps:
+            raise GenJaxError(
+                f"data.batch_size {config.data.batch_size} must be a multiple of "
+                f"task.critic_steps {self.critic_steps} (>= 1): each critic step takes a slice"
+            )
+        if data.pixel_range(config.data.preprocess) != (-1.0, 1.0):
+            raise GenJaxError(
+                "a GAN's images must be in [-1, 1]: data.preprocess=('scale_to_symmetric',)"
+            )
+
+    # ------------------------------------------------------------------ the two networks
+    def _generate(self, variables: dict, noise, labels, train: bool):
+        """Images and (in training) the generator's updated batch statistics."""
+        if not train:
+            return self.generator.apply(variables, noise, labels), variables["batch_stats"]
+        images, updates = self.generator.apply(
+            variables, noise, labels, train=True, mutable=["batch_stats"]
+        )
+        return images, updates["batch_stats"]
+
+    def _discriminate(self, params, batch_stats, images, labels):
+        """Scores (B,) and the discriminator's updated batch statistics (training mode)."""
+        scores, updates = self.discriminator.apply(
+            {"params": params, "batch_stats": batch_stats},
+            images,
+            labels,
+            train=True,
+            mutable=["batch_stats"],
+        )
+        return scores, updates.get("batch_stats", {})
+
+    def _latents(self, rng: jax.Array, count: int):
+        noise_rng, label_rng = jax.random.split(rng)
+        noise = jax.random.normal(noise_rng, (count, self.noise_dim))
+        labels = (
+            jax.random.randint(label_rng, (count,), 0, self.num_classes)
+            if self.num_classes
+            else None
+        )
+        return noise, labels
+
+    def init(self, rng: jax.Array, batch: Batch) -> GANState:
+        g_rng, d_rng, run_rng = jax.random.split(rng, 3)
+        noise, labels = self._latents(g_rng, batch["image"].shape[0])
+        g_vars = self.generator.init(g_rng, noise, labels)
+        d_vars = self.discriminator.init(d_rng, batch["image"], labels)
+        players = {}
+        for name, variables in (("generator", g_vars), ("discriminator", d_vars)):
+            params = variables["params"]
+            players[name] = Player(
+                params, variables.get("batch_stats", {}), self.optimizers[name].init(params)
+            )
+        return GANState(
+            step=jnp.zeros((), jnp.int32),
+            ema={"params": g_vars["params"], "batch_stats": g_vars.get("batch_stats", {})},
+            rng=run_rng,
+            **players,
+        )
+
+    # ------------------------------------------------------------------ training
+    def critic_updates(self, state: GANState, images, labels, rng) -> tuple[Player, Metrics]:
+        """`critic_steps` discriminator updates, step i on rows i, i + n, i + 2n, ... of the batch
+        (a strided split keeps every device's rows on that device) with the i-th key of `rng`.
+        Metrics have one entry per critic step."""
+        n = self.critic_steps
+        split = lambda x: None if x is None else jnp.swapaxes(x.reshape(-1, n, *x.shape[1:]), 0, 1)
+        generator = {"params": state.generator.params, "batch_stats": state.generator.batch_stats}
+
+        def one_update(player: Player, inputs):
+            rng, real, real_labels = inputs
+            noise_rng, penalty_rng = jax.random.split(rng)
+            noise, _ = self._latents(noise_rng, real.shape[0])
+            fake, _ = self._generate(generator, noise, real_labels, train=True)
+
+            def loss_fn(params):
+                real_scores, stats = self._discriminate(
+                    params, player.batch_stats, real, real_labels
+                )
+                fake_scores, stats = self._discriminate(params, stats, fake, real_labels)
+                loss = discriminator_loss(self.loss, real_scores, fake_scores)
+                penalty = jnp.zeros(())
+                if self.penalty > 0:
+                    critic = lambda x: self._discriminate(params, stats, x, real_labels)[0]
+                    penalty = gradient_penalty(critic, real, fake, penalty_rng)
+                metrics = {
+                    "d_loss": loss,
+                    "gradient_penalty": penalty,
+                    "real_score": jnp.mean(real_scores),
+                    "fake_score": jnp.mean(fake_scores),
+                }
+                return loss + self.penalty * penalty, (stats, metrics)
+
+            grads, (stats, metrics) = jax.grad(loss_fn, has_aux=True)(player.params)
+            updates, opt_state = self.optimizers["discriminator"].update(
+                grads, player.opt_state, player.params
+            )
+            new = Player(optax.apply_updates(player.params, updates), stats, opt_state)
+            return new, {**metrics, "d_grad_norm": optax.global_norm(grads)}
+
+        inputs = (jax.random.split(rng, n), split(images), split(labels))
+        return jax.lax.scan(one_update, state.discriminator, inputs)
+
+    def generator_update(self, state: GANState, rng, count: int) -> tuple[Player, Any, Metrics]:
+        """One generator update against the current discriminator; the EMA follows it."""
+        player, critic = state.generator, state.discriminator
+        noise, labels = self._latents(rng, count)
+
+        def loss_fn(params):
+            variables = {"params": params, "batch_stats": player.batch_stats}
+            fake, stats = self._generate(variables, noise, labels, train=True)
+            scores, _ = self._discriminate(critic.params, critic.batch_stats, fake, labels)
+            return generator_loss(self.loss, scores), stats
+
+        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(player.params)
+        updates, opt_state = self.optimizers["generator"].update(
+            grads, player.opt_state, player.params
+        )
+        new = Player(optax.apply_updates(player.params, updates), stats, opt_state)
+        rate = 1.0 - ema_decay(self.ema_decay, state.step)
+        ema = optax.incremental_update(
+            {"params": new.params, "batch_stats": new.batch_stats}, state.ema, rate
+        )
+        return new, ema, {"g_loss": loss, "g_grad_norm": optax.global_norm(grads)}
+
+    def train_step(self, state: GANState, batch: Batch) -> tuple[GANState, Metrics]:
+        critic_rng, generator_rng = jax.random.split(step_key(state.rng, state.step))
+        labels = batch["label"] if self.num_classes else None
+        critic, critic_metrics = self.critic_updates(state, batch["image"], labels, critic_rng)
+        state = state.replace(discriminator=critic)
+        count = batch["image"].shape[0] // self.critic_steps
+        generator, ema, metrics = self.generator_update(state, generator_rng, count)
+        metrics.update({k: jnp.mean(v) for k, v in critic_metrics.items()})
+        metrics["loss"] = metrics["d_loss"] + metrics["g_loss"]  # non-finite if either is
+        new_state = state.replace(step=state.step + 1, generator=generator, ema=ema)
+        return new_state, metrics
+
+    # ------------------------------------------------------------------ evaluation
+    def sample(self, state: GANState, noise, labels=None) -> jax.Array:
+        """Images in [-1, 1] from the EMA generator in inference mode."""
+        return self._generate(state.ema, noise, labels, train=False)[0]
+
+    def eval_latents(self, index: jax.Array):
+        """Noise (and balanced labels) for eval examples `index`: fixed by `eval_seed`."""
+        base = jax.random.PRNGKey(self.eval_seed)
+        keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(index)
+        noise = jax.vmap(lambda k: jax.random.normal(k, (self.noise_dim,)))(keys)
+        return noise, (index % self.num_classes if self.num_classes else None)
+
+    def eval_step(self, state: GANState, batch: Batch, final: bool = False) -> Metrics:
+        """Per-example classifier features and probabilities of the real images and of as many
+        generated ones (sample i from `eval_latents(i)`); masks say which rows count."""
+        del final  # periodic and final evaluations are the same
+        if self.classifier is None:
+            return {"mask": batch["mask"]}
+        fake = self.sample(state, *self.eval_latents(batch["index"]))
+        real_features, real_probs = self.classifier(batch["image"])
+        fake_features, fake_probs = self.classifier(fake)
+        return {
+            "real_features": real_features,
+            "real_probs": real_probs,
+            "fake_features": fake_features,
+            "fake_probs": fake_probs,
+            "mask": batch["mask"],
+            "fake_mask": batch["mask"] * (batch["index"] < self.eval_samples),
+        }
+
+    def summarize(self, outputs: list[Metrics]) -> dict[str, float]:
+        """FID, IS, precision, recall and class histogram of the generated set against the real
+        eval split, beside the same scores of real training images (the floor)."""
+        if self.classifier is None:
+            return {}
+        joined = {k: np.concatenate([np.asarray(o[k]) for o in outputs]) for k in outputs[0]}
+        real, fake = joined["mask"] > 0, joined["fake_mask"] > 0
+        if fake.sum() < self.eval_samples:
+            raise GenJaxError(
+                f"task.eval_samples {self.eval_samples} exceeds the {int(real.sum())} examples of "
+                "the eval split; lower it"
+            )
+        real_features, real_probs = joined["real_features"][real], joined["real_probs"][real]
+        scores = sample_quality.score(
+            real_features,
+            real_probs,
+            joined["fake_features"][fake],
+            joined["fake_probs"][fake],
+            self.neighbours,
+        )
+        if self._floor is None:
+            self._floor = self._real_floor(real_features, real_probs)
+        return {**scores, **self._floor}
+
+    def _real_floor(self, test_features, test_probs) -> dict[str, float]:
+        """The scores of `eval_samples` real training images (a fixed random subset)."""
+        train = data.load_split(self.data_config, self.data_config.train_split)
+        rows = np.random.default_rng(self.eval_seed).permutation(len(train["label"]))
+        rows = np.sort(rows[: self.eval_samples])
+        images = data.preprocessor(self.data_config.preprocess)({"image": train["image"][rows]})
+        features = jax.jit(self.classifier)
+        chunks = [features(images["image"][i : i + 1000]) for i in range(0, len(rows), 1000)]
+        train_features, train_probs = (np.concatenate(c) for c in zip(*chunks, strict=True))
+        scores = sample_quality.score(
+            test_features, test_probs, train_features, train_probs, self.neighbours
+        )
+        return {f"floor_{k}": scores[k] for k in ("fid", "inception_score", "precision", "recall")}
+
+    def pictures(self, state: GANState, images: jax.Array) -> dict[str, jax.Array]:
+        """Samples at fixed noise: 8x8, or for a cGAN one row per class."""
+        del images
+        rows, columns = (self.num_classes, 10) if self.num_classes else (8, 8)
+        noise, _ = self.eval_latents(jnp.arange(rows * columns) + 10**6)  # beyond any eval index
+        labels = jnp.repeat(jnp.arange(rows), columns) if self.num_classes else None
+        samples = (self.sample(state, noise, labels) + 1.0) / 2.0
+        return {"samples": samples.reshape(rows, columns, *samples.shape[1:])}

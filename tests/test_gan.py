@@ -1,0 +1,214 @@
+"""The GAN objective and the sample-quality metrics, checked against hand-computed values."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+
+from gen_jax import config as config_lib
+from gen_jax import sample_quality, tasks, train
+from gen_jax.errors import GenJaxError
+from gen_jax.tasks import gan
+from tests.conftest import write_experiment
+
+softplus = lambda x: np.log1p(np.exp(x))
+
+
+def tiny_gan(**settings):
+    config = config_lib.gan_config()
+    config.model.update({"noise_dim": 4, "generator_features": (8, 4, 2)})
+    config.model.discriminator_features = (4, 8)
+    config.data.batch_size = 8
+    for dotted, value in settings.items():
+        section, key = dotted.rsplit(".", 1)
+        node = config
+        for part in section.split("."):
+            node = node[part]
+        node[key] = value
+    return tasks.build(config)
+
+
+# ----------------------------------------------------------------------------- losses
+def test_losses_match_hand_computed_values():
+    real, fake = jnp.array([2.0, -1.0]), jnp.array([0.5, -3.0])
+    expected_bce = np.mean(softplus(-np.array([2.0, -1.0])) + softplus(np.array([0.5, -3.0])))
+    assert gan.discriminator_loss("non_saturating", real, fake) == pytest.approx(expected_bce)
+    assert gan.generator_loss("non_saturating", fake) == pytest.approx(
+        np.mean(softplus(-np.array([0.5, -3.0])))
+    )
+    # hinge: mean(relu(1 - real) + relu(1 + fake)) = mean(0 + 1.5, 2 + 0)
+    assert gan.discriminator_loss("hinge", real, fake) == pytest.approx(1.75)
+    assert gan.generator_loss("hinge", fake) == pytest.approx(1.25)
+    assert gan.discriminator_loss("wasserstein", real, fake) == pytest.approx(-1.75)
+    assert gan.generator_loss("wasserstein", fake) == pytest.approx(1.25)
+    # at D = 1/2 everywhere the cross-entropy is 2 log 2
+    zeros = jnp.zeros(3)
+    assert gan.discriminator_loss("non_saturating", zeros, zeros) == pytest.approx(2 * np.log(2))
+
+
+def test_gradient_penalty_is_zero_for_unit_gradient_norm_and_positive_otherwise():
+    rng = jax.random.PRNGKey(0)
+    real = jax.random.normal(rng, (6, 4, 4, 1))
+    fake = jax.random.normal(jax.random.PRNGKey(1), (6, 4, 4, 1))
+    direction = jax.random.normal(jax.random.PRNGKey(2), (4, 4, 1))
+    unit = direction / jnp.linalg.norm(direction)
+    linear = lambda scale: lambda x: jnp.sum(x * scale * unit, axis=(1, 2, 3))
+    assert gan.gradient_penalty(linear(1.0), real, fake, rng) == pytest.approx(0.0, abs=1e-6)
+    assert gan.gradient_penalty(linear(3.0), real, fake, rng) == pytest.approx(4.0, rel=1e-5)
+    quadratic = lambda x: jnp.sum(x**2, axis=(1, 2, 3))  # gradient norm varies with the point
+    assert gan.gradient_penalty(quadratic, real, fake, rng) > 0.1
+
+
+def test_every_critic_step_draws_its_own_noise():
+    task = tiny_gan(
+        **{"task.critic_steps": 4, "optimizer.discriminator.learning_rate": 0.0},
+    )
+    images = jnp.zeros((8, 28, 28, 1))  # every critic step sees the same real images
+    state = task.init(jax.random.PRNGKey(0), {"image": images, "label": jnp.zeros(8, jnp.int32)})
+    _, metrics = task.critic_updates(state, images, None, jax.random.PRNGKey(1))
+    # a frozen critic and identical real slices: only the fake images can tell the steps apart
+    fake_scores = np.asarray(metrics["fake_score"])
+    assert fake_scores.shape == (4,)
+    assert len(set(fake_scores.tolist())) == 4
+
+
+def test_the_ema_generator_follows_the_recursion_and_is_what_samples_use():
+    task = tiny_gan(**{"task.ema_decay": 0.5})
+    batch = {"image": jnp.zeros((8, 28, 28, 1)), "label": jnp.zeros(8, jnp.int32)}
+    state = task.init(jax.random.PRNGKey(0), batch)
+    expected = state.ema["params"]
+    step = jax.jit(task.train_step)
+    for t in range(3):
+        state, _ = step(state, batch)
+        decay = min(0.5, (1 + t) / (10 + t))
+        expected = jax.tree.map(
+            lambda e, p, d=decay: d * e + (1 - d) * p, expected, state.generator.params
+        )
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+        state.ema["params"],
+        expected,
+    )
+    noise = jnp.ones((2, 4))
+    ema_only = state.replace(generator=state.generator.replace(params=None))
+    np.testing.assert_array_equal(task.sample(state, noise), task.sample(ema_only, noise))
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"task.loss": "wasserstein"}, "gradient_penalty > 0"),
+        ({"task.gradient_penalty": 10.0}, "discriminator_norm"),
+        ({"task.critic_steps": 3}, "multiple of task.critic_steps"),
+        ({"task.loss": "least_squares"}, "unknown task.loss"),
+        ({"task.classifier_workdir": "/nonexistent/run"}, "no finished run"),
+        ({"data.preprocess": ("scale_to_unit",)}, "[-1, 1]"),
+    ],
+)
+def test_bad_gan_settings_are_clear_errors(settings, message):
+    with pytest.raises(GenJaxError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        tiny_gan(**settings)
+
+
+# ----------------------------------------------------------------------------- metrics
+@pytest.fixture(scope="module")
+def features():
+    rng = np.random.default_rng(0)
+    mixing = rng.normal(size=(16, 16)) / 4
+    return rng.normal(size=(2000, 16)) @ mixing, rng.normal(size=(2000, 16)) @ mixing
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_grows_with_a_shift(features):
+    a, b = features
+    assert sample_quality.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    shifted = [sample_quality.frechet_distance(a, b + s) for s in (0.0, 0.5, 1.0, 2.0)]
+    assert shifted == sorted(shifted) and shifted[0] < 0.2 < shifted[1]
+    # the mean term alone: shifting by s in all 16 dimensions adds ~16 s^2
+    assert shifted[3] - shifted[0] == pytest.approx(16 * 4, rel=0.05)
+
+
+def test_fid_matches_scipy_matrix_square_root(features):
+    a, b = features
+    b = b * 1.5 + 0.3
+    mean_a, mean_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = scipy.linalg.sqrtm(cov_a @ cov_b).real
+    expected = np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a + cov_b - 2 * root)
+    assert sample_quality.frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+
+
+def test_inception_score_is_one_for_uniform_and_the_class_count_for_confident_balanced():
+    assert sample_quality.inception_score(np.full((100, 10), 0.1)) == pytest.approx(1.0)
+    confident = np.full((1000, 10), 1e-6)
+    confident[np.arange(1000), np.arange(1000) % 10] = 1 - 9e-6
+    assert sample_quality.inception_score(confident) == pytest.approx(10.0, rel=1e-3)
+    one_class = np.tile(confident[:1], (1000, 1))  # confident but collapsed: no diversity
+    assert sample_quality.inception_score(one_class) == pytest.approx(1.0)
+
+
+def test_precision_and_recall_of_identical_sets_are_one_and_of_far_sets_zero(features):
+    a, _ = features
+    assert sample_quality.precision_recall(a, a) == (1.0, 1.0)
+    assert sample_quality.precision_recall(a, a + 100.0) == (0.0, 0.0)
+
+
+def test_a_generator_that_covers_half_the_real_set_has_full_precision_and_half_recall():
+    rng = np.random.default_rng(1)
+    clusters = np.repeat(np.eye(8) * 50, 200, axis=0) + rng.normal(size=(1600, 8))
+    half = clusters[:800] + rng.normal(size=(800, 8)) * 0.01  # samples of 4 of the 8 modes
+    precision, recall = sample_quality.precision_recall(clusters, half)
+    assert precision == 1.0
+    assert recall == pytest.approx(0.5, abs=0.02)
+
+
+def test_class_histogram_counts_the_most_probable_class():
+    probs = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8]])
+    np.testing.assert_allclose(sample_quality.class_histogram(probs), [0.5, 0.25, 0.25])
+
+
+# ----------------------------------------------------------------------------- a mocked run
+@pytest.fixture(scope="module")
+def classifier_run(tmp_path_factory):
+    """A tiny classifier run on mocked MNIST, the feature space for GAN metrics."""
+    from tests.mocked_cli import mock_mnist
+
+    root = tmp_path_factory.mktemp("classifier")
+    config = config_lib.load_experiment(write_experiment(root / "cls.py", "classifier"))
+    with mock_mnist():
+        train.run(config, root / "run")
+    return root / "run"
+
+
+def test_a_mocked_run_with_a_classifier_reports_every_metric_and_conditional_pictures(
+    classifier_run, tmp_path, mock_mnist
+):
+    experiment = write_experiment(
+        tmp_path / "cgan.py",
+        "gan",
+        **{
+            "model.num_classes": 10,
+            "task.classifier_workdir": str(classifier_run),
+            "task.loss": "hinge",
+        },
+    )
+    metrics = train.run(config_lib.load_experiment(experiment), tmp_path / "run")
+    for name in ("fid", "inception_score", "precision", "recall", "classes_covered"):
+        assert np.isfinite(metrics[name]), name
+    assert sum(metrics[f"class_{c}_fraction"] for c in range(10)) == pytest.approx(1.0)
+    assert metrics["floor_fid"] >= 0 and 1.0 <= metrics["floor_inception_score"] <= 10.0
+    assert train.evaluate_workdir(tmp_path / "run")["fid"] == metrics["fid"]  # reproducible
+    assert list((tmp_path / "run" / "samples").glob("samples_*.png"))
+    _, task, _, state = train.load_state(tmp_path / "run")
+    layout = task.pictures(state, None)["samples"]
+    assert layout.shape == (10, 10, 28, 28, 1)  # one row per class
+    assert float(layout.min()) >= 0.0 and float(layout.max()) <= 1.0
+
+
+def test_a_run_without_a_classifier_trains_and_says_why_it_reports_no_scores(
+    tmp_path, mock_mnist, capsys
+):
+    experiment = write_experiment(tmp_path / "gan.py", "gan")
+    assert train.run(config_lib.load_experiment(experiment), tmp_path / "run") == {}
+    assert "classifier_workdir is empty" in capsys.readouterr().err
+    assert list((tmp_path / "run" / "samples").glob("samples_*.png"))
