@@ -241,8 +241,14 @@ class GANTask:
             new = Player(optax.apply_updates(player.params, updates), stats, opt_state)
             return new, {**metrics, "d_grad_norm": optax.global_norm(grads)}
 
-        inputs = (jax.random.split(rng, n), split(images), split(labels))
-        return jax.lax.scan(one_update, state.discriminator, inputs)
+        # A Python loop, unrolled at trace time: XLA's CPU backend runs convolutions inside a
+        # `lax.scan` loop body ~10x slower (benchmarks/README.md), and n is small.
+        player, per_step = state.discriminator, []
+        chunks = (jax.random.split(rng, n), split(images), split(labels))
+        for i in range(n):
+            player, metrics = one_update(player, jax.tree.map(lambda x, i=i: x[i], chunks))
+            per_step.append(metrics)
+        return player, jax.tree.map(lambda *values: jnp.stack(values), *per_step)
 
     def generator_update(self, state: GANState, rng, count: int) -> tuple[Player, Any, Metrics]:
         """One generator update against the current discriminator; the EMA follows it."""

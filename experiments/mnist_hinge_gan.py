@@ -1,0 +1,21 @@
+"""The DCGAN of experiments/mnist_dcgan.py trained with the hinge loss.
+
+    gen-jax train experiments/mnist_hinge_gan.py --workdir runs/mnist_hinge_gan
+
+(needs the classifier run runs/mnist_cnn, see mnist_dcgan.py). Measured values: RESULTS.md.
+"""
+
+from gen_jax.config import gan_config
+
+EPOCH = 60_000 // 64
+
+
+def get_config():
+    config = gan_config()
+    config.task.loss = "hinge"
+    config.data.batch_size = 64
+    config.task.classifier_workdir = "runs/mnist_cnn"
+    config.train.num_steps = 5 * EPOCH
+    config.train.eval_every = EPOCH
+    config.train.checkpoint_every = EPOCH
+    return config
