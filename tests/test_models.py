@@ -60,3 +60,38 @@ def test_vae_encodes_to_a_gaussian_and_decodes_to_image_logits(name, latent):
     mean, logvar = model.apply(variables, x, method="encode")
     assert mean.shape == logvar.shape == (3, latent)
     assert model.apply(variables, mean, method="decode").shape == (3, 28, 28, 1)
+
+
+@pytest.mark.parametrize(
+    "size, channels, generator_features, num_classes",
+    [(28, 1, (128, 64, 32), 0), (32, 3, (256, 128, 64, 32), 0), (64, 3, (64, 32, 16, 8, 8), 10)],
+)
+def test_dcgan_pairs_map_noise_to_images_in_range_and_images_to_one_score(
+    size, channels, generator_features, num_classes
+):
+    pair = models.build(
+        ml_collections.ConfigDict(
+            {
+                "name": "dcgan",
+                "noise_dim": 16,
+                "image_size": size,
+                "channels": channels,
+                "generator_features": generator_features,
+                "num_classes": num_classes,
+            }
+        )
+    )
+    noise = jax.random.normal(jax.random.PRNGKey(0), (3, 16))
+    labels = jnp.arange(3) if num_classes else None
+    g_vars = pair.generator.init(jax.random.PRNGKey(1), noise, labels)
+    images = pair.generator.apply(g_vars, noise, labels)
+    assert images.shape == (3, size, size, channels)
+    assert float(jnp.abs(images).max()) <= 1.0
+    d_vars = pair.discriminator.init(jax.random.PRNGKey(2), images, labels)
+    assert pair.discriminator.apply(d_vars, images, labels).shape == (3,)
+
+
+def test_dcgan_image_size_must_halve_once_per_upsampling():
+    config = {"name": "dcgan", "image_size": 30, "generator_features": (64, 32, 16)}
+    with pytest.raises(GenJaxError, match="not divisible by 2\\*\\*2"):
+        models.build(ml_collections.ConfigDict(config))
