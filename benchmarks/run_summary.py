@@ -1,6 +1,7 @@
 """Summarise finished runs from their metrics.jsonl: the figures RESULTS.md reports.
 
     python benchmarks/run_summary.py runs/mnist_cnn runs/mnist_cnn_bn
+    python benchmarks/run_summary.py runs/mnist_dcgan --metrics fid,inception_score,precision
 
 Prints one table row per workdir: the last evaluation's metrics, training wall time (first to
 last record, so start-up before the first step is excluded), the median examples/s of the
@@ -42,12 +43,15 @@ def summarise(workdir: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("workdirs", nargs="+", type=Path)
+    parser.add_argument("--metrics", help="comma-separated eval metrics to show (default: all)")
     args = parser.parse_args()
+    shown = args.metrics.split(",") if args.metrics else None
     print("| run | steps | last evaluation | wall time | examples/s | first step |")
     print("|---|---|---|---|---|---|")
     for workdir in args.workdirs:
         s = summarise(workdir)
-        metrics = ", ".join(f"{name} {value:.4g}" for name, value in sorted(s["eval"].items()))
+        names = shown or sorted(s["eval"])
+        metrics = ", ".join(f"{name} {s['eval'][name]:.4g}" for name in names if name in s["eval"])
         print(
             f"| {workdir.name} | {s['steps']} | {metrics} | "
             f"{s['wall_seconds'] / 60:.1f} min | {s['examples_per_second']:,.0f} | "

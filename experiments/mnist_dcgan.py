@@ -17,7 +17,7 @@ def get_config():
     config = gan_config()
     config.data.batch_size = 64
     config.task.classifier_workdir = "runs/mnist_cnn"
-    config.train.num_steps = 5 * EPOCH
-    config.train.eval_every = EPOCH
-    config.train.checkpoint_every = EPOCH
+    config.train.num_steps = 20 * EPOCH
+    config.train.eval_every = 2 * EPOCH
+    config.train.checkpoint_every = 2 * EPOCH
     return config

@@ -1,4 +1,5 @@
-"""`gen-jax train EXPERIMENT.py --workdir DIR [--config.a.b=v ...]` and `gen-jax evaluate DIR`."""
+"""`gen-jax train EXPERIMENT.py --workdir DIR [--config.a.b=v ...]`, `gen-jax evaluate DIR` and
+`gen-jax sample DIR --num 64 --out grid.png`."""
 
 from __future__ import annotations
 
@@ -24,6 +25,12 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="print a run's eval metrics as JSON")
     evaluate.add_argument("workdir")
     evaluate.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+    sample = sub.add_parser("sample", help="write a grid of a GAN's or VAE's samples as PNG")
+    sample.add_argument("workdir")
+    sample.add_argument("--num", type=int, default=64, help="how many samples")
+    sample.add_argument("--out", default="samples.png", help="the PNG file to write")
+    sample.add_argument("--seed", type=int, default=0, help="seed of the latents")
+    sample.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
     for command in (train, evaluate):
         group = command.add_argument_group("multi-process runs (jax.distributed)")
         group.add_argument(
@@ -57,19 +64,33 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
     from gen_jax import host, parallel, train
 
     host.keep_freed_memory_in_heap()
-    if args.coordinator_address:
+    if getattr(args, "coordinator_address", None):
         parallel.initialize_distributed(
             args.coordinator_address, args.num_processes, args.process_id
         )
     if args.command == "train":
         metrics = train.run(config, args.workdir, args.stop_at)
-    else:
+    elif args.command == "evaluate":
         metrics = train.evaluate_workdir(args.workdir, args.step)
+    else:
+        metrics = _sample(args)
     import jax
 
     if jax.process_index() == 0:
         print(json.dumps(metrics, indent=2, sort_keys=True))
     return 0
+
+
+def _sample(args: argparse.Namespace) -> dict:
+    """Write `--num` samples of a run as one PNG grid; return what was written."""
+    from gen_jax import images
+    from gen_jax.run import load_run
+
+    if args.num < 1:
+        raise GenJaxError(f"--num must be at least 1, not {args.num}")
+    run = load_run(args.workdir, args.step)
+    path = images.save_png(images.grid(run.sample(args.num, args.seed)), args.out)
+    return {"out": str(path), "num": args.num, "seed": args.seed, "step": run.step}
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from gen_jax import config as config_lib
 from gen_jax import data, parallel
 from gen_jax.checkpoint import Checkpointer
 from gen_jax.errors import GenJaxError
-from gen_jax.models.cnn import FEATURES
 from gen_jax.tasks.classifier import ClassifierTask
 
 DISTANCE_CHUNK = 1000  # rows of a pairwise-distance matrix computed at once
@@ -135,7 +134,7 @@ class FeatureClassifier:
         self.variables = jax.tree.map(
             local, {"params": state.params, "batch_stats": state.batch_stats}
         )
-        self.model, self.step = task.model, int(local(state.step))
+        self.task, self.step = task, int(local(state.step))
         low, high = data.pixel_range(input_preprocess)
         self.target_low, self.target_high = data.pixel_range(config.data.preprocess)
         self.scale = (self.target_high - self.target_low) / (high - low)
@@ -144,7 +143,5 @@ class FeatureClassifier:
     def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Features (B, D) and class probabilities (B, classes) in inference mode (jit-able)."""
         images = jnp.clip(images * self.scale + self.shift, self.target_low, self.target_high)
-        logits, intermediates = self.model.apply(
-            self.variables, images, train=False, mutable=["intermediates"]
-        )
-        return intermediates["intermediates"][FEATURES][0], jax.nn.softmax(logits)
+        features, logits = self.task.features_and_logits(self.variables, images)
+        return features, jax.nn.softmax(logits)

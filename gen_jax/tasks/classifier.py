@@ -11,6 +11,7 @@ import ml_collections
 import optax
 
 from gen_jax import models, optim
+from gen_jax.models.cnn import FEATURES
 from gen_jax.tasks.base import Batch, Metrics, mean_of_sums, step_key
 
 
@@ -105,6 +106,11 @@ class ClassifierTask:
         """Class logits in inference mode (running batch statistics, no dropout)."""
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         return self.model.apply(variables, images, train=False)
+
+    def features_and_logits(self, variables: dict, images: jax.Array) -> tuple[jax.Array, ...]:
+        """Penultimate activations (the feature space of FID) and logits, in inference mode."""
+        logits, sown = self.model.apply(variables, images, train=False, mutable=["intermediates"])
+        return sown["intermediates"][FEATURES][0], logits
 
     def pictures(self, state: ClassifierState, images: jax.Array) -> dict[str, jax.Array]:
         del state, images  # a classifier makes no pictures

@@ -1,0 +1,135 @@
+"""A trained run, loaded for notebooks and the CLI: `run = gen_jax.load_run("runs/mnist_vae")`.
+
+A `Run` holds the run's config, its task and the restored state (latest or a chosen checkpoint)
+on this machine's devices, whatever number of devices or hosts trained it. Its methods take and
+return numpy arrays, in batches, with images in [0, 1]:
+
+    run.images("test")            # a split's images (model input range) and labels
+    run.encode(images)            # VAE: posterior means and log-variances
+    run.decode(latents)           # VAE: pixel probabilities; GAN: generated images
+    run.prior(num, seed)          # latents from the prior (VAE) or the noise distribution (GAN)
+    run.sample(num, seed)         # decode(prior(num, seed))
+    run.classify(images)          # classifier: class probabilities
+    run.features(images)          # classifier: penultimate activations
+    run.evaluate()                # the task's metrics on its eval split
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from gen_jax import data, train
+from gen_jax.errors import GenJaxError
+
+DEFAULT_BATCH = 500
+
+
+def map_batches(function: Callable, *arrays: np.ndarray, batch_size: int = DEFAULT_BATCH):
+    """`function` (jitted) over aligned leading-axis slices of `arrays`; outputs concatenated
+    (a tuple of arrays when `function` returns a tuple)."""
+    step = jax.jit(function)
+    parts = [
+        jax.device_get(step(*(a[i : i + batch_size] for a in arrays)))
+        for i in range(0, len(arrays[0]), batch_size)
+    ]
+    if isinstance(parts[0], tuple):
+        return tuple(np.concatenate(column) for column in zip(*parts, strict=True))
+    return np.concatenate(parts)
+
+
+class Run:
+    """A run's config, task and restored state, with the functions notebooks call."""
+
+    def __init__(self, workdir: str | Path, step: int | None = None):
+        self.workdir = Path(workdir)
+        self.config, self.task, self.mesh, self.state = train.load_state(self.workdir, step)
+        self.step = int(self.state.step)
+        self.kind = self.config.task.name
+        self.low, self.high = data.pixel_range(self.config.data.preprocess)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.workdir)!r}, task={self.kind!r}, step={self.step})"
+
+    def _require(self, *kinds: str, what: str) -> None:
+        if self.kind not in kinds:
+            raise GenJaxError(
+                f"{self.workdir} is a '{self.kind}' run: {what} needs a {' or '.join(kinds)} run"
+            )
+
+    def _to_unit(self, images: np.ndarray) -> np.ndarray:
+        return (np.asarray(images) - self.low) / (self.high - self.low)
+
+    # ------------------------------------------------------------------ data
+    def images(self, split: str | None = None) -> dict[str, np.ndarray]:
+        """`{"image", "label"}` of a split (default: the eval split), in the model's input range."""
+        arrays = data.load_split(self.config.data, split or self.config.data.eval_split)
+        return data.preprocessor(self.config.data.preprocess)(arrays)
+
+    # ------------------------------------------------------------------ generative models
+    @property
+    def latent_dim(self) -> int:
+        """Size of a latent (VAE) or noise vector (GAN)."""
+        self._require("vae", "gan", what="a latent space")
+        return self.task.latent_dim if self.kind == "vae" else self.task.noise_dim
+
+    def prior(self, num: int, seed: int = 0) -> np.ndarray:
+        """`num` latents (num, latent_dim) from N(0, I), the prior of both families."""
+        return np.asarray(jax.random.normal(jax.random.PRNGKey(seed), (num, self.latent_dim)))
+
+    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """VAE posterior means and log-variances (N, latent_dim) of images in the input range."""
+        self._require("vae", what="encode")
+        return map_batches(functools.partial(self.task.encode, self.state.params), images)
+
+    def decode(self, latents: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+        """Images (N, H, W, C) in [0, 1]: a VAE's pixel probabilities, a GAN's (EMA) generator
+        output; a conditional GAN takes one label per latent."""
+        self._require("vae", "gan", what="decode")
+        latents = np.asarray(latents, np.float32)
+        if self.kind == "vae":
+            decode = lambda z: jax.nn.sigmoid(self.task.decode(self.state.params, z))
+            return map_batches(decode, latents)
+        if not self.task.num_classes:
+            return self._to_unit(map_batches(lambda z: self.task.sample(self.state, z), latents))
+        if labels is None:
+            raise GenJaxError("a class-conditional GAN decodes latents with labels: pass labels=")
+        labels = np.broadcast_to(np.asarray(labels, np.int32), (len(latents),))
+        generate = lambda z, y: self.task.sample(self.state, z, y)
+        return self._to_unit(map_batches(generate, latents, labels))
+
+    def sample(self, num: int, seed: int = 0, labels: np.ndarray | None = None) -> np.ndarray:
+        """`num` generated images in [0, 1]; a conditional GAN cycles through the classes unless
+        `labels` are given."""
+        if self.kind == "gan" and self.task.num_classes and labels is None:
+            labels = np.arange(num) % self.task.num_classes
+        return self.decode(self.prior(num, seed), labels)
+
+    # ------------------------------------------------------------------ classifiers
+    def classify(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, classes) of images in the input range."""
+        self._require("classifier", what="classify")
+        logits = lambda x: self.task.logits(self.state, x)
+        return map_batches(lambda x: jax.nn.softmax(logits(x)), images)
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """The classifier's penultimate activations (N, D): the feature space of FID."""
+        self._require("classifier", what="features")
+        variables = {"params": self.state.params, "batch_stats": self.state.batch_stats}
+        return map_batches(lambda x: self.task.features_and_logits(variables, x)[0], images)
+
+    # ------------------------------------------------------------------ metrics
+    def evaluate(self, final: bool = True) -> dict[str, float]:
+        """The task's metrics on its eval split (`final`: the run's reported evaluation)."""
+        arrays = data.load_split(self.config.data, self.config.data.eval_split)
+        steps = train.compile_steps(self.task, self.config, self.mesh, arrays)
+        return {"step": self.step, **steps.evaluate(self.state, final=final)}
+
+
+def load_run(workdir: str | Path, step: int | None = None) -> Run:
+    """Load a run's latest checkpoint (or `step`) on this machine's devices."""
+    return Run(workdir, step)

@@ -1,0 +1,108 @@
+"""`gen_jax.load_run`: a trained run's functions for notebooks, and `gen-jax sample`."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import gen_jax
+from gen_jax import cli, train
+from gen_jax import config as config_lib
+from gen_jax.errors import GenJaxError
+from tests.conftest import check_call_mocked_cli, write_experiment
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One tiny mocked run of each family, trained once for the module."""
+    from tests.mocked_cli import mock_mnist
+
+    root = tmp_path_factory.mktemp("runs")
+    families = {"classifier": {}, "vae": {}, "gan": {}, "cgan": {"model.num_classes": 10}}
+    with mock_mnist():
+        for name, overrides in families.items():
+            family = "gan" if name == "cgan" else name
+            path = write_experiment(root / f"{name}.py", family, **overrides)
+            train.run(config_lib.load_experiment(path), root / name)
+    return root
+
+
+def test_a_vae_run_encodes_decodes_and_samples_images_in_the_unit_range(runs, mock_mnist):
+    run = gen_jax.load_run(runs / "vae")
+    assert run.step == 10 and run.kind == "vae"
+    test = run.images("test")
+    mean, logvar = run.encode(test["image"][:7])
+    assert mean.shape == logvar.shape == (7, run.latent_dim)
+    decoded = run.decode(mean)
+    assert decoded.shape == (7, 28, 28, 1) and decoded.min() >= 0 and decoded.max() <= 1
+    np.testing.assert_array_equal(run.sample(5, seed=3), run.decode(run.prior(5, seed=3)))
+    assert not np.array_equal(run.sample(5, seed=3), run.sample(5, seed=4))
+
+
+def test_batched_functions_do_not_depend_on_the_batch_size(runs, mock_mnist):
+    run = gen_jax.load_run(runs / "vae")
+    images = run.images("test")["image"][:20]
+    in_one = gen_jax.run.map_batches(lambda x: x * 2, images, batch_size=20)
+    in_three = gen_jax.run.map_batches(lambda x: x * 2, images, batch_size=7)
+    np.testing.assert_array_equal(in_one, in_three)
+    np.testing.assert_allclose(run.encode(images)[0][:10], run.encode(images[:10])[0], rtol=1e-6)
+
+
+def test_a_gan_run_maps_noise_to_images_and_a_conditional_one_needs_labels(runs, mock_mnist):
+    run = gen_jax.load_run(runs / "gan")
+    images = run.decode(run.prior(6))
+    assert images.shape == (6, 28, 28, 1) and images.min() >= 0 and images.max() <= 1
+    conditional = gen_jax.load_run(runs / "cgan")
+    with pytest.raises(GenJaxError, match="pass labels="):
+        conditional.decode(conditional.prior(3))
+    by_class = conditional.decode(np.repeat(conditional.prior(1), 10, axis=0), np.arange(10))
+    assert len({image.tobytes() for image in by_class}) == 10  # the label changes the image
+    cycled = conditional.decode(conditional.prior(12), np.arange(12) % 10)
+    np.testing.assert_array_equal(conditional.sample(12), cycled)  # sample cycles the classes
+
+
+def test_a_classifier_run_gives_probabilities_and_features(runs, mock_mnist):
+    run = gen_jax.load_run(runs / "classifier")
+    images = run.images("test")["image"][:9]
+    probs = run.classify(images)
+    assert probs.shape == (9, 10)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+    assert run.features(images).shape[0] == 9
+    assert run.evaluate()["accuracy"] == train.evaluate_workdir(runs / "classifier")["accuracy"]
+
+
+def test_asking_a_run_for_what_its_family_lacks_is_a_clear_error(runs, mock_mnist):
+    with pytest.raises(GenJaxError, match="'classifier' run: encode needs a vae run"):
+        gen_jax.load_run(runs / "classifier").encode(np.zeros((1, 28, 28, 1)))
+    with pytest.raises(GenJaxError, match="'gan' run: classify needs a classifier run"):
+        gen_jax.load_run(runs / "gan").classify(np.zeros((1, 28, 28, 1)))
+
+
+def test_gen_jax_sample_writes_a_grid_and_refuses_a_classifier(runs, tmp_path, mock_mnist, capsys):
+    out = tmp_path / "grid.png"
+    assert cli.main(["sample", str(runs / "vae"), "--num", "16", "--out", str(out)]) == 0
+    assert Image.open(out).size == (2 + 4 * 30, 2 + 4 * 30)  # 4 x 4 tiles of 28 + 2 padding
+    assert json.loads(capsys.readouterr().out)["num"] == 16
+    assert cli.main(["sample", str(runs / "classifier"), "--out", str(out)]) == 2
+    assert "needs a vae or gan run" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["vae", "gan"])
+def test_a_run_trained_on_eight_devices_loads_on_one_with_the_same_outputs(
+    family, tmp_path, mock_mnist
+):
+    experiment = write_experiment(tmp_path / "tiny.py", family)
+    workdir, grid = tmp_path / "run", tmp_path / "eight.png"
+    check_call_mocked_cli(["train", str(experiment), "--workdir", str(workdir)], devices=8)
+    printed = check_call_mocked_cli(["evaluate", str(workdir)], devices=8)
+    on_eight = json.loads(printed[printed.index("{") :])
+    check_call_mocked_cli(["sample", str(workdir), "--num", "16", "--out", str(grid)], devices=8)
+
+    run = gen_jax.load_run(workdir)  # this process: one CPU device
+    assert len(run.mesh.devices.flat) == 1
+    for name, value in run.evaluate().items():
+        assert value == pytest.approx(on_eight[name], rel=1e-5, abs=1e-6), name
+    cli.main(["sample", str(workdir), "--num", "16", "--out", str(tmp_path / "one.png")])
+    np.testing.assert_array_equal(np.asarray(Image.open(grid)), Image.open(tmp_path / "one.png"))
