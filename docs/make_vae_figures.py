@@ -8,25 +8,21 @@ Made the PNGs in docs/figures from `gen-jax train experiments/mnist_vae_2d.py` (
 
 import sys
 
-from gen_jax import data, images, latent, train
+from gen_jax import images, latent, load_run
 
 
 def main(workdir: str, out: str) -> None:
-    config, task, _, state = train.load_state(workdir)
-    test = data.load_split(config.data, "test")
-    mean, _ = latent.encode(task, state.params, data.scale_to_unit(test)["image"])
+    run = load_run(workdir)
+    test = run.images("test")
+    mean, _ = run.encode(test["image"])
     points, _ = latent.project_2d(mean)
     figure = latent.scatter_figure(
         points, test["label"], "2-d VAE: posterior means of the test set"
     )
     figure.savefig(f"{out}/vae_2d_latent_map.png", dpi=80)
-    images.save_png(
-        images.grid(latent.manifold_grid(task, state.params)), f"{out}/vae_2d_manifold.png"
-    )
+    images.save_png(images.grid(latent.manifold_grid(run.decode)), f"{out}/vae_2d_manifold.png")
     path = latent.interpolate(mean[0], mean[1], 10, spherical=True)
-    images.save_png(
-        images.grid(latent.decode(task, state.params, path)[None]), f"{out}/vae_2d_slerp.png"
-    )
+    images.save_png(images.grid(run.decode(path)[None]), f"{out}/vae_2d_slerp.png")
 
 
 if __name__ == "__main__":

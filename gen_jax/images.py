@@ -36,3 +36,20 @@ def save_png(image: np.ndarray, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
     return path
+
+
+def figure(layout: np.ndarray, title: str = "", inches_per_pixel: float = 0.025):
+    """A matplotlib figure showing `grid(layout)` (for notebooks), greyscale for one channel."""
+    import matplotlib.pyplot as plt
+
+    picture = grid(layout)
+    height, width = picture.shape[:2]
+    fig, axes = plt.subplots(figsize=(width * inches_per_pixel, height * inches_per_pixel + 0.4))
+    if picture.shape[-1] == 1:
+        axes.imshow(picture[..., 0], cmap="gray", vmin=0, vmax=255)
+    else:
+        axes.imshow(picture)
+    axes.set_title(title)
+    axes.axis("off")
+    fig.tight_layout()
+    return fig

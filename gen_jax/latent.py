@@ -1,36 +1,17 @@
-"""Looking inside a trained VAE: encode, decode, interpolate, traverse, project, manifold grids.
+"""Walking a latent space: interpolate, traverse, project to 2-D, manifold grids.
 
-Every function returns arrays; `scatter_figure` and `gen_jax.images.grid` turn them into pictures.
-`task` and `params` come from a run, e.g. `config, task, mesh, state = train.load_state(workdir)`
-and `state.params`.
+Plain functions of latent arrays. Encoding and decoding belong to a loaded run
+(`run = gen_jax.load_run(workdir)`: `run.encode`, `run.decode`), which works for a VAE's latents
+and a GAN's noise alike; `scatter_figure` and `gen_jax.images.grid` turn the results into pictures.
 """
 
 from __future__ import annotations
 
-import jax
+from collections.abc import Callable
+
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtri
-
-
-def encode(
-    task, params, images: np.ndarray, batch_size: int = 1000
-) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior means and log-variances of `images` (N, H, W, C), in batches."""
-    step = jax.jit(task.encode)
-    parts = [step(params, images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-    return tuple(np.concatenate([np.asarray(p[j]) for p in parts]) for j in range(2))
-
-
-def decode(task, params, latents: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """Pixel probabilities (N, H, W, C) of p(x|z) for latents (N, D), in batches."""
-    step = jax.jit(lambda p, z: jax.nn.sigmoid(task.decode(p, z)))
-    return np.concatenate(
-        [
-            np.asarray(step(params, latents[i : i + batch_size]))
-            for i in range(0, len(latents), batch_size)
-        ]
-    )
 
 
 def interpolate(
@@ -81,10 +62,11 @@ def manifold_latents(points_per_side: int = 20, margin: float = 0.05) -> np.ndar
     return np.asarray(jnp.stack([xs, ys], axis=-1))
 
 
-def manifold_grid(task, params, points_per_side: int = 20) -> np.ndarray:
-    """Decoded images of `manifold_latents`, laid out (n, n, H, W, C) for `images.grid`."""
+def manifold_grid(decode: Callable, points_per_side: int = 20) -> np.ndarray:
+    """`decode` (e.g. `run.decode`) of `manifold_latents`, laid out (n, n, H, W, C) for
+    `images.grid`."""
     latents = manifold_latents(points_per_side)
-    decoded = decode(task, params, latents.reshape(-1, 2))
+    decoded = np.asarray(decode(latents.reshape(-1, 2)))
     return decoded.reshape(points_per_side, points_per_side, *decoded.shape[1:])
 
 

@@ -5,6 +5,7 @@ on this machine's devices, whatever number of devices or hosts trained it. Its m
 return numpy arrays, in batches, with images in [0, 1]:
 
     run.images("test")            # a split's images (model input range) and labels
+    run.to_unit(images)           # model input range -> [0, 1]
     run.encode(images)            # VAE: posterior means and log-variances
     run.decode(latents)           # VAE: pixel probabilities; GAN: generated images
     run.prior(num, seed)          # latents from the prior (VAE) or the noise distribution (GAN)
@@ -23,6 +24,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from gen_jax import config as config_lib
 from gen_jax import data, train
 from gen_jax.errors import GenJaxError
 
@@ -61,7 +63,8 @@ class Run:
                 f"{self.workdir} is a '{self.kind}' run: {what} needs a {' or '.join(kinds)} run"
             )
 
-    def _to_unit(self, images: np.ndarray) -> np.ndarray:
+    def to_unit(self, images: np.ndarray) -> np.ndarray:
+        """Images in the model's input range mapped to [0, 1], for pictures."""
         return (np.asarray(images) - self.low) / (self.high - self.low)
 
     # ------------------------------------------------------------------ data
@@ -95,12 +98,12 @@ class Run:
             decode = lambda z: jax.nn.sigmoid(self.task.decode(self.state.params, z))
             return map_batches(decode, latents)
         if not self.task.num_classes:
-            return self._to_unit(map_batches(lambda z: self.task.sample(self.state, z), latents))
+            return self.to_unit(map_batches(lambda z: self.task.sample(self.state, z), latents))
         if labels is None:
             raise GenJaxError("a class-conditional GAN decodes latents with labels: pass labels=")
         labels = np.broadcast_to(np.asarray(labels, np.int32), (len(latents),))
         generate = lambda z, y: self.task.sample(self.state, z, y)
-        return self._to_unit(map_batches(generate, latents, labels))
+        return self.to_unit(map_batches(generate, latents, labels))
 
     def sample(self, num: int, seed: int = 0, labels: np.ndarray | None = None) -> np.ndarray:
         """`num` generated images in [0, 1]; a conditional GAN cycles through the classes unless
@@ -133,3 +136,13 @@ class Run:
 def load_run(workdir: str | Path, step: int | None = None) -> Run:
     """Load a run's latest checkpoint (or `step`) on this machine's devices."""
     return Run(workdir, step)
+
+
+def load_or_train(workdir: str | Path, experiment: str | Path, overrides: list[str] = ()) -> Run:
+    """Load the run in `workdir`; where there is none yet, first train `experiment` there with
+    `overrides` (e.g. a short run), so that a notebook always executes."""
+    if not (Path(workdir) / "config.json").is_file():
+        config = config_lib.load_experiment(experiment)
+        config_lib.apply_overrides(config, list(overrides))
+        train.run(config, workdir)
+    return Run(workdir)
