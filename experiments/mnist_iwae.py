@@ -6,7 +6,7 @@ Goal: test NLL (k=1000) below the same network trained on the ELBO (experiments/
 Measured value: RESULTS.md.
 """
 
-from gen_jax.config import vae_config
+from gen_jax.config import QUICK_VAE, vae_config
 
 EPOCH = 60_000 // 128
 
@@ -20,3 +20,8 @@ def get_config():
     config.train.checkpoint_every = 5 * EPOCH
     config.optimizer.schedule = "cosine"
     return config
+
+
+# `gen-jax reproduce` checks these: metric -> (expected value, tolerance); --quick, QUICK's.
+EXPECTED = {"nll": (84.0, 2.0)}  # the goal: not yet measured at full length (RESULTS.md)
+QUICK = {"overrides": QUICK_VAE, "expected": {"neg_elbo": (159.8, 8.0), "nll": (144.5, 8.0)}}

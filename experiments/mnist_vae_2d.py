@@ -8,7 +8,7 @@ The encoded test set and the decoded manifold are drawn with gen_jax.latent (REA
 how); measured figures are in RESULTS.md.
 """
 
-from gen_jax.config import vae_config
+from gen_jax.config import QUICK_VAE, vae_config
 
 EPOCH = 60_000 // 128
 
@@ -22,3 +22,8 @@ def get_config():
     config.train.checkpoint_every = 5 * EPOCH
     config.optimizer.schedule = "cosine"
     return config
+
+
+# `gen-jax reproduce` checks these: metric -> (expected value, tolerance); --quick, QUICK's.
+EXPECTED = {"neg_elbo": (143.17, 2.0), "nll": (140.62, 2.0)}
+QUICK = {"overrides": QUICK_VAE, "expected": {"neg_elbo": (179.5, 8.0), "nll": (178.5, 8.0)}}

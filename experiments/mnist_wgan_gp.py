@@ -8,7 +8,7 @@ penalty key), so an epoch is 187 generator steps. Needs the classifier run runs/
 mnist_dcgan.py). Measured values: RESULTS.md.
 """
 
-from gen_jax.config import gan_config
+from gen_jax.config import QUICK_GAN, gan_config
 
 EPOCH = 60_000 // 320
 
@@ -28,3 +28,12 @@ def get_config():
     config.train.eval_every = 5 * EPOCH
     config.train.checkpoint_every = 5 * EPOCH
     return config
+
+
+# `gen-jax reproduce` checks these: metric -> (expected value, tolerance); --quick, QUICK's.
+EXPECTED = {"fid": (0.0, 1e9), "inception_score": (0.0, 1e9)}
+QUICK = {
+    "overrides": [*QUICK_GAN, "--config.train.num_steps=60"],
+    "expected": {"fid": (82.9, 20.0), "inception_score": (1.1, 0.5)},
+}
+REQUIRES = {"task.classifier_workdir": "mnist_cnn"}  # its features score the samples

@@ -1,11 +1,12 @@
-"""`gen-jax train EXPERIMENT.py --workdir DIR [--config.a.b=v ...]`, `gen-jax evaluate DIR` and
-`gen-jax sample DIR --num 64 --out grid.png`."""
+"""`gen-jax train EXPERIMENT.py --workdir DIR [--config.a.b=v ...]`, `gen-jax evaluate DIR`,
+`gen-jax sample DIR --num 64 --out grid.png` and `gen-jax reproduce [NAME ...] [--quick]`."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from gen_jax.errors import GenJaxError
 
@@ -31,6 +32,15 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", default="samples.png", help="the PNG file to write")
     sample.add_argument("--seed", type=int, default=0, help="seed of the latents")
     sample.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+    reproduce = sub.add_parser(
+        "reproduce", help="train experiments, check their declared numbers, write a results table"
+    )
+    reproduce.add_argument("names", nargs="*", help="experiment names (default: all that declare)")
+    reproduce.add_argument("--quick", action="store_true", help="shortened runs, looser checks")
+    reproduce.add_argument("--runs", default="runs", help="where the runs go (quick: RUNS/quick)")
+    reproduce.add_argument("--out", help="the Markdown file for the table (default RESULTS.md)")
+    reproduce.add_argument("--experiments", default="experiments", help="experiment folder")
+    reproduce.add_argument("--figures", help="copy each run's latest pictures to this folder")
     for command in (train, evaluate):
         group = command.add_argument_group("multi-process runs (jax.distributed)")
         group.add_argument(
@@ -68,6 +78,12 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
         parallel.initialize_distributed(
             args.coordinator_address, args.num_processes, args.process_id
         )
+    if args.command == "reproduce":
+        from gen_jax import reproduce
+
+        out, figures = (Path(p) if p else None for p in (args.out, args.figures))
+        folders = (Path(args.runs), out, Path(args.experiments), figures)
+        return reproduce.main(args.names, args.quick, *folders)
     if args.command == "train":
         metrics = train.run(config, args.workdir, args.stop_at)
     elif args.command == "evaluate":

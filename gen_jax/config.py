@@ -223,3 +223,13 @@ def gan_config() -> ml_collections.ConfigDict:
         {"generator": dict(adam), "discriminator": dict(adam)}
     )
     return config
+
+
+# Overrides shared by the QUICK runs of `gen-jax reproduce --quick` (gen_jax/reproduce.py).
+QUICK_VAE = [  # 200 steps; 10 importance samples, so the final evaluation takes seconds
+    "--config.train.num_steps=200",
+    "--config.task.eval_samples=10",
+    "--config.task.final_eval_samples=10",
+    "--config.task.eval_sample_chunk=10",
+]
+QUICK_GAN = ["--config.train.num_steps=300", "--config.task.eval_samples=2000"]

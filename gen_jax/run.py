@@ -17,7 +17,6 @@ return numpy arrays, in batches, with images in [0, 1]:
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,11 +31,10 @@ DEFAULT_BATCH = 500
 
 
 def map_batches(function: Callable, *arrays: np.ndarray, batch_size: int = DEFAULT_BATCH):
-    """`function` (jitted) over aligned leading-axis slices of `arrays`; outputs concatenated
+    """`function` over aligned leading-axis slices of `arrays`; outputs concatenated as numpy
     (a tuple of arrays when `function` returns a tuple)."""
-    step = jax.jit(function)
     parts = [
-        jax.device_get(step(*(a[i : i + batch_size] for a in arrays)))
+        jax.device_get(function(*(a[i : i + batch_size] for a in arrays)))
         for i in range(0, len(arrays[0]), batch_size)
     ]
     if isinstance(parts[0], tuple):
@@ -53,6 +51,7 @@ class Run:
         self.step = int(self.state.step)
         self.kind = self.config.task.name
         self.low, self.high = data.pixel_range(self.config.data.preprocess)
+        self._compiled: dict[str, Callable] = {}
 
     def __repr__(self) -> str:
         return f"Run({str(self.workdir)!r}, task={self.kind!r}, step={self.step})"
@@ -62,6 +61,12 @@ class Run:
             raise GenJaxError(
                 f"{self.workdir} is a '{self.kind}' run: {what} needs a {' or '.join(kinds)} run"
             )
+
+    def _apply(self, name: str, function: Callable, *arrays: np.ndarray):
+        """`function`, compiled once per run (kept under `name`), over `arrays` in batches."""
+        if name not in self._compiled:
+            self._compiled[name] = jax.jit(function)
+        return map_batches(self._compiled[name], *arrays)
 
     def to_unit(self, images: np.ndarray) -> np.ndarray:
         """Images in the model's input range mapped to [0, 1], for pictures."""
@@ -87,7 +92,7 @@ class Run:
     def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """VAE posterior means and log-variances (N, latent_dim) of images in the input range."""
         self._require("vae", what="encode")
-        return map_batches(functools.partial(self.task.encode, self.state.params), images)
+        return self._apply("encode", lambda x: self.task.encode(self.state.params, x), images)
 
     def decode(self, latents: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
         """Images (N, H, W, C) in [0, 1]: a VAE's pixel probabilities, a GAN's (EMA) generator
@@ -96,14 +101,15 @@ class Run:
         latents = np.asarray(latents, np.float32)
         if self.kind == "vae":
             decode = lambda z: jax.nn.sigmoid(self.task.decode(self.state.params, z))
-            return map_batches(decode, latents)
+            return self._apply("decode", decode, latents)
         if not self.task.num_classes:
-            return self.to_unit(map_batches(lambda z: self.task.sample(self.state, z), latents))
+            generate = lambda z: self.task.sample(self.state, z)
+            return self.to_unit(self._apply("generate", generate, latents))
         if labels is None:
             raise GenJaxError("a class-conditional GAN decodes latents with labels: pass labels=")
         labels = np.broadcast_to(np.asarray(labels, np.int32), (len(latents),))
         generate = lambda z, y: self.task.sample(self.state, z, y)
-        return self.to_unit(map_batches(generate, latents, labels))
+        return self.to_unit(self._apply("generate", generate, latents, labels))
 
     def sample(self, num: int, seed: int = 0, labels: np.ndarray | None = None) -> np.ndarray:
         """`num` generated images in [0, 1]; a conditional GAN cycles through the classes unless
@@ -116,14 +122,15 @@ class Run:
     def classify(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities (N, classes) of images in the input range."""
         self._require("classifier", what="classify")
-        logits = lambda x: self.task.logits(self.state, x)
-        return map_batches(lambda x: jax.nn.softmax(logits(x)), images)
+        probabilities = lambda x: jax.nn.softmax(self.task.logits(self.state, x))
+        return self._apply("classify", probabilities, images)
 
     def features(self, images: np.ndarray) -> np.ndarray:
         """The classifier's penultimate activations (N, D): the feature space of FID."""
         self._require("classifier", what="features")
         variables = {"params": self.state.params, "batch_stats": self.state.batch_stats}
-        return map_batches(lambda x: self.task.features_and_logits(variables, x)[0], images)
+        features = lambda x: self.task.features_and_logits(variables, x)[0]
+        return self._apply("features", features, images)
 
     # ------------------------------------------------------------------ metrics
     def evaluate(self, final: bool = True) -> dict[str, float]:

@@ -141,3 +141,21 @@ def real_data_dir() -> str:
         if candidate and (Path(candidate) / "mnist").is_dir():
             return str(Path(candidate).resolve())
     pytest.skip("real MNIST not found: set TFDS_DATA_DIR (see ../shared/data/README.md)")
+
+
+QUICK_FAMILIES = ["mnist_cnn", "mnist_vae_mlp", "mnist_dcgan"]  # one experiment per family
+
+
+@pytest.fixture(scope="session")
+def quick_runs(real_data_dir, tmp_path_factory):
+    """`gen-jax reproduce --quick` of one experiment per family on the real MNIST, run once:
+    (exit code, the folder of the runs, the table it wrote)."""
+    from gen_jax import cli
+
+    root = tmp_path_factory.mktemp("reproduce")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TFDS_DATA_DIR", real_data_dir)
+        folders = ["--runs", str(root), "--experiments", str(REPO / "experiments")]
+        out = ["--out", str(root / "RESULTS.md")]
+        code = cli.main(["reproduce", *QUICK_FAMILIES, "--quick", *folders, *out])
+    return code, root / "quick", (root / "RESULTS.md").read_text()

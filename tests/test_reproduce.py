@@ -1,0 +1,86 @@
+"""`gen-jax reproduce`: runs experiments, checks their declared numbers, writes one table."""
+
+import json
+
+import pytest
+
+from gen_jax import cli, reproduce, train
+from gen_jax import config as config_lib
+from tests.conftest import QUICK_FAMILIES, write_experiment
+
+
+def test_the_table_goes_between_the_markers_and_keeps_the_text_around_it(tmp_path):
+    path = tmp_path / "RESULTS.md"
+    reproduce.write_table("first table\n", path)
+    assert path.read_text() == f"{reproduce.BEGIN}\nfirst table\n{reproduce.END}\n"
+    path.write_text("# Results\n\n" + path.read_text() + "\nnotes by hand\n")
+    reproduce.write_table("second table\n", path)
+    text = path.read_text()
+    assert text.startswith("# Results\n\n") and text.endswith("notes by hand\n")
+    assert "second table" in text and "first table" not in text
+
+
+def tiny_experiment(folder, expected: tuple[float, float]):
+    """A tiny classifier experiment file declaring a QUICK check of its accuracy."""
+    path = write_experiment(folder / "tiny.py", "classifier")
+    quick = {"overrides": ["--config.train.num_steps=6"], "expected": {"accuracy": expected}}
+    path.write_text(
+        path.read_text() + f"\n\nEXPECTED = {{'accuracy': (1.0, 0.0)}}\nQUICK = {quick}\n"
+    )
+    return path
+
+
+def reproduce_quick(tmp_path) -> tuple[int, str]:
+    out = tmp_path / "table.md"
+    folders = ["--runs", str(tmp_path / "runs"), "--experiments", str(tmp_path)]
+    code = cli.main(["reproduce", "tiny", "--quick", *folders, "--out", str(out)])
+    return code, out.read_text()
+
+
+def test_the_table_reports_the_run_it_made_and_fails_when_the_tolerance_is_missed(
+    tmp_path, mock_mnist
+):
+    tiny_experiment(tmp_path, (0.5, 1.0))  # any accuracy passes
+    code, text = reproduce_quick(tmp_path)
+    assert code == 0
+    records = (tmp_path / "runs/quick/tiny/metrics.jsonl").read_text().splitlines()
+    accuracy = [json.loads(r) for r in records if '"test"' in r and '"accuracy"' in r][-1]
+    row = next(line for line in text.splitlines() if line.startswith("| tiny | accuracy"))
+    assert f"| {accuracy['value']:.4g} |" in row and "| pass |" in row
+    assert "jax" in text and "gen_jax" in text
+
+    tiny_experiment(tmp_path, (accuracy["value"] + 0.5, 0.1))  # now no accuracy can pass
+    code, text = reproduce_quick(tmp_path)  # the finished run is evaluated again, not retrained
+    assert code == 1
+    assert "**FAIL**" in text and f"| {accuracy['value']:.4g} |" in text
+
+
+def test_an_unknown_experiment_or_one_without_expectations_is_a_clear_error(
+    tmp_path, mock_mnist, capsys
+):
+    write_experiment(tmp_path / "plain.py")
+    for name, message in (("nothing", "no experiment 'nothing'"), ("plain", "no QUICK run")):
+        args = ["reproduce", name, "--quick", "--experiments", str(tmp_path)]
+        assert cli.main([*args, "--runs", str(tmp_path / "runs")]) == 2
+        assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quick_reproduction_of_one_experiment_per_family_passes(quick_runs):
+    code, _, table = quick_runs
+    assert code == 0, table
+    for name in QUICK_FAMILIES:
+        assert f"| {name} |" in table
+    assert "FAIL" not in table
+
+
+def test_figures_are_each_runs_latest_pictures_and_a_2d_vaes_maps(tmp_path, mock_mnist):
+    run = tmp_path / "runs/vae"
+    path = write_experiment(tmp_path / "vae.py", "vae", **{"model.latent_dim": 2})
+    train.run(config_lib.load_experiment(path), run)
+    reproduce.save_figures("vae", run, tmp_path / "figures")
+    drawn = sorted(p.name for p in (tmp_path / "figures").iterdir())
+    kinds = ["latent_map", "manifold", "prior_samples", "reconstructions"]
+    assert drawn == [f"vae_{kind}.png" for kind in kinds]
+    latest = sorted(run.glob("samples/prior_samples_*.png"))[-1]
+    assert (tmp_path / "figures/vae_prior_samples.png").read_bytes() == latest.read_bytes()
