@@ -38,7 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     reproduce.add_argument("names", nargs="*", help="experiment names (default: all that declare)")
     reproduce.add_argument("--quick", action="store_true", help="shortened runs, looser checks")
     reproduce.add_argument("--runs", default="runs", help="where the runs go (quick: RUNS/quick)")
-    reproduce.add_argument("--out", help="the Markdown file for the table (default RESULTS.md)")
+    reproduce.add_argument(
+        "--out",
+        help="Markdown file for the table (RESULTS.md; with --quick RUNS/quick/RESULTS.md)",
+    )
     reproduce.add_argument("--experiments", default="experiments", help="experiment folder")
     reproduce.add_argument("--figures", help="copy each run's latest pictures to this folder")
     for command in (train, evaluate):
@@ -87,7 +90,9 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.command == "train":
         metrics = train.run(config, args.workdir, args.stop_at)
     elif args.command == "evaluate":
-        metrics = train.evaluate_workdir(args.workdir, args.step)
+        from gen_jax.run import load_run
+
+        metrics = load_run(args.workdir, args.step).evaluate()
     else:
         metrics = _sample(args)
     import jax

@@ -10,6 +10,7 @@ import ast
 import importlib.util
 import json
 from pathlib import Path
+from types import ModuleType
 
 import ml_collections
 
@@ -25,8 +26,8 @@ TYPE_NAMES = {
 }
 
 
-def load_experiment(path: str | Path) -> ml_collections.ConfigDict:
-    """Import an experiment file and return its `get_config()`."""
+def load_module(path: str | Path) -> ModuleType:
+    """Import an experiment file as a module (its config and what it declares)."""
     path = Path(path)
     if not path.is_file():
         raise GenJaxError(
@@ -35,6 +36,12 @@ def load_experiment(path: str | Path) -> ml_collections.ConfigDict:
     spec = importlib.util.spec_from_file_location(f"gen_jax_experiment_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def load_experiment(path: str | Path) -> ml_collections.ConfigDict:
+    """Import an experiment file and return its `get_config()`."""
+    module = load_module(path)
     if not hasattr(module, "get_config"):
         raise GenJaxError(f"{path} defines no get_config(); an experiment file must define one")
     config = module.get_config()
@@ -109,6 +116,20 @@ def _parse_like(old, raw: str, dotted: str):
     raise GenJaxError(
         f"config key '{dotted}' holds a {expected.__name__}, which cannot be overridden"
     )
+
+
+PATH_KEYS = ("data.data_dir", "task.classifier_workdir")  # may be relative to where a run starts
+
+
+def with_absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy whose non-empty path settings are absolute, so that the saved config of a run
+    still points at the same places when it is loaded from another directory."""
+    config = config.copy_and_resolve_references()
+    for dotted in PATH_KEYS:
+        section, key = dotted.split(".")
+        if config[section].get(key):
+            config[section][key] = str(Path(config[section][key]).resolve())
+    return config
 
 
 def save(config: ml_collections.ConfigDict, path: Path) -> None:

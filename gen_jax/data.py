@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grain
+import jax
 import ml_collections
 import numpy as np
 
@@ -169,3 +170,18 @@ def eval_batches(
         indices = np.where(mask, indices, 0)
         batch = transform({k: v[indices] for k, v in arrays.items()})
         yield {**batch, "mask": mask.astype(np.float32), "index": indices.astype(np.int32)}
+
+
+def map_batches(function: Callable, *arrays: np.ndarray, batch_size: int = 500):
+    """`function` over aligned leading-axis slices of `arrays`, outputs concatenated as numpy
+    (a tuple of arrays when `function` returns a tuple)."""
+    if not len(arrays[0]) or any(len(a) != len(arrays[0]) for a in arrays):
+        shapes = [np.shape(a) for a in arrays]
+        raise GenJaxError(f"expected one or more examples, the same number in each input: {shapes}")
+    parts = [
+        jax.device_get(function(*(a[i : i + batch_size] for a in arrays)))
+        for i in range(0, len(arrays[0]), batch_size)
+    ]
+    if isinstance(parts[0], tuple):
+        return tuple(np.concatenate(column) for column in zip(*parts, strict=True))
+    return np.concatenate(parts)

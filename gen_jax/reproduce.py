@@ -2,31 +2,32 @@
 
 Each experiment file declares what it reproduces next to its `get_config()`:
 
-    EXPECTED = {"accuracy": (0.9944, 0.002)}   # metric -> (expected value, tolerance)
+    EXPECTED = {"accuracy": (0.9944, 0.002)}   # metric -> (expected value, tolerance),
+                                               # or a goal: ("<=", 84.0) / (">=", 0.99)
     QUICK = {                                  # a shortened run for CI, with looser expectations
         "overrides": ["--config.train.num_steps=300"],
         "expected": {"accuracy": (0.975, 0.015)},
     }
     REQUIRES = {"task.classifier_workdir": "mnist_cnn"}  # config key -> experiment run first
 
-A metric passes when |value - expected| <= tolerance. Runs go to RUNS/NAME (RUNS/quick/NAME with
-`--quick`); an existing finished run is evaluated again rather than retrained, and its training
-time (first to last metrics record, evaluations included) is what the table reports. The table
-goes between two marker lines of the output file (RESULTS.md by default), keeping the text around
-it. With `--figures DIR`, each run's latest pictures are copied to DIR/NAME_KIND.png, and a 2-d
-VAE's latent map and decoded manifold are drawn there too.
+A metric passes when |value - expected| <= tolerance, or when it meets its goal. Runs go to
+RUNS/NAME (RUNS/quick/NAME with `--quick`); an existing finished run is evaluated again, not
+retrained, and the table reports its training time (first metrics record to last training
+record). The table goes between two marker lines of the output file (RESULTS.md;
+RUNS/quick/RESULTS.md with `--quick`), keeping the text around it. An experiment that fails to
+run gets an error row, and the others still run. With `--figures DIR`, each run's latest
+pictures are copied to DIR/NAME_KIND.png, and a 2-d VAE's latent map and decoded manifold are
+drawn there too.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import importlib.util
 import os
 import platform
 import shutil
 from pathlib import Path
-from types import ModuleType
 
 import jax
 
@@ -37,71 +38,83 @@ from gen_jax.errors import GenJaxError
 from gen_jax.metric_writer import read_metrics
 
 BEGIN, END = "<!-- gen-jax reproduce: begin -->", "<!-- gen-jax reproduce: end -->"
+GOALS = {"<=": lambda value, bound: value <= bound, ">=": lambda value, bound: value >= bound}
 
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    """One checked metric of one experiment."""
+    """One checked metric of one experiment (or why the experiment could not be checked)."""
 
     experiment: str
     metric: str
-    value: float
-    expected: float
-    tolerance: float
-    minutes: float
+    value: float | None
+    check: tuple  # (expected value, tolerance) or (">=" | "<=", bound)
+    minutes: float | None
+    error: str = ""
 
     @property
     def passed(self) -> bool:
-        return abs(self.value - self.expected) <= self.tolerance
+        if self.error:
+            return False
+        first, second = self.check
+        if first in GOALS:
+            return GOALS[first](self.value, second)
+        return abs(self.value - first) <= second
+
+    @property
+    def expected(self) -> str:
+        first, second = self.check
+        return f"{first} {second:.4g}" if first in GOALS else f"{first:.4g} ± {second:.3g}"
 
 
-def _module(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"experiment_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _declared(path: Path, quick: bool) -> tuple[list[str], dict, dict]:
-    """(overrides, expected metrics, requirements) an experiment file declares."""
-    module = _module(path)
-    expected = getattr(module, "EXPECTED", None)
+def declared(path: Path, quick: bool) -> tuple[list[str], dict, dict]:
+    """(overrides, expected metrics, requirements) that an experiment file declares."""
+    module = config_lib.load_module(path)
     if quick:
-        quick_spec = getattr(module, "QUICK", None)
-        if quick_spec is None:
+        if not hasattr(module, "QUICK"):
             raise GenJaxError(f"{path} declares no QUICK run; add one (see gen_jax/reproduce.py)")
-        overrides, expected = list(quick_spec["overrides"]), quick_spec["expected"]
+        overrides, expected = list(module.QUICK["overrides"]), module.QUICK["expected"]
     else:
-        overrides = []
+        overrides, expected = [], getattr(module, "EXPECTED", None)
     if not expected:
         raise GenJaxError(f"{path} declares no EXPECTED metrics; add them (gen_jax/reproduce.py)")
+    for metric, check in expected.items():
+        if len(check) != 2 or (isinstance(check[0], str) and check[0] not in GOALS):
+            raise GenJaxError(
+                f"{path}: {metric} expects (value, tolerance) or ('<=' | '>=', bound), "
+                f"not {check!r}"
+            )
     return overrides, expected, getattr(module, "REQUIRES", {})
 
 
 def training_minutes(workdir: Path) -> float:
-    """Minutes from a run's first to its last metrics record."""
+    """Minutes from a run's first metrics record to its last training record (re-evaluating a
+    finished run later does not count)."""
     records = read_metrics(workdir)
-    return (records[-1]["time"] - records[0]["time"]) / 60
+    last = [r["time"] for r in records if r["split"] == "train"][-1]
+    return (last - records[0]["time"]) / 60
 
 
 def save_figures(name: str, workdir: Path, figures: Path) -> None:
     """Copy a run's latest picture of each kind to FIGURES/NAME_KIND.png; draw a 2-d VAE's
-    latent map of the test set and its decoded manifold beside them."""
+    latent map of its eval split and its decoded manifold beside them."""
     figures.mkdir(parents=True, exist_ok=True)
     latest = {png.stem.rsplit("_", 1)[0]: png for png in sorted(workdir.glob("samples/*.png"))}
     for kind, png in latest.items():
         shutil.copyfile(png, figures / f"{name}_{kind}.png")
     config = config_lib.load(workdir / "config.json")
     if config.task.name == "vae" and config.model.latent_dim == 2:
+        import matplotlib.pyplot as plt
+
         from gen_jax.run import load_run
 
         run = load_run(workdir)
-        test = run.images("test")
-        points, _ = latent.project_2d(run.encode(test["image"])[0])
-        title = f"{name}: posterior means of the test set"
-        latent.scatter_figure(points, test["label"], title).savefig(
-            figures / f"{name}_latent_map.png", dpi=80
-        )
+        split = run.images()
+        points, _ = latent.project_2d(run.encode(split["image"])[0])
+        title = f"{name}: posterior means of the {config.data.eval_split} set"
+        figure = latent.scatter_figure(points, split["label"], title)
+        figure.savefig(figures / f"{name}_latent_map.png", dpi=80)
+        plt.close(figure)
         manifold = images.grid(latent.manifold_grid(run.decode))
         images.save_png(manifold, figures / f"{name}_manifold.png")
 
@@ -113,31 +126,42 @@ def reproduce(
     quick: bool = False,
     figures: Path | None = None,
 ) -> list[Row]:
-    """Train (or re-evaluate) each named experiment and its requirements; check its metrics."""
-    rows, finished = [], {}
+    """Train (or re-evaluate) each named experiment after its requirements; check its metrics."""
+    rows: list[Row] = []
+    workdirs: dict[str, Path | None] = {}  # None: the experiment failed
 
-    def run_one(name: str) -> Path:
-        if name in finished:
-            return finished[name]
+    def run_one(name: str) -> Path | None:
+        if name in workdirs:
+            return workdirs[name]
+        workdirs[name] = None
+        try:
+            workdirs[name] = train_and_check(name)
+        except GenJaxError as error:
+            rows.append(Row(name, "—", None, (0, 0), None, error=str(error).splitlines()[0]))
+        return workdirs[name]
+
+    def train_and_check(name: str) -> Path:
         path = experiments / f"{name}.py"
         if not path.is_file():
             known = sorted(p.stem for p in experiments.glob("*.py"))
             raise GenJaxError(f"no experiment '{name}' in {experiments}; known: {known}")
-        overrides, expected, requires = _declared(path, quick)
+        overrides, expected, requires = declared(path, quick)
         for key, required in requires.items():  # e.g. the classifier whose features score a GAN
-            overrides.append(f"--config.{key}={run_one(required)}")
+            if run_one(required) is None:
+                raise GenJaxError(f"needs the run of {required}, which failed")
+            overrides.append(f"--config.{key}={workdirs[required]}")
         config = config_lib.load_experiment(path)
         config_lib.apply_overrides(config, overrides)
         workdir = runs / name
         metrics = train.run(config, workdir)
+        missing = sorted(set(expected) - set(metrics))
+        if missing:
+            raise GenJaxError(f"reported no {missing}; it has {sorted(metrics)}")
         minutes = training_minutes(workdir)
+        for metric, check in expected.items():
+            rows.append(Row(name, metric, metrics[metric], tuple(check), minutes))
         if figures and jax.process_index() == 0:
             save_figures(name, workdir, figures)
-        for metric, (value, tolerance) in expected.items():
-            if metric not in metrics:
-                raise GenJaxError(f"{name} reported no '{metric}'; it has {sorted(metrics)}")
-            rows.append(Row(name, metric, metrics[metric], value, tolerance, minutes))
-        finished[name] = workdir
         return workdir
 
     for name in names:
@@ -172,13 +196,16 @@ def table(rows: list[Row], quick: bool) -> str:
         f"`gen-jax reproduce{' --quick' if quick else ''}`, {mode}; {stamp}; "
         f"gen_jax {gen_jax.__version__}, jax {jax.__version__}; {hardware()}.",
         "",
-        "| experiment | metric | value | expected | tolerance | result | training time |",
-        "|---|---|---|---|---|---|---|",
+        "| experiment | metric | value | expected | result | training time |",
+        "|---|---|---|---|---|---|",
     ]
     for row in rows:
+        if row.error:
+            lines.append(f"| {row.experiment} | — | — | — | **ERROR**: {row.error} | — |")
+            continue
+        result = "pass" if row.passed else "**FAIL**"
         lines.append(
-            f"| {row.experiment} | {row.metric} | {row.value:.4g} | {row.expected:.4g} | "
-            f"± {row.tolerance:.3g} | {'pass' if row.passed else '**FAIL**'} | "
+            f"| {row.experiment} | {row.metric} | {row.value:.4g} | {row.expected} | {result} | "
             f"{row.minutes:.1f} min |"
         )
     return "\n".join(lines) + "\n"
@@ -198,8 +225,19 @@ def write_table(text: str, path: Path) -> None:
 
 
 def all_experiments(experiments: Path) -> list[str]:
-    """Every experiment that declares expected metrics, in name order."""
-    return sorted(p.stem for p in experiments.glob("*.py") if "EXPECTED" in p.read_text())
+    """Every experiment in the folder that declares EXPECTED metrics, in name order."""
+    if not experiments.is_dir():
+        raise GenJaxError(
+            f"no experiment folder {experiments}; run from the repository or pass --experiments"
+        )
+    names = [
+        p.stem
+        for p in sorted(experiments.glob("*.py"))
+        if hasattr(config_lib.load_module(p), "EXPECTED")
+    ]
+    if not names:
+        raise GenJaxError(f"no experiment in {experiments} declares EXPECTED metrics")
+    return names
 
 
 def main(

@@ -25,21 +25,8 @@ import numpy as np
 
 from gen_jax import config as config_lib
 from gen_jax import data, train
+from gen_jax.checkpoint import Checkpointer
 from gen_jax.errors import GenJaxError
-
-DEFAULT_BATCH = 500
-
-
-def map_batches(function: Callable, *arrays: np.ndarray, batch_size: int = DEFAULT_BATCH):
-    """`function` over aligned leading-axis slices of `arrays`; outputs concatenated as numpy
-    (a tuple of arrays when `function` returns a tuple)."""
-    parts = [
-        jax.device_get(function(*(a[i : i + batch_size] for a in arrays)))
-        for i in range(0, len(arrays[0]), batch_size)
-    ]
-    if isinstance(parts[0], tuple):
-        return tuple(np.concatenate(column) for column in zip(*parts, strict=True))
-    return np.concatenate(parts)
 
 
 class Run:
@@ -66,7 +53,7 @@ class Run:
         """`function`, compiled once per run (kept under `name`), over `arrays` in batches."""
         if name not in self._compiled:
             self._compiled[name] = jax.jit(function)
-        return map_batches(self._compiled[name], *arrays)
+        return data.map_batches(self._compiled[name], *arrays)
 
     def to_unit(self, images: np.ndarray) -> np.ndarray:
         """Images in the model's input range mapped to [0, 1], for pictures."""
@@ -147,9 +134,18 @@ def load_run(workdir: str | Path, step: int | None = None) -> Run:
 
 def load_or_train(workdir: str | Path, experiment: str | Path, overrides: list[str] = ()) -> Run:
     """Load the run in `workdir`; where there is none yet, first train `experiment` there with
-    `overrides` (e.g. a short run), so that a notebook always executes."""
-    if not (Path(workdir) / "config.json").is_file():
+    `overrides` (e.g. a short run), and where it stopped early, finish it: a notebook always
+    executes."""
+    saved = Path(workdir) / "config.json"
+    if saved.is_file():
+        config = config_lib.load(saved)
+        checkpointer = Checkpointer(Path(workdir) / "checkpoints")
+        finished = checkpointer.latest_step() == config.train.num_steps
+        checkpointer.close()
+    else:
         config = config_lib.load_experiment(experiment)
         config_lib.apply_overrides(config, list(overrides))
+        finished = False
+    if not finished:
         train.run(config, workdir)
     return Run(workdir)

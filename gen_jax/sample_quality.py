@@ -14,6 +14,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from gen_jax import config as config_lib
@@ -103,6 +104,22 @@ def score(real_features, real_probs, fake_features, fake_probs, k: int = 3) -> d
 
 
 # ----------------------------------------------------------------------------- the classifier
+def check_classifier_run(workdir: str | Path) -> ml_collections.ConfigDict:
+    """The config of the classifier run in `workdir`; a clear error if there is none."""
+    workdir = Path(workdir)
+    if not (workdir / "config.json").is_file():
+        raise GenJaxError(
+            f"task.classifier_workdir {workdir} holds no finished run (no config.json); "
+            "train one first: gen-jax train experiments/mnist_cnn.py --workdir runs/mnist_cnn"
+        )
+    config = config_lib.load(workdir / "config.json")
+    if config.task.name != "classifier":
+        raise GenJaxError(
+            f"task.classifier_workdir {workdir} is a '{config.task.name}' run, not a classifier"
+        )
+    return config
+
+
 class FeatureClassifier:
     """A finished classifier run, frozen: images -> (features, class probabilities).
 
@@ -112,16 +129,7 @@ class FeatureClassifier:
 
     def __init__(self, workdir: str | Path, image_shape: tuple[int, ...], input_preprocess):
         workdir = Path(workdir)
-        if not (workdir / "config.json").is_file():
-            raise GenJaxError(
-                f"task.classifier_workdir {workdir} holds no finished run (no config.json); "
-                "train one first: gen-jax train experiments/mnist_cnn.py --workdir runs/mnist_cnn"
-            )
-        config = config_lib.load(workdir / "config.json")
-        if config.task.name != "classifier":
-            raise GenJaxError(
-                f"task.classifier_workdir {workdir} is a '{config.task.name}' run, not a classifier"
-            )
+        config = check_classifier_run(workdir)
         task = ClassifierTask(config)
         example = {"image": jnp.zeros((1, *image_shape)), "label": jnp.zeros((1,), jnp.int32)}
         abstract = jax.eval_shape(task.init, jax.random.PRNGKey(0), example)

@@ -131,6 +131,7 @@ def run(
     running again continues exactly as if it had never stopped.
     """
     workdir = Path(workdir)
+    config = config_lib.with_absolute_paths(config)
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.data.batch_size, mesh, "data.batch_size")
     parallel.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
@@ -259,11 +260,3 @@ def load_state(workdir: str | Path, step: int | None = None):
     finally:
         checkpointer.close()
     return config, task, mesh, state
-
-
-def evaluate_workdir(workdir: str | Path, step: int | None = None) -> dict[str, float]:
-    """Evaluate a run's latest (or given) checkpoint on its eval split, with the run's config."""
-    config, task, mesh, state = load_state(workdir, step)
-    arrays = data.load_split(config.data, config.data.eval_split)
-    metrics = compile_steps(task, config, mesh, arrays).evaluate(state, final=True)
-    return {"step": int(state.step), **metrics}

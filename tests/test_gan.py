@@ -9,6 +9,7 @@ import scipy.linalg
 from gen_jax import config as config_lib
 from gen_jax import sample_quality, tasks, train
 from gen_jax.errors import GenJaxError
+from gen_jax.run import load_run
 from gen_jax.tasks import gan
 from tests.conftest import write_experiment
 
@@ -197,7 +198,7 @@ def test_a_mocked_run_with_a_classifier_reports_every_metric_and_conditional_pic
         assert np.isfinite(metrics[name]), name
     assert sum(metrics[f"class_{c}_fraction"] for c in range(10)) == pytest.approx(1.0)
     assert metrics["floor_fid"] >= 0 and 1.0 <= metrics["floor_inception_score"] <= 10.0
-    assert train.evaluate_workdir(tmp_path / "run")["fid"] == metrics["fid"]  # reproducible
+    assert load_run(tmp_path / "run").evaluate()["fid"] == metrics["fid"]  # reproducible
     assert list((tmp_path / "run" / "samples").glob("samples_*.png"))
     _, task, _, state = train.load_state(tmp_path / "run")
     layout = task.pictures(state, None)["samples"]

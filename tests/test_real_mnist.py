@@ -9,6 +9,7 @@ import pytest
 from gen_jax import config as config_lib
 from gen_jax import data, train
 from gen_jax.metric_writer import read_metrics
+from gen_jax.run import load_run
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -32,7 +33,7 @@ def test_three_hundred_steps_of_the_baseline_reach_95_percent(quick_runs):
     assert len(data.load_split(config.data, "test")["label"]) == 10_000  # real, not mocked
     accuracy = last_evaluation(runs / "mnist_cnn")["accuracy"]
     assert accuracy > 0.95
-    assert train.evaluate_workdir(runs / "mnist_cnn")["accuracy"] == accuracy
+    assert load_run(runs / "mnist_cnn").evaluate()["accuracy"] == accuracy
 
 
 def test_a_short_mlp_vae_run_lowers_the_test_negative_elbo_far_below_its_start(

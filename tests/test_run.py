@@ -7,9 +7,10 @@ import pytest
 from PIL import Image
 
 import gen_jax
-from gen_jax import cli, train
+from gen_jax import cli, data, train
 from gen_jax import config as config_lib
 from gen_jax.errors import GenJaxError
+from gen_jax.metric_writer import read_metrics
 from tests.conftest import check_call_mocked_cli, write_experiment
 
 
@@ -43,10 +44,12 @@ def test_a_vae_run_encodes_decodes_and_samples_images_in_the_unit_range(runs, mo
 def test_batched_functions_do_not_depend_on_the_batch_size(runs, mock_mnist):
     run = gen_jax.load_run(runs / "vae")
     images = run.images("test")["image"][:20]
-    in_one = gen_jax.run.map_batches(lambda x: x * 2, images, batch_size=20)
-    in_three = gen_jax.run.map_batches(lambda x: x * 2, images, batch_size=7)
+    in_one = data.map_batches(lambda x: x * 2, images, batch_size=20)
+    in_three = data.map_batches(lambda x: x * 2, images, batch_size=7)
     np.testing.assert_array_equal(in_one, in_three)
     np.testing.assert_allclose(run.encode(images)[0][:10], run.encode(images[:10])[0], rtol=1e-6)
+    with pytest.raises(GenJaxError, match="one or more examples"):
+        run.encode(images[:0])
 
 
 def test_a_gan_run_maps_noise_to_images_and_a_conditional_one_needs_labels(runs, mock_mnist):
@@ -69,7 +72,8 @@ def test_a_classifier_run_gives_probabilities_and_features(runs, mock_mnist):
     assert probs.shape == (9, 10)
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
     assert run.features(images).shape[0] == 9
-    assert run.evaluate()["accuracy"] == train.evaluate_workdir(runs / "classifier")["accuracy"]
+    logged = [r for r in read_metrics(runs / "classifier") if r["split"] == "test"]
+    assert run.evaluate()["accuracy"] == next(r["value"] for r in logged if r["name"] == "accuracy")
 
 
 def test_asking_a_run_for_what_its_family_lacks_is_a_clear_error(runs, mock_mnist):

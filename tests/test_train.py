@@ -11,6 +11,7 @@ from gen_jax import tasks, train
 from gen_jax.checkpoint import Checkpointer
 from gen_jax.errors import GenJaxError, NonFiniteLossError
 from gen_jax.metric_writer import read_metrics
+from gen_jax.run import load_run
 from tests.conftest import check_call_mocked_cli
 
 
@@ -55,7 +56,7 @@ def test_a_run_writes_config_metrics_tensorboard_and_checkpoints(experiment, tmp
     ]
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
     assert Checkpointer(workdir / "checkpoints").manager.all_steps() == [5, 10]
-    assert train.evaluate_workdir(workdir) == {"step": 10, **final}
+    assert load_run(workdir).evaluate() == {"step": 10, **final}
 
 
 def test_a_finished_run_reruns_without_training_again(experiment, tmp_path, mock_mnist):
@@ -96,7 +97,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 
 def test_evaluate_without_a_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(GenJaxError, match=r"is .* a gen-jax workdir"):
-        train.evaluate_workdir(tmp_path)
+        load_run(tmp_path).evaluate()
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ from PIL import Image
 from gen_jax import config as config_lib
 from gen_jax import tasks, train
 from gen_jax.errors import GenJaxError
+from gen_jax.run import load_run
 from gen_jax.tasks import vae
 
 
@@ -125,7 +126,7 @@ def test_a_short_mocked_run_reports_elbo_terms_and_nll(tmp_path, mock_mnist):
     metrics = train.run(config, tmp_path / "run")
     assert set(metrics) == {"neg_elbo", "recon", "kl", "nll"}
     assert metrics["nll"] <= metrics["neg_elbo"] + 1.0
-    assert train.evaluate_workdir(tmp_path / "run") == {"step": 4, **metrics}
+    assert load_run(tmp_path / "run").evaluate() == {"step": 4, **metrics}
     recon = np.asarray(Image.open(tmp_path / "run/samples/reconstructions_0000004.png"))
     prior = np.asarray(Image.open(tmp_path / "run/samples/prior_samples_0000004.png"))
     assert recon.shape == (8 * 30 + 2, 8 * 30 + 2)  # 4 input rows, each above its reconstructions

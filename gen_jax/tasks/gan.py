@@ -9,6 +9,7 @@ images in the feature space of a trained classifier run (`gen_jax.sample_quality
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -122,15 +123,25 @@ class GANTask:
             task.neighbours,
         )
         self.data_config = config.data
-        self.classifier = None
-        if not task.classifier_workdir and jax.process_index() == 0:
+        self.classifier_workdir = task.classifier_workdir
+        if not self.classifier_workdir and jax.process_index() == 0:
             print(SKIPPED_METRICS, file=sys.stderr)
-        if task.classifier_workdir:
-            shape = (pair.generator.image_size, pair.generator.image_size, pair.generator.channels)
-            self.classifier = sample_quality.FeatureClassifier(
-                task.classifier_workdir, shape, config.data.preprocess
-            )
+        if self.classifier_workdir:
+            sample_quality.check_classifier_run(self.classifier_workdir)
         self._floor = None  # real-vs-real scores, computed at the first evaluation
+
+    @functools.cached_property
+    def classifier(self) -> sample_quality.FeatureClassifier | None:
+        """The scoring classifier, restored on first use (sampling never needs it). The first use
+        is inside the traced eval step: the restore must run eagerly, not be traced."""
+        if not self.classifier_workdir:
+            return None
+        generator = self.generator
+        shape = (generator.image_size, generator.image_size, generator.channels)
+        with jax.ensure_compile_time_eval():
+            return sample_quality.FeatureClassifier(
+                self.classifier_workdir, shape, self.data_config.preprocess
+            )
 
     def _check(self, config: ml_collections.ConfigDict) -> None:
         if self.loss not in LOSSES:
@@ -344,9 +355,7 @@ class GANTask:
         rows = np.random.default_rng(self.eval_seed).permutation(len(train["label"]))
         rows = np.sort(rows[: self.eval_samples])
         images = data.preprocessor(self.data_config.preprocess)({"image": train["image"][rows]})
-        features = jax.jit(self.classifier)
-        chunks = [features(images["image"][i : i + 1000]) for i in range(0, len(rows), 1000)]
-        train_features, train_probs = (np.concatenate(c) for c in zip(*chunks, strict=True))
+        train_features, train_probs = data.map_batches(jax.jit(self.classifier), images["image"])
         scores = sample_quality.score(
             test_features, test_probs, train_features, train_probs, self.neighbours
         )
