@@ -11,6 +11,7 @@ five slices or as a Python loop unrolled at trace time (what `GANTask.critic_upd
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +24,7 @@ from gen_jax.models.dcgan import dcgan
 from gen_jax.tasks.gan import gradient_penalty
 
 EXPERIMENTS = ("mnist_dcgan", "mnist_hinge_gan", "mnist_cgan", "mnist_wgan_gp")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def seconds_per_call(function, *args, repeats: int = 10) -> tuple[float, float]:
@@ -39,7 +41,7 @@ def seconds_per_call(function, *args, repeats: int = 10) -> tuple[float, float]:
 
 def experiment_step(name: str) -> tuple[int, float, float]:
     """(batch size, first-step seconds, seconds per step) of an experiment's train step."""
-    config = config_lib.load_experiment(f"experiments/{name}.py")
+    config = config_lib.load_experiment(REPO / f"experiments/{name}.py")
     config.task.classifier_workdir = ""
     task = tasks.build(config)
     size = config.data.batch_size
