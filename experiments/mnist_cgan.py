@@ -23,7 +23,7 @@ def get_config():
     return config
 
 
-# `gen-jax reproduce` checks these: metric -> (expected value, tolerance); --quick, QUICK's.
+# `gen-jax reproduce` checks: metric -> (value, tolerance) or a goal ('<=' | '>=', bound).
 EXPECTED = {"fid": (0.0, 1e9), "inception_score": (0.0, 1e9)}
 QUICK = {"overrides": QUICK_GAN, "expected": {"fid": (21.0, 6.0), "inception_score": (3.45, 1.0)}}
 REQUIRES = {"task.classifier_workdir": "mnist_cnn"}  # its features score the samples

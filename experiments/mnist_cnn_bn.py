@@ -27,6 +27,6 @@ def get_config():
     return config
 
 
-# `gen-jax reproduce` checks these: metric -> (expected value, tolerance); --quick, QUICK's.
+# `gen-jax reproduce` checks: metric -> (value, tolerance) or a goal ('<=' | '>=', bound).
 EXPECTED = {"accuracy": (0.9968, 0.002)}
 QUICK = {"overrides": ["--config.train.num_steps=300"], "expected": {"accuracy": (0.989, 0.01)}}

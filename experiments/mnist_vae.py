@@ -20,6 +20,6 @@ def get_config():
     return config
 
 
-# `gen-jax reproduce` checks these: metric -> (expected value, tolerance); --quick, QUICK's.
-EXPECTED = {"nll": (84.0, 2.0)}  # the goal: not yet reached at full length (RESULTS.md)
+# `gen-jax reproduce` checks: metric -> (value, tolerance) or a goal ('<=' | '>=', bound).
+EXPECTED = {"nll": ("<=", 84.0)}  # the goal; not yet measured at full length (RESULTS.md)
 QUICK = {"overrides": QUICK_VAE, "expected": {"neg_elbo": (164.8, 8.0), "nll": (157.2, 8.0)}}

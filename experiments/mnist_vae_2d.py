@@ -24,6 +24,6 @@ def get_config():
     return config
 
 
-# `gen-jax reproduce` checks these: metric -> (expected value, tolerance); --quick, QUICK's.
+# `gen-jax reproduce` checks: metric -> (value, tolerance) or a goal ('<=' | '>=', bound).
 EXPECTED = {"neg_elbo": (143.17, 2.0), "nll": (140.62, 2.0)}
 QUICK = {"overrides": QUICK_VAE, "expected": {"neg_elbo": (179.5, 8.0), "nll": (178.5, 8.0)}}

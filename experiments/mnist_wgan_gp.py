@@ -30,7 +30,7 @@ def get_config():
     return config
 
 
-# `gen-jax reproduce` checks these: metric -> (expected value, tolerance); --quick, QUICK's.
+# `gen-jax reproduce` checks: metric -> (value, tolerance) or a goal ('<=' | '>=', bound).
 EXPECTED = {"fid": (0.0, 1e9), "inception_score": (0.0, 1e9)}
 QUICK = {
     "overrides": [*QUICK_GAN, "--config.train.num_steps=60"],

@@ -11,13 +11,13 @@ Each experiment file declares what it reproduces next to its `get_config()`:
     REQUIRES = {"task.classifier_workdir": "mnist_cnn"}  # config key -> experiment run first
 
 A metric passes when |value - expected| <= tolerance, or when it meets its goal. Runs go to
-RUNS/NAME (RUNS/quick/NAME with `--quick`); an existing finished run is evaluated again, not
-retrained, and the table reports its training time (first metrics record to last training
-record). The table goes between two marker lines of the output file (RESULTS.md;
-RUNS/quick/RESULTS.md with `--quick`), keeping the text around it. An experiment that fails to
-run gets an error row, and the others still run. With `--figures DIR`, each run's latest
-pictures are copied to DIR/NAME_KIND.png, and a 2-d VAE's latent map and decoded manifold are
-drawn there too.
+RUNS/NAME (RUNS/quick/NAME with `--quick`); a run that already finished there is not trained
+again: its logged final evaluation is reported (delete the folder to start afresh). Training time
+runs from a run's first metrics record to its last training record. The table goes between two
+marker lines of the output file (RESULTS.md; RUNS/quick/RESULTS.md with `--quick`), keeping the
+text around it. An experiment that fails to run gets an error row, and the others still run.
+With `--figures DIR`, each run's latest pictures are copied to DIR/NAME_KIND.png, and a 2-d VAE's
+latent map and decoded manifold are drawn there too.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import jax
 import gen_jax
 from gen_jax import config as config_lib
 from gen_jax import images, latent, train
+from gen_jax.checkpoint import Checkpointer
 from gen_jax.errors import GenJaxError
 from gen_jax.metric_writer import read_metrics
 
@@ -85,6 +86,24 @@ def declared(path: Path, quick: bool) -> tuple[list[str], dict, dict]:
                 f"not {check!r}"
             )
     return overrides, expected, getattr(module, "REQUIRES", {})
+
+
+def finished_evaluation(workdir: Path, config) -> dict[str, float] | None:
+    """The logged evaluation at the last step of a run that finished in `workdir`, else None."""
+    if not (workdir / "metrics.jsonl").is_file():
+        return None
+    checkpointer = Checkpointer(workdir / "checkpoints")
+    try:
+        if checkpointer.latest_step() != config.train.num_steps:
+            return None
+    finally:
+        checkpointer.close()
+    logged = {
+        r["name"]: r["value"]
+        for r in read_metrics(workdir)
+        if r["split"] == config.data.eval_split and r["step"] == config.train.num_steps
+    }
+    return logged or None
 
 
 def training_minutes(workdir: Path) -> float:
@@ -153,7 +172,7 @@ def reproduce(
         config = config_lib.load_experiment(path)
         config_lib.apply_overrides(config, overrides)
         workdir = runs / name
-        metrics = train.run(config, workdir)
+        metrics = finished_evaluation(workdir, config) or train.run(config, workdir)
         missing = sorted(set(expected) - set(metrics))
         if missing:
             raise GenJaxError(f"reported no {missing}; it has {sorted(metrics)}")

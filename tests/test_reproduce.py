@@ -49,14 +49,12 @@ def test_the_table_reports_the_run_it_made_and_fails_when_the_tolerance_is_misse
     assert f"| {accuracy['value']:.4g} |" in row and "| pass |" in row
     assert "jax" in text and "gen_jax" in text
 
-    train_records = [r for r in records if '"train"' in r]
-
     tiny_experiment(tmp_path, (accuracy["value"] + 0.5, 0.1))  # now no accuracy can pass
     code, text = reproduce_quick(tmp_path)
     assert code == 1
     assert "**FAIL**" in text and f"| {accuracy['value']:.4g} |" in text
-    records = (tmp_path / "runs/quick/tiny/metrics.jsonl").read_text().splitlines()
-    assert [r for r in records if '"train"' in r] == train_records  # evaluated, not retrained
+    logged = (tmp_path / "runs/quick/tiny/metrics.jsonl").read_text().splitlines()
+    assert logged == records  # the finished run reported what it logged: no training, no eval
 
 
 def test_goals_are_one_sided_bounds():
