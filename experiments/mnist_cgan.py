@@ -4,7 +4,9 @@ discriminator; non-saturating loss. Sample grids have one row per class.
     gen-jax train experiments/mnist_cgan.py --workdir runs/mnist_cgan
 
 (needs the classifier run runs/mnist_cnn, see mnist_dcgan.py). Evaluation samples cycle through
-the classes, so the class histogram should be flat. Measured values: RESULTS.md.
+the classes, so the class histogram should be flat. 5 epochs; measured on a 2-core AMD EPYC VM
+(18.5 min, sharing the cores): classifier-space FID 9.37 (real floor 0.88), IS 9.92, precision
+0.75, recall 0.57, every class 9.9-10.1% of samples (RESULTS.md).
 """
 
 from gen_jax.config import QUICK_GAN, gan_config
@@ -24,6 +26,6 @@ def get_config():
 
 
 # `gen-jax reproduce` checks: metric -> (value, tolerance) or a goal ('<=' | '>=', bound).
-EXPECTED = {"fid": (0.0, 1e9), "inception_score": (0.0, 1e9)}
+EXPECTED = {"fid": (9.4, 1.5), "inception_score": (9.9, 0.1)}  # measured (RESULTS.md)
 QUICK = {"overrides": QUICK_GAN, "expected": {"fid": (21.0, 6.0), "inception_score": (3.45, 1.0)}}
 REQUIRES = {"task.classifier_workdir": "mnist_cnn"}  # its features score the samples

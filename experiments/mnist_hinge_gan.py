@@ -2,7 +2,10 @@
 
     gen-jax train experiments/mnist_hinge_gan.py --workdir runs/mnist_hinge_gan
 
-(needs the classifier run runs/mnist_cnn, see mnist_dcgan.py). Measured values: RESULTS.md.
+(needs the classifier run runs/mnist_cnn, see mnist_dcgan.py). 5 epochs; measured on a 2-core AMD
+EPYC VM (18.5 min, sharing the cores): classifier-space FID 32.58 (real floor 0.88), IS 7.26,
+precision 0.41, recall 0.65, all 10 classes, the rarest 3.3% — level with the non-saturating
+DCGAN after the same 5 epochs (32.21, 7.36; RESULTS.md).
 """
 
 from gen_jax.config import QUICK_GAN, gan_config
@@ -22,6 +25,6 @@ def get_config():
 
 
 # `gen-jax reproduce` checks: metric -> (value, tolerance) or a goal ('<=' | '>=', bound).
-EXPECTED = {"fid": (0.0, 1e9), "inception_score": (0.0, 1e9)}
+EXPECTED = {"fid": (32.6, 5.0), "inception_score": (7.26, 0.4)}  # measured (RESULTS.md)
 QUICK = {"overrides": QUICK_GAN, "expected": {"fid": (20.4, 6.0), "inception_score": (3.38, 1.0)}}
 REQUIRES = {"task.classifier_workdir": "mnist_cnn"}  # its features score the samples
