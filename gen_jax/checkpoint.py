@@ -91,6 +91,16 @@ class Checkpointer:
         self.manager.close()
 
 
+def latest_step(directory: Path) -> int | None:
+    """The step of the newest finished checkpoint in `directory` (None if none), for callers
+    that only ask whether a run got that far."""
+    checkpointer = Checkpointer(directory)
+    try:
+        return checkpointer.latest_step()
+    finally:
+        checkpointer.close()
+
+
 def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     """Leaf shapes by a path string that reads the same for saved metadata and live dataclasses."""
 

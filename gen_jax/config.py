@@ -41,7 +41,11 @@ def load_module(path: str | Path) -> ModuleType:
 
 def load_experiment(path: str | Path) -> ml_collections.ConfigDict:
     """Import an experiment file and return its `get_config()`."""
-    module = load_module(path)
+    return experiment_config(load_module(path), path)
+
+
+def experiment_config(module: ModuleType, path: str | Path) -> ml_collections.ConfigDict:
+    """The `get_config()` of an imported experiment file (`path` names it in errors)."""
     if not hasattr(module, "get_config"):
         raise GenJaxError(f"{path} defines no get_config(); an experiment file must define one")
     config = module.get_config()

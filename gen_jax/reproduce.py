@@ -28,13 +28,13 @@ import os
 import platform
 import shutil
 from pathlib import Path
+from types import ModuleType
 
 import jax
 
 import gen_jax
+from gen_jax import checkpoint, images, latent, train
 from gen_jax import config as config_lib
-from gen_jax import images, latent, train
-from gen_jax.checkpoint import Checkpointer
 from gen_jax.errors import GenJaxError
 from gen_jax.metric_writer import read_metrics
 
@@ -68,9 +68,8 @@ class Row:
         return f"{first} {second:.4g}" if first in GOALS else f"{first:.4g} ± {second:.3g}"
 
 
-def declared(path: Path, quick: bool) -> tuple[list[str], dict, dict]:
-    """(overrides, expected metrics, requirements) that an experiment file declares."""
-    module = config_lib.load_module(path)
+def declared(module: ModuleType, path: Path, quick: bool) -> tuple[list[str], dict, dict]:
+    """(overrides, expected metrics, requirements) that an imported experiment file declares."""
     if quick:
         if not hasattr(module, "QUICK"):
             raise GenJaxError(f"{path} declares no QUICK run; add one (see gen_jax/reproduce.py)")
@@ -92,12 +91,8 @@ def finished_evaluation(workdir: Path, config) -> dict[str, float] | None:
     """The logged evaluation at the last step of a run that finished in `workdir`, else None."""
     if not (workdir / "metrics.jsonl").is_file():
         return None
-    checkpointer = Checkpointer(workdir / "checkpoints")
-    try:
-        if checkpointer.latest_step() != config.train.num_steps:
-            return None
-    finally:
-        checkpointer.close()
+    if checkpoint.latest_step(workdir / "checkpoints") != config.train.num_steps:
+        return None
     logged = {
         r["name"]: r["value"]
         for r in read_metrics(workdir)
@@ -164,12 +159,13 @@ def reproduce(
         if not path.is_file():
             known = sorted(p.stem for p in experiments.glob("*.py"))
             raise GenJaxError(f"no experiment '{name}' in {experiments}; known: {known}")
-        overrides, expected, requires = declared(path, quick)
+        module = config_lib.load_module(path)
+        overrides, expected, requires = declared(module, path, quick)
         for key, required in requires.items():  # e.g. the classifier whose features score a GAN
             if run_one(required) is None:
                 raise GenJaxError(f"needs the run of {required}, which failed")
             overrides.append(f"--config.{key}={workdirs[required]}")
-        config = config_lib.load_experiment(path)
+        config = config_lib.experiment_config(module, path)
         config_lib.apply_overrides(config, overrides)
         workdir = runs / name
         metrics = finished_evaluation(workdir, config) or train.run(config, workdir)

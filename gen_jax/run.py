@@ -2,7 +2,8 @@
 
 A `Run` holds the run's config, its task and the restored state (latest or a chosen checkpoint)
 on this machine's devices, whatever number of devices or hosts trained it. Its methods take and
-return numpy arrays, in batches, with images in [0, 1]:
+return numpy arrays, in batches; `images`, `encode`, `classify` and `features` speak the model's
+input range, `decode` and `sample` return images in [0, 1]:
 
     run.images("test")            # a split's images (model input range) and labels
     run.to_unit(images)           # model input range -> [0, 1]
@@ -23,9 +24,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from gen_jax import checkpoint, data, train
 from gen_jax import config as config_lib
-from gen_jax import data, train
-from gen_jax.checkpoint import Checkpointer
 from gen_jax.errors import GenJaxError
 
 
@@ -139,9 +139,7 @@ def load_or_train(workdir: str | Path, experiment: str | Path, overrides: list[s
     saved = Path(workdir) / "config.json"
     if saved.is_file():
         config = config_lib.load(saved)
-        checkpointer = Checkpointer(Path(workdir) / "checkpoints")
-        finished = checkpointer.latest_step() == config.train.num_steps
-        checkpointer.close()
+        finished = checkpoint.latest_step(Path(workdir) / "checkpoints") == config.train.num_steps
     else:
         config = config_lib.load_experiment(experiment)
         config_lib.apply_overrides(config, list(overrides))
