@@ -43,11 +43,11 @@ steps = train.compile_steps(task, config, mesh, eval_arrays=batch)
 init = jax.jit(task.init, out_shardings=parallel.replicated(mesh))
 state = init(jax.random.PRNGKey(0), parallel.global_batch(batch, mesh))
 for _ in range(10):
-    state, metrics = steps.train(state, batch)
+    state, metrics = steps.train(state, [batch])
 jax.block_until_ready(metrics)
 start = time.perf_counter()
 for _ in range(100):
-    state, metrics = steps.train(state, batch)
+    state, metrics = steps.train(state, [batch])
 jax.block_until_ready(metrics)
 print(100 * 128 / (time.perf_counter() - start))
 """

@@ -145,7 +145,9 @@ def load(path: Path) -> ml_collections.ConfigDict:
     """Read a config written by `save` (lists come back as tuples, as experiments write them)."""
     if not path.is_file():
         raise GenJaxError(f"{path} not found: is {path.parent} a gen-jax workdir?")
-    return ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
+    saved = _tuples(json.loads(path.read_text()))
+    saved["train"] = base_config().train.to_dict() | saved["train"]  # keys added since then
+    return ml_collections.ConfigDict(saved)
 
 
 def _tuples(node):
@@ -195,6 +197,9 @@ def base_config() -> ml_collections.ConfigDict:
             "eval_every": 0,  # 0: evaluate only at the end
             "checkpoint_every": 1000,
             "keep_checkpoints": 3,
+            # Speed only (benchmarks/README.md); both give the same numbers up to float rounding.
+            "batch_splits": 1,  # gradients of this many slices of each batch, run concurrently
+            "steps_per_call": 1,  # train steps per compiled call (a lax.scan over the batches)
         }
     )
     return config

@@ -38,9 +38,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def data_sharded(mesh: Mesh) -> NamedSharding:
-    """The leading (batch) axis is split across the `data` axis."""
-    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+def data_sharded(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
+    """The batch axis (the leading one unless given) is split across the `data` axis."""
+    return NamedSharding(mesh, PartitionSpec(*[None] * batch_axis, DATA_AXIS))
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, key: str) -> None:
@@ -54,9 +54,11 @@ def check_batch_size(batch_size: int, mesh: Mesh, key: str) -> None:
         )
 
 
-def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+def global_batch(
+    local_batch: dict[str, np.ndarray], mesh: Mesh, batch_axis: int = 0
+) -> dict[str, jax.Array]:
     """Assemble the global, `data`-sharded batch from each process's local rows."""
-    sharding = data_sharded(mesh)
+    sharding = data_sharded(mesh, batch_axis)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
 
 

@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 from gen_jax import config as config_lib
 from gen_jax import data, parallel, tasks
 from gen_jax.checkpoint import Checkpointer
-from gen_jax.errors import NonFiniteLossError
+from gen_jax.errors import GenJaxError, NonFiniteLossError
 from gen_jax.metric_writer import MetricWriter, progress_bar
 from gen_jax.tasks.base import Task
 
@@ -27,11 +27,24 @@ PICTURE_INPUTS = 32  # the first eval images, shown in every evaluation's pictur
 
 
 class Steps(NamedTuple):
-    """The compiled functions a run calls: one train step, and a whole-split evaluation."""
+    """The compiled functions a run calls: train steps, and a whole-split evaluation."""
 
-    train: Callable[[Any, data.Batch], tuple[Any, dict]]  # (state, local batch) -> (state, metrics)
+    # (state, this process's next batches) -> (state, metrics with a leading step axis): one
+    # step per batch, all in one compiled call
+    train: Callable[[Any, list[data.Batch]], tuple[Any, dict]]
     evaluate: Callable[..., dict[str, float]]  # (state, final=False) -> eval metrics
     pictures: Callable[[Any], dict[str, np.ndarray]]  # state -> named image layouts
+
+
+def one_step(task: Task, state, batch: data.Batch):
+    """The task's train step, its metrics given a leading step axis of length 1."""
+    state, metrics = task.train_step(state, batch)
+    return state, jax.tree.map(lambda m: m[None], metrics)
+
+
+def many_steps(task: Task, state, batches: data.Batch):
+    """The task's train step over batches stacked on a leading axis, in one `lax.scan`."""
+    return jax.lax.scan(task.train_step, state, batches)
 
 
 def compile_steps(
@@ -39,12 +52,15 @@ def compile_steps(
 ) -> Steps:
     """Jit the task's steps: batch sharded on `data`, state replicated (and donated to training)."""
     replicated, sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
-    train_step = jax.jit(
-        task.train_step,
-        in_shardings=(replicated, sharded),
-        out_shardings=(replicated, replicated),
-        donate_argnums=0,
-    )
+    train_steps = {  # by the number of batches a call takes; compiled when first used
+        stacked: jax.jit(
+            functools.partial(many_steps if stacked else one_step, task),
+            in_shardings=(replicated, parallel.data_sharded(mesh, int(stacked))),
+            out_shardings=(replicated, replicated),
+            donate_argnums=0,
+        )
+        for stacked in (False, True)
+    }
     eval_steps = {  # jit compiles lazily: the final variant only when first used
         final: jax.jit(
             functools.partial(task.eval_step, final=final),
@@ -54,8 +70,13 @@ def compile_steps(
         for final in (False, True)
     }
 
-    def train(state, local_batch):
-        return train_step(state, parallel.global_batch(local_batch, mesh))
+    def train(state, local_batches: list[data.Batch]):
+        stacked = len(local_batches) > 1
+        if stacked:
+            local = {k: np.stack([b[k] for b in local_batches]) for k in local_batches[0]}
+        else:
+            local = local_batches[0]
+        return train_steps[stacked](state, parallel.global_batch(local, mesh, int(stacked)))
 
     def evaluate(state, final: bool = False) -> dict[str, float]:
         """The task's numbers over the whole eval split (every example counted exactly once)."""
@@ -80,6 +101,18 @@ def compile_steps(
         return jax.device_get(pictures_step(state, picture_inputs))
 
     return Steps(train, evaluate, pictures)
+
+
+def check_speed_options(train: ml_collections.ConfigDict, device_batch: int) -> None:
+    """Positive `steps_per_call` and `batch_splits`, the splits dividing each device's batch."""
+    for key in ("steps_per_call", "batch_splits"):
+        if not isinstance(train[key], int) or train[key] < 1:
+            raise GenJaxError(f"train.{key} must be a positive integer, not {train[key]!r}")
+    if device_batch % train.batch_splits:
+        raise GenJaxError(
+            f"train.batch_splits={train.batch_splits} does not divide the {device_batch} examples "
+            "each device gets per step (data.batch_size / devices); choose a divisor of it"
+        )
 
 
 # ----------------------------------------------------------------------------- state
@@ -135,6 +168,7 @@ def run(
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.data.batch_size, mesh, "data.batch_size")
     parallel.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
+    check_speed_options(config.train, config.data.batch_size // mesh.devices.size)
     task = tasks.build(config)
     is_main = jax.process_index() == 0
 
@@ -166,14 +200,22 @@ def run(
 
 
 def _loop(config, state, iterator, steps: Steps, checkpointer, writer, stop_at) -> dict[str, float]:
-    """Step from the state's step to `num_steps` (or `stop_at`): log, evaluate, checkpoint."""
+    """Step from the state's step to `num_steps` (or `stop_at`): log, evaluate, checkpoint.
+
+    Steps go `train.steps_per_call` to a compiled call, except just before a logging, evaluation
+    or checkpoint step, which single steps reach exactly.
+    """
     train, eval_split = config.train, config.data.eval_split
     start = int(state.step)
     end = min(train.num_steps, stop_at or train.num_steps)
     log = TrainLog(writer, config.data.batch_size, start, train.num_steps)
     results = {}
-    for step in range(start + 1, end + 1):
-        state, metrics = steps.train(state, next(iterator))
+    step = start
+    while step < end:
+        room = _next_event(step, train, end) - step
+        count = train.steps_per_call if room >= train.steps_per_call else 1
+        state, metrics = steps.train(state, [next(iterator) for _ in range(count)])
+        step += count
         log.record(step, metrics)
         log_now = step % train.log_every == 0 or step == end
         eval_now = (train.eval_every and step % train.eval_every == 0) or step == train.num_steps
@@ -196,6 +238,12 @@ def _loop(config, state, iterator, steps: Steps, checkpointer, writer, stop_at) 
     return results
 
 
+def _next_event(step: int, train: ml_collections.ConfigDict, end: int) -> int:
+    """The first step after `step` that logs, evaluates, checkpoints or ends the run."""
+    periods = [p for p in (train.log_every, train.eval_every, train.checkpoint_every) if p]
+    return min(end, *(step - step % p + p for p in periods))
+
+
 class TrainLog:
     """Per-step train metrics: kept on device until needed, checked for divergence, averaged
     over each logging window, with the time of the first (compiling) step and a progress bar."""
@@ -208,20 +256,23 @@ class TrainLog:
         self.bar = progress_bar(total, start, enabled=writer.enabled)
 
     def record(self, step: int, metrics: dict) -> None:
-        self.pending.append((step, metrics))
-        self.bar.update(1)
-        if step == self.start + 1:
+        """Keep the metrics of the steps up to `step` (a leading axis, one row per step)."""
+        if step - len(metrics["loss"]) == self.start:  # the first call: compilation
             jax.block_until_ready(metrics)
             seconds = time.perf_counter() - self.window_start
             self.writer.write(step, "train", {"first_step_seconds": seconds})
+        self.pending.append((step, metrics))
+        self.bar.update(len(metrics["loss"]))
 
     def check_finite(self) -> None:
         """Fetch pending metrics; stop the run at the first step whose loss is not finite."""
-        fetched = jax.device_get([metrics for _, metrics in self.pending])
-        for (step, _), metrics in zip(self.pending, fetched, strict=True):
-            if not math.isfinite(float(metrics["loss"])):
-                raise NonFiniteLossError(step, {k: float(v) for k, v in metrics.items()})
-        self.window += fetched
+        for last, metrics in jax.device_get(self.pending):
+            count = len(metrics["loss"])
+            for row in range(count):
+                values = {k: float(v[row]) for k, v in metrics.items()}
+                if not math.isfinite(values["loss"]):
+                    raise NonFiniteLossError(last - count + 1 + row, values)
+                self.window.append(values)
         self.pending = []
 
     def write(self, step: int) -> None:

@@ -1,5 +1,7 @@
 """Variational autoencoders: an encoder to a diagonal Gaussian over latents, a decoder to
-Bernoulli logits over pixels. Convolutional or the Flax example's MLP (784-500-latent)."""
+Bernoulli logits over pixels. Convolutional or the Flax example's MLP (784-500-latent).
+`dtype` is the compute precision ("bfloat16" for mixed precision on a GPU or TPU); parameters
+and outputs stay float32."""
 
 from __future__ import annotations
 
@@ -7,8 +9,15 @@ import math
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from gen_jax.models.layers import depth_to_space
+
+
+def gaussian_head(latent_dim: int, dtype: str, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Two dense layers to the mean and log-variance of q(z|x), in float32."""
+    mean, logvar = (nn.Dense(latent_dim, dtype=dtype)(x) for _ in range(2))
+    return mean.astype(jnp.float32), logvar.astype(jnp.float32)
 
 
 class ConvEncoder(nn.Module):
@@ -17,13 +26,14 @@ class ConvEncoder(nn.Module):
     latent_dim: int
     features: tuple[int, ...] = (32, 64)
     hidden: int = 256
+    dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         for features in self.features:
-            x = nn.gelu(nn.Conv(features, (3, 3), strides=(2, 2))(x))
-        x = nn.gelu(nn.Dense(self.hidden)(x.reshape((x.shape[0], -1))))
-        return nn.Dense(self.latent_dim)(x), nn.Dense(self.latent_dim)(x)
+            x = nn.gelu(nn.Conv(features, (3, 3), strides=(2, 2), dtype=self.dtype)(x))
+        x = nn.gelu(nn.Dense(self.hidden, dtype=self.dtype)(x.reshape((x.shape[0], -1))))
+        return gaussian_head(self.latent_dim, self.dtype, x)
 
 
 class ConvDecoder(nn.Module):
@@ -33,14 +43,16 @@ class ConvDecoder(nn.Module):
     features: tuple[int, ...] = (32, 16)
     hidden: int = 256
     channels: int = 1
+    dtype: str = "float32"
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
-        x = nn.gelu(nn.Dense(self.hidden)(z))
-        x = nn.gelu(nn.Dense(7 * 7 * self.features[0])(x)).reshape((-1, 7, 7, self.features[0]))
+        x = nn.gelu(nn.Dense(self.hidden, dtype=self.dtype)(z))
+        x = nn.gelu(nn.Dense(7 * 7 * self.features[0], dtype=self.dtype)(x))
+        x = x.reshape((-1, 7, 7, self.features[0]))
         for features in self.features:
-            x = nn.gelu(depth_to_space(nn.Conv(4 * features, (3, 3))(x)))
-        return nn.Conv(self.channels, (3, 3))(x)
+            x = nn.gelu(depth_to_space(nn.Conv(4 * features, (3, 3), dtype=self.dtype)(x)))
+        return nn.Conv(self.channels, (3, 3), dtype=self.dtype)(x).astype(jnp.float32)
 
 
 class MLPEncoder(nn.Module):
@@ -48,11 +60,12 @@ class MLPEncoder(nn.Module):
 
     latent_dim: int
     hidden: int = 500
+    dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        x = nn.relu(nn.Dense(self.hidden)(x.reshape((x.shape[0], -1))))
-        return nn.Dense(self.latent_dim)(x), nn.Dense(self.latent_dim)(x)
+        x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype)(x.reshape((x.shape[0], -1))))
+        return gaussian_head(self.latent_dim, self.dtype, x)
 
 
 class MLPDecoder(nn.Module):
@@ -60,12 +73,13 @@ class MLPDecoder(nn.Module):
 
     hidden: int = 500
     image_shape: tuple[int, int, int] = (28, 28, 1)
+    dtype: str = "float32"
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
-        x = nn.relu(nn.Dense(self.hidden)(z))
-        x = nn.Dense(math.prod(self.image_shape))(x)
-        return x.reshape((-1, *self.image_shape))
+        x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype)(z))
+        x = nn.Dense(math.prod(self.image_shape), dtype=self.dtype)(x)
+        return x.reshape((-1, *self.image_shape)).astype(jnp.float32)
 
 
 class VAE(nn.Module):
@@ -88,11 +102,14 @@ class VAE(nn.Module):
         return self.decode(mean)
 
 
-def conv_vae(latent_dim: int = 32, hidden: int = 256) -> VAE:
+def conv_vae(latent_dim: int = 32, hidden: int = 256, dtype: str = "float32") -> VAE:
     """The convolutional VAE."""
-    return VAE(ConvEncoder(latent_dim, hidden=hidden), ConvDecoder(hidden=hidden))
+    encoder = ConvEncoder(latent_dim, hidden=hidden, dtype=dtype)
+    return VAE(encoder, ConvDecoder(hidden=hidden, dtype=dtype))
 
 
-def mlp_vae(latent_dim: int = 20, hidden: int = 500) -> VAE:
+def mlp_vae(latent_dim: int = 20, hidden: int = 500, dtype: str = "float32") -> VAE:
     """The Flax example's VAE: 784-500-latent encoder, latent-500-784 decoder."""
-    return VAE(MLPEncoder(latent_dim, hidden=hidden), MLPDecoder(hidden=hidden))
+    return VAE(
+        MLPEncoder(latent_dim, hidden=hidden, dtype=dtype), MLPDecoder(hidden=hidden, dtype=dtype)
+    )

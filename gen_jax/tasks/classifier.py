@@ -11,8 +11,9 @@ import ml_collections
 import optax
 
 from gen_jax import models, optim
+from gen_jax.errors import GenJaxError
 from gen_jax.models.cnn import FEATURES
-from gen_jax.tasks.base import Batch, Metrics, mean_of_sums, step_key
+from gen_jax.tasks.base import Batch, Metrics, mean_of_sums, split_value_and_grad, step_key
 
 
 @flax.struct.dataclass
@@ -52,6 +53,7 @@ class ClassifierTask:
         self.num_classes = config.model.get("num_classes", 10)
         self.label_smoothing = config.task.label_smoothing
         self.max_shift = config.task.max_shift
+        self.batch_splits = config.train.batch_splits
 
     def init(self, rng: jax.Array, batch: Batch) -> ClassifierState:
         params_rng, dropout_rng, run_rng = jax.random.split(rng, 3)
@@ -74,7 +76,13 @@ class ClassifierTask:
         shift_rng, dropout_rng = jax.random.split(step_key(state.rng, state.step))
         images = random_shift(shift_rng, batch["image"], self.max_shift)
 
-        def loss_fn(params):
+        if self.batch_splits > 1 and state.batch_stats:
+            raise GenJaxError(
+                f"train.batch_splits={self.batch_splits}, but model '{type(self.model).__name__}' "
+                "has batch norm, whose statistics need the whole batch; set train.batch_splits=1"
+            )
+
+        def loss_fn(params, images, labels):
             logits, updates = self.model.apply(
                 {"params": params, "batch_stats": state.batch_stats},
                 images,
@@ -82,11 +90,13 @@ class ClassifierTask:
                 rngs={"dropout": dropout_rng},
                 mutable=["batch_stats"],
             )
-            loss = self._cross_entropy(logits, batch["label"], self.label_smoothing).mean()
-            return loss, (logits, updates.get("batch_stats", {}))
+            loss = self._cross_entropy(logits, labels, self.label_smoothing).mean()
+            accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+            return loss, (accuracy, updates.get("batch_stats", {}))
 
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params
+        value_and_grad = split_value_and_grad(loss_fn, self.batch_splits)
+        (loss, (accuracy, batch_stats)), grads = value_and_grad(
+            state.params, images, batch["label"]
         )
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         new_state = state.replace(
@@ -97,7 +107,7 @@ class ClassifierTask:
         )
         metrics = {
             "loss": loss,
-            "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+            "accuracy": accuracy,
             "grad_norm": optax.global_norm(grads),
         }
         return new_state, metrics

@@ -105,6 +105,11 @@ class GANTask:
             )
         self.generator, self.discriminator = pair.generator, pair.discriminator
         self.noise_dim, self.num_classes = pair.noise_dim, pair.num_classes
+        if config.train.batch_splits != 1:
+            raise GenJaxError(
+                f"train.batch_splits={config.train.batch_splits}: a GAN step cannot split its "
+                "batch (batch norm and the critic updates need whole batches); set it to 1"
+            )
         task = config.task
         self.loss, self.critic_steps, self.penalty = (
             task.loss,

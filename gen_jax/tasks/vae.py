@@ -15,7 +15,7 @@ import optax
 
 from gen_jax import models, optim
 from gen_jax.errors import GenJaxError
-from gen_jax.tasks.base import Batch, Metrics, mean_of_sums, step_key
+from gen_jax.tasks.base import Batch, Metrics, mean_of_sums, split_value_and_grad, step_key
 
 OBJECTIVES = ("elbo", "iwae")
 
@@ -44,10 +44,14 @@ def gaussian_log_density(z: jax.Array, mean: jax.Array, logvar: jax.Array) -> ja
     )
 
 
+def reparameterize(noise: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
+    """Draws from q(z|x) = N(mean, exp(logvar)) given standard normal `noise`."""
+    return mean + jnp.exp(0.5 * logvar) * noise
+
+
 def sample_latents(rng: jax.Array, mean: jax.Array, logvar: jax.Array, k: int) -> jax.Array:
     """k reparameterised draws from q(z|x): shape (k, batch, latent)."""
-    noise = jax.random.normal(rng, (k, *mean.shape), mean.dtype)
-    return mean + jnp.exp(0.5 * logvar) * noise
+    return reparameterize(jax.random.normal(rng, (k, *mean.shape), mean.dtype), mean, logvar)
 
 
 def log_weights(decode, x: jax.Array, z: jax.Array, mean: jax.Array, logvar: jax.Array):
@@ -90,6 +94,7 @@ class VAETask:
         self.beta, self.warmup_steps = task.beta, task.kl_warmup_steps
         self.eval_samples, self.final_eval_samples = task.eval_samples, task.final_eval_samples
         self.sample_chunk, self.eval_seed = task.eval_sample_chunk, task.eval_seed
+        self.batch_splits = config.train.batch_splits
         for key in ("eval_samples", "final_eval_samples"):
             if task[key] > self.sample_chunk and task[key] % self.sample_chunk:
                 raise GenJaxError(
@@ -116,10 +121,11 @@ class VAETask:
             return jnp.asarray(self.beta, jnp.float32)
         return self.beta * jnp.minimum(1.0, step / self.warmup_steps)
 
-    def elbo_terms(self, params, rng: jax.Array, x: jax.Array) -> dict[str, jax.Array]:
-        """Per-example reconstruction (-log p(x|z), one z) and analytic KL, in nats."""
+    def elbo_terms(self, params, noise: jax.Array, x: jax.Array) -> dict[str, jax.Array]:
+        """Per-example reconstruction (-log p(x|z), one z from standard normal `noise` (batch,
+        latent)) and analytic KL, in nats."""
         mean, logvar = self.encode(params, x)
-        z = sample_latents(rng, mean, logvar, 1)[0]
+        z = reparameterize(noise, mean, logvar)
         recon = -bernoulli_log_likelihood(self.decode(params, z), x)
         return {"recon": recon, "kl": gaussian_kl(mean, logvar)}
 
@@ -143,19 +149,22 @@ class VAETask:
         binarize_rng, sample_rng = jax.random.split(step_key(state.rng, state.step))
         x = binarize(binarize_rng, batch["image"])
         kl_weight = self.kl_weight(state.step)
+        # Noise drawn for the whole batch, examples on axis 0, so split batches draw the same.
+        shape = (len(x), self.latent_dim)
+        noise = jax.random.normal(sample_rng, (1, *shape))[0]
+        iw_noise = jnp.swapaxes(jax.random.normal(sample_rng, (self.train_samples, *shape)), 0, 1)
 
-        def loss_fn(params):
-            terms = self.elbo_terms(params, sample_rng, x)
-            terms = {k: v.mean() for k, v in terms.items()}
+        def loss_fn(params, x, noise, iw_noise):
+            terms = {k: v.mean() for k, v in self.elbo_terms(params, noise, x).items()}
             if self.objective == "elbo":
-                loss = terms["recon"] + kl_weight * terms["kl"]
-            else:
-                loss = -self.iw_bound(
-                    params, sample_rng, x, self.train_samples, self.train_samples
-                ).mean()
-            return loss, terms
+                return terms["recon"] + kl_weight * terms["kl"], terms
+            mean, logvar = self.encode(params, x)
+            z = reparameterize(jnp.swapaxes(iw_noise, 0, 1), mean, logvar)
+            decode = lambda z: self.decode(params, z)
+            return -iw_bound(log_weights(decode, x, z, mean, logvar)).mean(), terms
 
-        (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        value_and_grad = split_value_and_grad(loss_fn, self.batch_splits)
+        (loss, terms), grads = value_and_grad(state.params, x, noise, iw_noise)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         new_state = state.replace(
             step=state.step + 1,
@@ -195,7 +204,8 @@ class VAETask:
         def one_example(key, image):
             binarize_rng, elbo_rng, iw_rng = jax.random.split(key, 3)
             x = binarize(binarize_rng, image[None])
-            terms = self.elbo_terms(state.params, elbo_rng, x)
+            noise = jax.random.normal(elbo_rng, (1, 1, self.latent_dim))[0]
+            terms = self.elbo_terms(state.params, noise, x)
             nll = -self.iw_bound(state.params, iw_rng, x, k, min(k, self.sample_chunk))
             return {"recon": terms["recon"][0], "kl": terms["kl"][0], "nll": nll[0]}
 
