@@ -1,0 +1,346 @@
+"""gen_jax's speed on this machine, one table: training loops, baselines, evaluation, compute peak.
+
+    TFDS_DATA_DIR=../shared/data/tensorflow_datasets python benchmarks/speed.py
+
+Every row runs in a fresh process, one after another, on the real MNIST training set:
+
+- matmul peak: a 2048x2048 float32 matmul through jax, the machine's compute limit; divided by
+  the CNN's XLA-counted FLOPs per trained example it gives the "fraction of limit" column;
+- plain CNN loop: the Flax example's style (numpy batches from memory, a fresh permutation per
+  epoch, one jitted step per Python iteration, default allocator), the baseline of the ratios;
+- PyTorch eager CNN: the same network, optimiser and batch in PyTorch (`pip install
+  torch==2.13.0`; the row says so when it is absent);
+- gen_jax CNN / MLP VAE / DCGAN: `gen_jax.train.run` of experiments/mnist_cnn.py,
+  mnist_vae_mlp.py and mnist_dcgan.py (their own speed options), timed over the logged windows
+  after the first (which holds compilation); "first step" is the time to the first step's
+  metrics, compilation included;
+- gen_jax CNN, fixed batch: the same run fed one in-memory batch instead of the input pipeline;
+- gen_jax CNN eval: one evaluation of the 10,000 test images after a warm-up one.
+
+Peak RSS is each row's whole process (`ru_maxrss`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+ROWS = (
+    "matmul peak",
+    "plain CNN loop",
+    "PyTorch eager CNN",
+    "gen_jax CNN",
+    "gen_jax CNN, fixed batch",
+    "gen_jax CNN eval",
+    "gen_jax MLP VAE",
+    "gen_jax DCGAN",
+)
+
+
+# ----------------------------------------------------------------------------- rows
+def matmul_peak(args) -> dict:
+    """GFLOP/s of a 2048x2048 float32 matmul, best of 20."""
+    n = 2048
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n))
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    best = min(_seconds(lambda: matmul(a).block_until_ready()) for _ in range(20))
+    return {"gflops": 2 * n**3 / best / 1e9}
+
+
+def plain_cnn_loop(args) -> dict:
+    """Examples/s of the plainest JAX loop for the baseline CNN, and its FLOPs per example."""
+    import optax
+    from flax.training import train_state
+
+    from gen_jax import models
+
+    config = _experiment("mnist_cnn", args)
+    images, labels = _train_arrays(config)
+    batch_size = config.data.batch_size
+    model = models.build(config.model)
+    params = model.init(jax.random.PRNGKey(0), images[:1])["params"]
+    tx = optax.sgd(config.optimizer.learning_rate, momentum=config.optimizer.momentum)
+    state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+
+    @jax.jit
+    def train_step(state, images, labels):
+        def loss_fn(params):
+            logits = state.apply_fn({"params": params}, images)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
+
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        return state.apply_gradients(grads=grads), loss, (logits.argmax(-1) == labels).mean()
+
+    rng = np.random.default_rng(0)
+
+    def batches():
+        while True:
+            order = rng.permutation(len(labels))
+            for i in range(len(labels) // batch_size):
+                index = order[i * batch_size : (i + 1) * batch_size]
+                yield images[index], labels[index]
+
+    stream = batches()
+    first = next(stream)
+    start = time.perf_counter()
+    state, loss, _ = train_step(state, *first)
+    loss.block_until_ready()
+    compile_seconds = time.perf_counter() - start
+    for _ in range(args.window):
+        state, _, _ = train_step(state, *next(stream))
+    jax.block_until_ready(state)
+    history = []  # per-step metrics kept on device, fetched at the end, as the Flax example does
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        state, loss, accuracy = train_step(state, *next(stream))
+        history.append((loss, accuracy))
+    jax.device_get(history)
+    rate = args.steps * batch_size / (time.perf_counter() - start)
+    flops = train_step.lower(state, *first).compile().cost_analysis()["flops"] / batch_size
+    return {"examples_per_second": rate, "first_step": compile_seconds, "flops": flops}
+
+
+def pytorch_cnn(args) -> dict:
+    """Examples/s of the same CNN, SGD and batch in PyTorch eager mode."""
+    try:
+        import torch
+        from torch import nn
+    except ImportError:
+        return {"skipped": "PyTorch not installed: pip install torch==2.13.0"}
+    config = _experiment("mnist_cnn", args)
+    images, labels = _train_arrays(config)
+    images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # NCHW
+    labels = torch.from_numpy(labels).long()
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * 7 * 7, 256),
+        nn.ReLU(),
+        nn.Linear(256, 10),
+    )
+    lr, momentum = config.optimizer.learning_rate, config.optimizer.momentum
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    batch_size = config.data.batch_size
+    generator = torch.Generator().manual_seed(0)
+
+    def batches():
+        while True:
+            order = torch.randperm(len(labels), generator=generator)
+            for i in range(len(labels) // batch_size):
+                index = order[i * batch_size : (i + 1) * batch_size]
+                yield images[index], labels[index]
+
+    def step(x, y):
+        optimizer.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    stream = batches()
+    start = time.perf_counter()
+    step(*next(stream))
+    first = time.perf_counter() - start
+    for _ in range(args.window):
+        step(*next(stream))
+    start = time.perf_counter()
+    losses = [step(*next(stream)) for _ in range(args.steps)]
+    torch.stack(losses).sum().item()
+    rate = args.steps * batch_size / (time.perf_counter() - start)
+    return {"examples_per_second": rate, "first_step": first, "threads": torch.get_num_threads()}
+
+
+def gen_jax_cnn(args) -> dict:
+    return _gen_jax_run("mnist_cnn", args)
+
+
+def gen_jax_cnn_fixed_batch(args) -> dict:
+    """The gen_jax CNN run with its input pipeline replaced by one batch, repeated."""
+    from gen_jax import data
+
+    class FixedBatch:  # the pipeline's first batch forever; nothing to checkpoint
+        def __init__(self, iterator):
+            self.batch = next(iterator)
+
+        def __next__(self):
+            return self.batch
+
+        def get_state(self) -> bytes:  # what grain's checkpoint handler saves of a non-grain one
+            return b"{}"
+
+    pipeline = data.train_iterator
+    data.train_iterator = lambda *arguments, **options: FixedBatch(pipeline(*arguments, **options))
+    return _gen_jax_run("mnist_cnn", args)
+
+
+def gen_jax_cnn_eval(args) -> dict:
+    """Seconds to evaluate the 10,000 test images (a trained state's shape: a fresh one)."""
+    from gen_jax import data, parallel, tasks, train
+
+    config = _experiment("mnist_cnn", args)
+    mesh = parallel.make_mesh()
+    task = tasks.build(config)
+    eval_arrays = data.load_split(config.data, config.data.eval_split)
+    batch = {k: v[: config.data.batch_size] for k, v in eval_arrays.items()}
+    batch["image"] = batch["image"].astype(np.float32) / 255.0
+    state = jax.jit(task.init)(jax.random.PRNGKey(0), batch)
+    steps = train.compile_steps(task, config, mesh, eval_arrays)
+    first = _seconds(lambda: steps.evaluate(state))
+    seconds = statistics.median(_seconds(lambda: steps.evaluate(state)) for _ in range(5))
+    count = len(eval_arrays["label"])
+    return {"examples_per_second": count / seconds, "first_step": first, "seconds": seconds}
+
+
+def gen_jax_vae(args) -> dict:
+    quick_eval = ["--config.task.final_eval_samples=10", "--config.task.eval_sample_chunk=10"]
+    return _gen_jax_run("mnist_vae_mlp", args, "--config.train.eval_every=0", *quick_eval)
+
+
+def gen_jax_dcgan(args) -> dict:
+    return _gen_jax_run(
+        "mnist_dcgan", args, "--config.task.classifier_workdir=", "--config.train.eval_every=0"
+    )
+
+
+MEASURE = dict(
+    zip(
+        ROWS,
+        (
+            matmul_peak,
+            plain_cnn_loop,
+            pytorch_cnn,
+            gen_jax_cnn,
+            gen_jax_cnn_fixed_batch,
+            gen_jax_cnn_eval,
+            gen_jax_vae,
+            gen_jax_dcgan,
+        ),
+        strict=True,
+    )
+)
+
+
+# ----------------------------------------------------------------------------- helpers
+def _seconds(function) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def _experiment(name: str, args, *overrides: str):
+    from gen_jax import config as config_lib
+
+    config = config_lib.load_experiment(REPO / "experiments" / f"{name}.py")
+    config.data.data_dir = args.data_dir
+    config_lib.apply_overrides(config, list(overrides))
+    return config
+
+
+def _train_arrays(config) -> tuple[np.ndarray, np.ndarray]:
+    from gen_jax import data
+
+    arrays = data.load_split(config.data, config.data.train_split)
+    return arrays["image"].astype(np.float32) / 255.0, arrays["label"]
+
+
+def _gen_jax_run(name: str, args, *overrides: str) -> dict:
+    """`train.run` of an experiment for `window` + `steps` steps, as `gen-jax train` sets up."""
+    from gen_jax import host, train
+    from gen_jax.metric_writer import read_metrics
+
+    host.keep_freed_memory_in_heap()
+    total = args.window + args.steps
+    config = _experiment(
+        name,
+        args,
+        f"--config.train.num_steps={total}",
+        f"--config.train.log_every={args.window}",
+        f"--config.train.checkpoint_every={total}",
+        *overrides,
+    )
+    with tempfile.TemporaryDirectory() as workdir:
+        train.run(config, workdir)
+        records = read_metrics(workdir)
+    rates = [
+        r["value"]
+        for r in records
+        if r["name"] == "examples_per_second" and r["step"] > args.window
+    ]
+    first = next(r["value"] for r in records if r["name"] == "first_step_seconds")
+    return {"examples_per_second": statistics.fmean(rates), "first_step": first}
+
+
+# ----------------------------------------------------------------------------- table
+def measure_in_fresh_process(row: str) -> dict:
+    command = [sys.executable, __file__, "--row", row, *sys.argv[1:]]
+    output = subprocess.run(command, capture_output=True, text=True)
+    if output.returncode:
+        return {"skipped": f"failed: {output.stderr.strip().splitlines()[-1]}"}
+    return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+def table(results: dict[str, dict]) -> str:
+    plain = results["plain CNN loop"]
+    limit = results["matmul peak"]["gflops"] * 1e9 / plain["flops"]  # CNN examples/s
+    lines = [
+        f"CNN compute limit: {results['matmul peak']['gflops']:.0f} GFLOP/s matmul peak / "
+        f"{plain['flops'] / 1e6:.1f} MFLOP per trained example = {limit:,.0f} examples/s",
+        "",
+        "| row | examples/s | ratio to plain CNN loop | fraction of CNN limit | first step (s) "
+        "| peak RSS (MiB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in ROWS[1:]:
+        result = results[row]
+        if "skipped" in result:
+            lines.append(f"| {row} | {result['skipped']} | | | | |")
+            continue
+        rate = result["examples_per_second"]
+        cnn = "CNN" in row and "eval" not in row
+        ratio = f"{rate / plain['examples_per_second']:.2f}" if cnn else ""
+        fraction = f"{rate / limit:.0%}" if cnn else ""
+        extra = f" ({result['seconds']:.2f} s for 10k)" if "seconds" in result else ""
+        lines.append(
+            f"| {row} | {rate:,.0f}{extra} | {ratio} | {fraction} | {result['first_step']:.2f} "
+            f"| {result['peak_rss_mib']:,.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data_dir", default="", help="TFDS directory (default $TFDS_DATA_DIR)")
+    parser.add_argument("--steps", type=int, default=1000, help="timed steps per training row")
+    parser.add_argument("--window", type=int, default=100, help="untimed first steps")
+    parser.add_argument("--row", choices=ROWS, help="measure one row here and print it as JSON")
+    args = parser.parse_args()
+    if args.row:
+        result = MEASURE[args.row](args)
+        result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
+        return
+    results = {row: measure_in_fresh_process(row) for row in ROWS}
+    print(f"jax {jax.__version__}, {args.steps} timed steps per training row, one CPU device")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
