@@ -14,7 +14,8 @@ Every row runs in a fresh process, one after another, on the real MNIST training
   mnist_vae_mlp.py and mnist_dcgan.py (their own speed options), timed over the logged windows
   after the first (which holds compilation); "first step" is the time to the first step's
   metrics, compilation included;
-- gen_jax CNN, fixed batch: the same run fed one in-memory batch instead of the input pipeline;
+- gen_jax CNN, fixed batch: the same run fed one batch of images, prepared once, instead of the
+  input pipeline (grain's shuffled example indices, the examples gathered on device);
 - gen_jax CNN eval: one evaluation of the 10,000 test images after a warm-up one.
 
 Peak RSS is each row's whole process (`ru_maxrss`).
@@ -188,7 +189,7 @@ def gen_jax_cnn_fixed_batch(args) -> dict:
 
     pipeline = data.train_iterator
     data.train_iterator = lambda *arguments, **options: FixedBatch(pipeline(*arguments, **options))
-    return _gen_jax_run("mnist_cnn", args)
+    return _gen_jax_run("mnist_cnn", args, "--config.data.on_device=False")
 
 
 def gen_jax_cnn_eval(args) -> dict:

@@ -20,6 +20,7 @@ def get_config():
     config.train.num_steps = 10 * EPOCH
     config.train.eval_every = EPOCH
     config.train.checkpoint_every = EPOCH
+    config.train.steps_per_call = 4  # fewer dispatches: faster on a CPU (benchmarks/README.md)
     return config
 
 

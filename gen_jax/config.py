@@ -146,7 +146,9 @@ def load(path: Path) -> ml_collections.ConfigDict:
     if not path.is_file():
         raise GenJaxError(f"{path} not found: is {path.parent} a gen-jax workdir?")
     saved = _tuples(json.loads(path.read_text()))
-    saved["train"] = base_config().train.to_dict() | saved["train"]  # keys added since then
+    defaults = base_config()
+    for section in ("data", "train"):  # keys added since the run was written get defaults
+        saved[section] = defaults[section].to_dict() | saved[section]
     return ml_collections.ConfigDict(saved)
 
 
@@ -176,6 +178,9 @@ def base_config() -> ml_collections.ConfigDict:
             "batch_size": 128,
             "eval_batch_size": 1000,
             "preprocess": ("scale_to_unit",),
+            # the training split in device memory, batches gathered in the compiled step (the
+            # same batches as on the host); False for a dataset larger than device memory
+            "on_device": True,
         }
     )
     config.optimizer = ml_collections.ConfigDict(

@@ -127,8 +127,13 @@ def train_iterator(
     preprocess: tuple[str, ...],
     process_index: int = 0,
     process_count: int = 1,
+    indices_only: bool = False,
 ) -> grain.DatasetIterator:
-    """An endless, checkpointable iterator over this process's share of shuffled global batches."""
+    """An endless, checkpointable iterator over this process's share of shuffled global batches.
+
+    With `indices_only`, batches hold only each row's example `index`, for a split kept in device
+    memory (`lookup` fetches and preprocesses the rows inside the compiled step).
+    """
     transform = preprocessor(preprocess)
     rows = _process_slice(batch_size, process_index, process_count)
     num_examples = len(arrays["label"])
@@ -141,10 +146,19 @@ def train_iterator(
         .shuffle(seed=seed)
         .repeat(None)
         .batch(batch_size, drop_remainder=True)
-        .map(lambda indices: transform({k: v[indices[rows]] for k, v in arrays.items()}))
+        .map(
+            (lambda indices: {"index": indices[rows].astype(np.int32)})
+            if indices_only
+            else (lambda indices: transform({k: v[indices[rows]] for k, v in arrays.items()}))
+        )
     )
     options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
     return iter(dataset.to_iter_dataset(read_options=options))
+
+
+def lookup(split: Batch, batch: Batch, preprocess: tuple[str, ...]) -> Batch:
+    """The examples `batch["index"]` of a split held in device memory, preprocessed (in jit)."""
+    return preprocessor(preprocess)({k: v[batch["index"]] for k, v in split.items()})
 
 
 def eval_batches(

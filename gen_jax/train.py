@@ -36,26 +36,38 @@ class Steps(NamedTuple):
     pictures: Callable[[Any], dict[str, np.ndarray]]  # state -> named image layouts
 
 
-def one_step(task: Task, state, batch: data.Batch):
+def one_step(task: Task, prepare: Callable, state, batch: data.Batch, split: data.Batch):
     """The task's train step, its metrics given a leading step axis of length 1."""
-    state, metrics = task.train_step(state, batch)
+    state, metrics = task.train_step(state, prepare(split, batch))
     return state, jax.tree.map(lambda m: m[None], metrics)
 
 
-def many_steps(task: Task, state, batches: data.Batch):
+def many_steps(task: Task, prepare: Callable, state, batches: data.Batch, split: data.Batch):
     """The task's train step over batches stacked on a leading axis, in one `lax.scan`."""
-    return jax.lax.scan(task.train_step, state, batches)
+    return jax.lax.scan(lambda s, batch: task.train_step(s, prepare(split, batch)), state, batches)
 
 
 def compile_steps(
-    task: Task, config: ml_collections.ConfigDict, mesh: Mesh, eval_arrays: data.Batch
+    task: Task,
+    config: ml_collections.ConfigDict,
+    mesh: Mesh,
+    eval_arrays: data.Batch,
+    device_split: data.Batch | None = None,
 ) -> Steps:
-    """Jit the task's steps: batch sharded on `data`, state replicated (and donated to training)."""
+    """Jit the task's steps: batch sharded on `data`, state replicated (and donated to training).
+
+    With a `device_split` (the training split in device memory), train batches carry only
+    example indices, looked up and preprocessed inside the compiled step (`data.on_device`).
+    """
     replicated, sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
+    if device_split is None:
+        prepare, device_split = (lambda split, batch: batch), {}
+    else:
+        prepare = functools.partial(data.lookup, preprocess=config.data.preprocess)
     train_steps = {  # by the number of batches a call takes; compiled when first used
         stacked: jax.jit(
-            functools.partial(many_steps if stacked else one_step, task),
-            in_shardings=(replicated, parallel.data_sharded(mesh, int(stacked))),
+            functools.partial(many_steps if stacked else one_step, task, prepare),
+            in_shardings=(replicated, parallel.data_sharded(mesh, int(stacked)), replicated),
             out_shardings=(replicated, replicated),
             donate_argnums=0,
         )
@@ -76,7 +88,8 @@ def compile_steps(
             local = {k: np.stack([b[k] for b in local_batches]) for k in local_batches[0]}
         else:
             local = local_batches[0]
-        return train_steps[stacked](state, parallel.global_batch(local, mesh, int(stacked)))
+        batches = parallel.global_batch(local, mesh, int(stacked))
+        return train_steps[stacked](state, batches, device_split)
 
     def evaluate(state, final: bool = False) -> dict[str, float]:
         """The task's numbers over the whole eval split (every example counted exactly once)."""
@@ -181,6 +194,7 @@ def run(
         preprocess=config.data.preprocess,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
+        indices_only=config.data.on_device,
     )
     workdir.mkdir(parents=True, exist_ok=True)
     checkpointer = Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
@@ -189,7 +203,10 @@ def run(
     )
     if is_main:  # only now: a workdir refused above keeps the config it was made with
         config_lib.save(config, workdir / "config.json")
-    steps = compile_steps(task, config, mesh, eval_arrays)
+    device_split = None
+    if config.data.on_device:
+        device_split = jax.device_put(train_arrays, parallel.replicated(mesh))
+    steps = compile_steps(task, config, mesh, eval_arrays, device_split)
     writer = MetricWriter(workdir, enabled=is_main)
     try:
         return _loop(config, state, iterator, steps, checkpointer, writer, stop_at)

@@ -127,3 +127,16 @@ def test_bfloat16_compute_trains_with_float32_parameters(experiment):
         assert {leaf.dtype for leaf in jax.tree.leaves(state.params)} == {np.dtype("float32")}
         final_losses[dtype] = losses[-1]
     assert final_losses["bfloat16"] == pytest.approx(final_losses["float32"], rel=0.05)
+
+
+@pytest.mark.parametrize("family", ["classifier", "vae"])
+def test_a_split_kept_on_device_trains_exactly_as_host_batches(
+    experiment, tmp_path, mock_mnist, family
+):
+    path, params = experiment(family=family), {}
+    for on_device in (True, False):
+        workdir = tmp_path / f"on_device_{on_device}"
+        train.run(load(path, f"--config.data.on_device={on_device}"), workdir)
+        params[on_device] = load_run(workdir).state.params
+    for a, b in zip(jax.tree.leaves(params[True]), jax.tree.leaves(params[False]), strict=True):
+        np.testing.assert_array_equal(a, b)
