@@ -1,11 +1,13 @@
-"""Does an XLA CPU flag or gen_jax's allocator setting speed up the baseline CNN's train step?
+"""Which XLA CPU flags and gen_jax settings speed up a compiled train step on this CPU?
 
     python benchmarks/xla_cpu_flags.py
 
-Each row runs in a fresh process (XLA reads its flags once): the jitted train step of the
-baseline CNN (batch 128, one synthetic batch from host memory) timed over 100 steps after
-warm-up, with or without gen_jax's allocator setting (`gen_jax.host.keep_freed_memory_in_heap`).
-Prints a table of examples/s. (Several CPU devices are left out: see benchmarks/README.md.)
+Each row runs in a fresh process (XLA reads its flags once): the compiled train step of an
+experiment (batch 128, one synthetic batch from host memory) timed over 100 steps after warm-up,
+under XLA flags, with or without gen_jax's allocator setting
+(`gen_jax.host.keep_freed_memory_in_heap`), with the batch split into `train.batch_splits`
+concurrent slices. Prints a table of examples/s. (Several CPU devices are left out: see
+benchmarks/README.md.)
 """
 
 from __future__ import annotations
@@ -13,26 +15,33 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
-VARIANTS = [  # (label, XLA_FLAGS, CPU devices, gen_jax's allocator setting)
-    ("default", "", 1, False),
-    ("oneDNN", "--xla_cpu_use_onednn=true", 1, False),
-    ("XNNPACK", "--xla_cpu_use_xnnpack=true", 1, False),
-    ("no multi-threaded Eigen", "--xla_cpu_multi_thread_eigen=false", 1, False),
-    ("freed memory kept in heap", "", 1, True),
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+VARIANTS = [  # (label, experiment, XLA_FLAGS, gen_jax's allocator setting, batch splits)
+    ("default", "mnist_cnn", "", False, 1),
+    ("oneDNN", "mnist_cnn", "--xla_cpu_use_onednn=true", False, 1),
+    ("XNNPACK", "mnist_cnn", "--xla_cpu_use_xnnpack=true", False, 1),
+    ("no multi-threaded Eigen", "mnist_cnn", "--xla_cpu_multi_thread_eigen=false", False, 1),
+    ("freed memory kept in heap", "mnist_cnn", "", True, 1),
+    ("heap + batch in 2 slices", "mnist_cnn", "", True, 2),
+    ("heap + batch in 4 slices", "mnist_cnn", "", True, 4),
+    ("heap + batch in 8 slices", "mnist_cnn", "", True, 8),
+    ("heap", "mnist_vae", "", True, 1),
+    ("heap + batch in 4 slices", "mnist_vae", "", True, 4),
 ]
 
 STEP = """
 import os, time
 import jax, numpy as np
-from gen_jax import host, parallel, train
-from gen_jax.config import base_config
-from gen_jax.tasks.classifier import ClassifierTask
+from gen_jax import config as config_lib, host, parallel, tasks, train
 
 if os.environ["KEEP_FREED_MEMORY"] == "1":
     host.keep_freed_memory_in_heap()
-config = base_config()
-task = ClassifierTask(config)
+config = config_lib.load_experiment(os.environ["EXPERIMENT"])
+config.train.batch_splits = int(os.environ["BATCH_SPLITS"])
+task = tasks.build(config)
 mesh = parallel.make_mesh()
 rng = np.random.default_rng(0)
 batch = {
@@ -53,25 +62,26 @@ print(100 * 128 / (time.perf_counter() - start))
 """
 
 
-def measure(xla_flags: str, devices: int, keep_freed_memory: bool) -> float:
+def measure(experiment: str, xla_flags: str, keep_freed_memory: bool, splits: int) -> float:
     env = {
         **os.environ,
         "XLA_FLAGS": xla_flags,
-        "JAX_NUM_CPU_DEVICES": str(devices),
+        "EXPERIMENT": str(EXPERIMENTS / f"{experiment}.py"),
         "KEEP_FREED_MEMORY": str(int(keep_freed_memory)),
+        "BATCH_SPLITS": str(splits),
     }
     output = subprocess.check_output([sys.executable, "-c", STEP], env=env, text=True)
     return float(output.strip().splitlines()[-1])
 
 
 def main() -> None:
-    print("| variant | XLA_FLAGS | CPU devices | examples/s | ratio to default |")
+    print("| experiment | variant | XLA_FLAGS | examples/s | ratio to the first row |")
     print("|---|---|---|---|---|")
-    baseline = None
-    for label, flags, devices, keep_freed_memory in VARIANTS:
-        rate = measure(flags, devices, keep_freed_memory)
-        baseline = baseline or rate
-        print(f"| {label} | `{flags}` | {devices} | {rate:,.0f} | {rate / baseline:.2f} |")
+    baselines = {}
+    for label, experiment, flags, keep_freed_memory, splits in VARIANTS:
+        rate = measure(experiment, flags, keep_freed_memory, splits)
+        baseline = baselines.setdefault(experiment, rate)
+        print(f"| {experiment} | {label} | `{flags}` | {rate:,.0f} | {rate / baseline:.2f} |")
 
 
 if __name__ == "__main__":

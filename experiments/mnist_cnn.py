@@ -24,5 +24,5 @@ def get_config():
 
 
 # `gen-jax reproduce` checks: metric -> (value, tolerance) or a goal ('<=' | '>=', bound).
-EXPECTED = {"accuracy": (0.9944, 0.002)}
+EXPECTED = {"accuracy": (0.9925, 0.003)}  # 4 slices; 0.9944 with 1 (RESULTS.md)
 QUICK = {"overrides": ["--config.train.num_steps=300"], "expected": {"accuracy": (0.976, 0.01)}}
