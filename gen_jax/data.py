@@ -25,14 +25,18 @@ DECODE_CHUNK = 4096
 
 
 # ----------------------------------------------------------------------------- preprocessing
+# Scalings multiply by a float32 reciprocal (XLA compiles a division by a constant into that
+# multiplication) and never leave a multiply-add to fuse: numpy on the host and a compiled step
+# (data.on_device) give the same bits.
 def scale_to_unit(batch: Batch) -> Batch:
     """uint8 pixels to float32 in [0, 1]."""
-    return {**batch, "image": batch["image"].astype(np.float32) / 255.0}
+    return {**batch, "image": batch["image"].astype(np.float32) * np.float32(1 / 255)}
 
 
 def scale_to_symmetric(batch: Batch) -> Batch:
     """uint8 pixels to float32 in [-1, 1] (a tanh generator's range)."""
-    return {**batch, "image": batch["image"].astype(np.float32) / 127.5 - 1.0}
+    centred = batch["image"].astype(np.float32) - np.float32(127.5)  # exact: no fused multiply-add
+    return {**batch, "image": centred * np.float32(1 / 127.5)}
 
 
 PREPROCESSORS: dict[str, Callable[[Batch], Batch]] = {
