@@ -152,7 +152,9 @@ class VAETask:
         # Noise drawn for the whole batch, examples on axis 0, so split batches draw the same.
         shape = (len(x), self.latent_dim)
         noise = jax.random.normal(sample_rng, (1, *shape))[0]
-        iw_noise = jnp.swapaxes(jax.random.normal(sample_rng, (self.train_samples, *shape)), 0, 1)
+        iw_noise = None  # drawn only for the IWAE objective, which uses it
+        if self.objective == "iwae":
+            iw_noise = jax.random.normal(sample_rng, (self.train_samples, *shape)).swapaxes(0, 1)
 
         def loss_fn(params, x, noise, iw_noise):
             terms = {k: v.mean() for k, v in self.elbo_terms(params, noise, x).items()}
