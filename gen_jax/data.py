@@ -161,8 +161,14 @@ def train_iterator(
 
 
 def lookup(split: Batch, batch: Batch, preprocess: tuple[str, ...]) -> Batch:
-    """The examples `batch["index"]` of a split held in device memory, preprocessed (in jit)."""
-    return preprocessor(preprocess)({k: v[batch["index"]] for k, v in split.items()})
+    """The examples `batch["index"]` of a split held in device memory, preprocessed (in jit).
+
+    Gathered and scaled as (examples, values) rows: XLA's CPU backend does not vectorise
+    elementwise ops over an image's trailing axis of size 1 (7x slower; benchmarks/README.md).
+    """
+    rows = {k: v.reshape(len(v), -1)[batch["index"]] for k, v in split.items()}
+    rows = preprocessor(preprocess)(rows)
+    return {k: rows[k].reshape(-1, *v.shape[1:]) for k, v in split.items()}
 
 
 def eval_batches(
