@@ -101,6 +101,16 @@ def test_iw_bound_rises_with_k_and_chunking_does_not_change_it(setup):
     np.testing.assert_allclose(mean_bound(50, 10), bounds[2], rtol=0.01)
 
 
+def test_binarisation_draws_each_pixel_as_a_bernoulli_of_its_intensity_on_any_batch_shape():
+    # binarize works on a (batch, pixels) view for speed; the draw must stay the image-shaped one
+    intensities = jnp.asarray(np.random.default_rng(1).random((8, 28, 28, 1), np.float32))
+    key = jax.random.PRNGKey(3)
+    drawn = vae.binarize(key, intensities)
+    assert drawn.shape == intensities.shape and drawn.dtype == intensities.dtype
+    np.testing.assert_array_equal(drawn, jax.random.bernoulli(key, intensities))
+    np.testing.assert_array_equal(vae.binarize(key, jnp.ones((8, 28, 28, 1))), 1)
+
+
 def test_sample_counts_that_do_not_split_into_chunks_are_refused_at_once():
     with pytest.raises(GenJaxError, match=r"task\.final_eval_samples=1000 is not a multiple"):
         tiny_task(final_eval_samples=1000, eval_sample_chunk=300)
