@@ -2,8 +2,10 @@
 
     gen-jax train experiments/mnist_vae.py --workdir runs/mnist_vae
 
-Goal: test NLL <= 84 nats (importance sampling, k=1000, fixed test binarisation); published
-references: 1-layer VAE 86.76, IWAE 84.78 (Burda et al.). Measured value: RESULTS.md.
+Reproduces: test NLL 83.25 nats (importance sampling, k=1000, fixed test binarisation; goal
+<= 84) and test negative ELBO 87.24 nats; published references: 1-layer VAE 86.76, IWAE 84.78
+(Burda et al.). ~33 min of training on a 2-core CPU, plus ~22 min for the k=1000 evaluation
+(RESULTS.md).
 """
 
 from gen_jax.config import QUICK_VAE, vae_config
@@ -22,5 +24,5 @@ def get_config():
 
 
 # `gen-jax reproduce` checks: metric -> (value, tolerance) or a goal ('<=' | '>=', bound).
-EXPECTED = {"nll": ("<=", 84.0)}  # the goal; not yet measured at full length (RESULTS.md)
+EXPECTED = {"neg_elbo": (87.24, 0.75), "nll": (83.25, 0.75)}  # nll goal: <= 84
 QUICK = {"overrides": QUICK_VAE, "expected": {"neg_elbo": (164.8, 8.0), "nll": (157.2, 8.0)}}
