@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,14 +18,21 @@ from gen_jax import images
 class MetricWriter:
     """Appends one JSON object per (step, split, name, value, time) and mirrors it to TensorBoard.
 
-    Only process 0 writes; on other processes every method does nothing.
+    A run resumed at `start_step` first drops the records an interrupted process wrote after that
+    checkpoint (they are written again), from both. Only process 0 writes; on other processes
+    every method does nothing.
     """
 
-    def __init__(self, workdir: Path, enabled: bool = True):
+    def __init__(self, workdir: Path, enabled: bool = True, start_step: int = 0):
         self.enabled, self.workdir = enabled, Path(workdir)
         if enabled:
-            self.jsonl = open(Path(workdir) / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close)
-            self.tensorboard = SummaryWriter(str(Path(workdir) / "tensorboard"))
+            path = self.workdir / "metrics.jsonl"
+            if start_step and path.exists():
+                _keep_records_up_to(path, start_step)
+            self.jsonl = open(path, "a")  # noqa: SIM115 (closed in close)
+            # TensorBoard hides the events of later steps too
+            purge = start_step + 1 if start_step else None
+            self.tensorboard = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=purge)
 
     def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -62,6 +70,15 @@ def progress_bar(total: int, initial: int, enabled: bool) -> tqdm.tqdm:
         dynamic_ncols=True,
         disable=not (enabled and sys.stderr.isatty()),
     )
+
+
+def _keep_records_up_to(path: Path, step: int) -> None:
+    """Rewrite `metrics.jsonl` without records after `step`, atomically (a crash keeps the old)."""
+    with open(path) as f:
+        kept = [line for line in f if json.loads(line)["step"] <= step]
+    partial = path.with_suffix(".jsonl.partial")
+    partial.write_text("".join(kept))
+    os.replace(partial, path)
 
 
 def read_metrics(workdir: Path) -> list[dict]:

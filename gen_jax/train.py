@@ -207,7 +207,7 @@ def run(
     if config.data.on_device:
         device_split = jax.device_put(train_arrays, parallel.replicated(mesh))
     steps = compile_steps(task, config, mesh, eval_arrays, device_split)
-    writer = MetricWriter(workdir, enabled=is_main)
+    writer = MetricWriter(workdir, enabled=is_main, start_step=int(state.step))
     try:
         return _loop(config, state, iterator, steps, checkpointer, writer, stop_at)
     finally:

@@ -1,6 +1,7 @@
 """The training path end to end, in this process, on mocked MNIST."""
 
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -57,6 +58,24 @@ def test_a_run_writes_config_metrics_tensorboard_and_checkpoints(experiment, tmp
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
     assert Checkpointer(workdir / "checkpoints").manager.all_steps() == [5, 10]
     assert load_run(workdir).evaluate() == {"step": 10, **final}
+
+
+def test_a_resumed_run_replaces_the_records_written_after_its_checkpoint(
+    experiment, tmp_path, mock_mnist
+):
+    workdir = tmp_path / "run"
+    config = load(experiment(), "--config.train.checkpoint_every=5")
+    train.run(config, workdir)
+    shutil.rmtree(workdir / "checkpoints" / "10")  # as if killed after logging steps 6-10
+    train_losses = lambda: [
+        r for r in read_metrics(workdir) if r["name"] == "loss" and r["split"] == "train"
+    ]
+    stale = [r for r in train_losses() if r["step"] > 5]
+    train.run(config, workdir)
+    losses = train_losses()
+    assert [r["step"] for r in losses] == list(range(1, 11))  # each step once, in order
+    assert [r["value"] for r in losses[5:]] == pytest.approx([r["value"] for r in stale])
+    assert min(r["time"] for r in losses[5:]) > max(r["time"] for r in stale)  # written anew
 
 
 def test_a_finished_run_reruns_without_training_again(experiment, tmp_path, mock_mnist):
