@@ -200,8 +200,7 @@ def gen_jax_cnn_eval(args) -> dict:
     mesh = parallel.make_mesh()
     task = tasks.build(config)
     eval_arrays = data.load_split(config.data, config.data.eval_split)
-    batch = {k: v[: config.data.batch_size] for k, v in eval_arrays.items()}
-    batch["image"] = batch["image"].astype(np.float32) / 255.0
+    batch = train.example_batch(eval_arrays, config, mesh)
     state = jax.jit(task.init)(jax.random.PRNGKey(0), batch)
     steps = train.compile_steps(task, config, mesh, eval_arrays)
     first = _seconds(lambda: steps.evaluate(state))
@@ -258,8 +257,10 @@ def _experiment(name: str, args, *overrides: str):
 def _train_arrays(config) -> tuple[np.ndarray, np.ndarray]:
     from gen_jax import data
 
-    arrays = data.load_split(config.data, config.data.train_split)
-    return arrays["image"].astype(np.float32) / 255.0, arrays["label"]
+    arrays = data.preprocessor(config.data.preprocess)(
+        data.load_split(config.data, config.data.train_split)
+    )
+    return arrays["image"], arrays["label"]
 
 
 def _gen_jax_run(name: str, args, *overrides: str) -> dict:
