@@ -18,21 +18,21 @@ from gen_jax import images
 class MetricWriter:
     """Appends one JSON object per (step, split, name, value, time) and mirrors it to TensorBoard.
 
-    A run resumed at `start_step` first drops the records an interrupted process wrote after that
-    checkpoint (they are written again), from both. Only process 0 writes; on other processes
-    every method does nothing.
+    A run starting at `start_step` (its checkpoint, or 0) first drops the records an interrupted
+    process wrote after that step (they are written again), from both. Only process 0 writes; on
+    other processes every method does nothing.
     """
 
     def __init__(self, workdir: Path, enabled: bool = True, start_step: int = 0):
         self.enabled, self.workdir = enabled, Path(workdir)
         if enabled:
             path = self.workdir / "metrics.jsonl"
-            if start_step and path.exists():
+            if path.exists():
                 _keep_records_up_to(path, start_step)
             self.jsonl = open(path, "a")  # noqa: SIM115 (closed in close)
-            # TensorBoard hides the events of later steps too
-            purge = start_step + 1 if start_step else None
-            self.tensorboard = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=purge)
+            self.tensorboard = SummaryWriter(  # TensorBoard hides the later events too
+                str(self.workdir / "tensorboard"), purge_step=start_step + 1
+            )
 
     def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
         if not self.enabled:

@@ -76,6 +76,9 @@ def test_a_resumed_run_replaces_the_records_written_after_its_checkpoint(
     assert [r["step"] for r in losses] == list(range(1, 11))  # each step once, in order
     assert [r["value"] for r in losses[5:]] == pytest.approx([r["value"] for r in stale])
     assert min(r["time"] for r in losses[5:]) > max(r["time"] for r in stale)  # written anew
+    shutil.rmtree(workdir / "checkpoints")  # as if killed before its first checkpoint
+    train.run(config, workdir)
+    assert [r["step"] for r in train_losses()] == list(range(1, 11))
 
 
 def test_a_finished_run_reruns_without_training_again(experiment, tmp_path, mock_mnist):
