@@ -89,6 +89,15 @@ def test_saved_config_round_trips(config, tmp_path):
     assert config_lib.load(tmp_path / "config.json") == config
 
 
+def test_a_saved_config_older_than_a_key_gets_its_family_default(tmp_path):
+    config = config_lib.gan_config()
+    config_lib.save(config, tmp_path / "config.json")
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["task"]["r1_penalty"], saved["train"]["num_steps"]  # written before they existed
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert config_lib.load(tmp_path / "config.json") == config
+
+
 def test_cli_rejects_bad_override_before_running(tmp_path, capsys):
     from gen_jax import cli
 

@@ -61,6 +61,39 @@ def test_gradient_penalty_is_zero_for_unit_gradient_norm_and_positive_otherwise(
     assert gan.gradient_penalty(quadratic, real, fake, rng) > 0.1
 
 
+def test_r1_penalty_is_the_mean_squared_input_gradient_at_the_real_examples():
+    real = jax.random.normal(jax.random.PRNGKey(0), (6, 4, 4, 1))
+    weights = jax.random.normal(jax.random.PRNGKey(1), (4, 4, 1))
+    linear = lambda x: jnp.sum(x * weights, axis=(1, 2, 3))  # gradient `weights` everywhere
+    expected = float(jnp.sum(weights**2))
+    assert gan.r1_penalty(linear, real) == pytest.approx(expected, rel=1e-5)
+    # x -> sum(x^2) has gradient 2x: the penalty is the mean of 4 |x|^2 over the real examples
+    quadratic = lambda x: jnp.sum(x**2, axis=(1, 2, 3))
+    expected = float(jnp.mean(4 * jnp.sum(real**2, axis=(1, 2, 3))))
+    assert gan.r1_penalty(quadratic, real) == pytest.approx(expected, rel=1e-5)
+    constant = lambda x: jnp.zeros(x.shape[0])
+    assert gan.r1_penalty(constant, real) == 0.0
+
+
+def test_the_r1_penalty_is_logged_and_changes_the_discriminator_update():
+    images = jax.random.uniform(jax.random.PRNGKey(0), (8, 28, 28, 1), minval=-1.0, maxval=1.0)
+    batch = {"image": images, "label": jnp.zeros(8, jnp.int32)}
+    results = {}
+    for weight in (0.0, 10.0):
+        task = tiny_gan(**{"model.discriminator_norm": "none", "task.r1_penalty": weight})
+        state = task.init(jax.random.PRNGKey(0), batch)
+        results[weight] = jax.jit(task.train_step)(state, batch)
+    (plain, plain_metrics), (penalised, metrics) = results[0.0], results[10.0]
+    assert float(plain_metrics["r1_penalty"]) == 0.0 and float(metrics["r1_penalty"]) > 0.0
+    assert float(metrics["d_loss"]) == pytest.approx(float(plain_metrics["d_loss"]))
+    changed = jax.tree.map(
+        lambda a, b: not np.allclose(a, b),
+        plain.discriminator.params,
+        penalised.discriminator.params,
+    )
+    assert any(jax.tree.leaves(changed))
+
+
 def test_every_critic_step_draws_its_own_noise():
     task = tiny_gan(
         **{"task.critic_steps": 4, "optimizer.discriminator.learning_rate": 0.0},
@@ -101,6 +134,7 @@ def test_the_ema_generator_follows_the_recursion_and_is_what_samples_use():
     [
         ({"task.loss": "wasserstein"}, "gradient_penalty > 0"),
         ({"task.gradient_penalty": 10.0}, "discriminator_norm"),
+        ({"task.r1_penalty": 1.0}, "discriminator_norm"),
         ({"task.critic_steps": 3}, "multiple of task.critic_steps"),
         ({"task.loss": "least_squares"}, "unknown task.loss"),
         ({"task.classifier_workdir": "/nonexistent/run"}, "no finished run"),
