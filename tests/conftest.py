@@ -79,6 +79,15 @@ FAMILIES["wgan_gp"] = (
         "task.critic_steps": 2,
     },
 )
+FAMILIES["infogan"] = (
+    "gan_config",
+    {
+        **FAMILIES["gan"][1],
+        "model.code_classes": 10,
+        "model.discriminator_norm": "none",
+        "task.r1_penalty": 1.0,
+    },
+)
 
 
 def write_experiment(path: Path, family: str = "classifier", **overrides) -> Path:
