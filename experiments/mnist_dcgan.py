@@ -17,9 +17,11 @@ EPOCH = 60_000 // 64
 
 def get_config():
     config = gan_config()
+    config.model.discriminator_norm = "none"  # R1 is per example: no batch norm in D
+    config.task.r1_penalty = 1.0
     config.data.batch_size = 64
     config.task.classifier_workdir = "runs/mnist_cnn"
-    config.train.num_steps = 14 * EPOCH
+    config.train.num_steps = 40 * EPOCH
     config.train.eval_every = 2 * EPOCH
     config.train.checkpoint_every = 2 * EPOCH
     return config

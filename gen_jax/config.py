@@ -246,7 +246,6 @@ def gan_config() -> ml_collections.ConfigDict:
             "critic_steps": 1,  # discriminator updates per generator update
             "gradient_penalty": 0.0,  # weight of the WGAN-GP penalty (> 0 for "wasserstein")
             "r1_penalty": 0.0,  # weight of the R1 penalty, mean |grad_x D(real)|^2
-            "info_weight": 1.0,  # InfoGAN (model.code_classes > 0): weight of the code term
             "ema_decay": 0.999,
             "classifier_workdir": "",  # a finished classifier run: FID, IS, precision, recall
             "eval_samples": 10_000,  # generated images per evaluation (<= eval split size)
@@ -254,9 +253,7 @@ def gan_config() -> ml_collections.ConfigDict:
             "eval_seed": 0,  # fixes the evaluation noise and the picture noise
         }
     )
-    config.model = ml_collections.ConfigDict(
-        {"name": "dcgan", "noise_dim": 64, "num_classes": 0, "code_classes": 0}
-    )
+    config.model = ml_collections.ConfigDict({"name": "dcgan", "noise_dim": 64, "num_classes": 0})
     config.data.preprocess = ("scale_to_symmetric",)
     config.data.eval_batch_size = 500
     adam = config.optimizer.to_dict() | {"name": "adam", "learning_rate": 2e-4, "b1": 0.5}

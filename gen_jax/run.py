@@ -83,7 +83,7 @@ class Run:
 
     def decode(self, latents: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
         """Images (N, H, W, C) in [0, 1]: a VAE's pixel probabilities, a GAN's (EMA) generator
-        output; a conditional GAN takes one label (an InfoGAN one code) per latent."""
+        output; a conditional GAN takes one label per latent."""
         self._require("vae", "gan", what="decode")
         latents = np.asarray(latents, np.float32)
         if self.kind == "vae":
@@ -93,17 +93,14 @@ class Run:
             generate = lambda z: self.task.sample(self.state, z)
             return self.to_unit(self._apply("generate", generate, latents))
         if labels is None:
-            raise GenJaxError(
-                "a class-conditional GAN (or an InfoGAN, its code) decodes latents with labels: "
-                "pass labels="
-            )
+            raise GenJaxError("a class-conditional GAN decodes latents with labels: pass labels=")
         labels = np.broadcast_to(np.asarray(labels, np.int32), (len(latents),))
         generate = lambda z, y: self.task.sample(self.state, z, y)
         return self.to_unit(self._apply("generate", generate, latents, labels))
 
     def sample(self, num: int, seed: int = 0, labels: np.ndarray | None = None) -> np.ndarray:
-        """`num` generated images in [0, 1]; a conditional GAN (InfoGAN) cycles through the
-        classes (codes) unless `labels` are given."""
+        """`num` generated images in [0, 1]; a conditional GAN cycles through the classes unless
+        `labels` are given."""
         if self.kind == "gan" and self.task.num_classes and labels is None:
             labels = np.arange(num) % self.task.num_classes
         return self.decode(self.prior(num, seed), labels)

@@ -79,14 +79,9 @@ FAMILIES["wgan_gp"] = (
         "task.critic_steps": 2,
     },
 )
-FAMILIES["infogan"] = (
+FAMILIES["r1_gan"] = (  # the DCGAN recipe: no norm in the discriminator, an R1 penalty
     "gan_config",
-    {
-        **FAMILIES["gan"][1],
-        "model.code_classes": 10,
-        "model.discriminator_norm": "none",
-        "task.r1_penalty": 1.0,
-    },
+    {**FAMILIES["gan"][1], "model.discriminator_norm": "none", "task.r1_penalty": 1.0},
 )
 
 

@@ -56,7 +56,7 @@ def free_port() -> int:
         ("vae", {"atol": 0, "rtol": 1e-6}),
         ("gan", {"atol": 1e-5, "rtol": 0}),  # batch norm over the global batch in both players
         ("wgan_gp", {"atol": 1e-5, "rtol": 0}),  # conditional, 2 critic steps, gradient penalty
-        ("infogan", {"atol": 1e-5, "rtol": 0}),  # a code instead of labels, R1 penalty
+        ("r1_gan", {"atol": 1e-5, "rtol": 0}),  # an R1 penalty through the discriminator
     ],
 )
 def test_one_device_and_eight_devices_agree_after_ten_steps(
@@ -132,7 +132,7 @@ def straight_run(tmp_path_factory):
     return make
 
 
-@pytest.mark.parametrize("family", ["classifier", "vae", "gan", "wgan_gp", "infogan"])
+@pytest.mark.parametrize("family", ["classifier", "vae", "gan", "wgan_gp", "r1_gan"])
 def test_a_run_stopped_halfway_and_resumed_in_a_new_process_is_bitwise_identical(
     family, straight_run, tmp_path, mock_mnist
 ):

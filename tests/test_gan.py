@@ -46,12 +46,6 @@ def test_losses_match_hand_computed_values():
     # at D = 1/2 everywhere the cross-entropy is 2 log 2
     zeros = jnp.zeros(3)
     assert gan.discriminator_loss("non_saturating", zeros, zeros) == pytest.approx(2 * np.log(2))
-    # InfoGAN's code term: uniform predictions cost log(classes), none without a code
-    assert gan.info_loss(jnp.zeros((4, 10)), jnp.arange(4)) == pytest.approx(np.log(10))
-    logits = jnp.array([[2.0, 0.0], [0.0, 1.0]])
-    expected = np.mean([np.log1p(np.exp(-2.0)), np.log1p(np.exp(1.0))])  # codes 0 and 0
-    assert gan.info_loss(logits, jnp.array([0, 0])) == pytest.approx(expected)
-    assert gan.info_loss(None, None) == 0.0
 
 
 def test_gradient_penalty_is_zero_for_unit_gradient_norm_and_positive_otherwise():
@@ -100,24 +94,6 @@ def test_the_r1_penalty_is_logged_and_changes_the_discriminator_update():
     assert any(jax.tree.leaves(changed))
 
 
-def test_an_infogan_generator_follows_its_code_and_the_discriminator_learns_to_read_it():
-    fast = {f"optimizer.{player}.learning_rate": 3e-3 for player in ("generator", "discriminator")}
-    task = tiny_gan(**{"model.code_classes": 3, **fast})
-    assert task.num_classes == 3 and not task.conditional  # a one-hot code, no labels
-    images = jax.random.uniform(jax.random.PRNGKey(0), (8, 28, 28, 1), minval=-1.0, maxval=1.0)
-    batch = {"image": images, "label": jnp.zeros(8, jnp.int32)}  # labels are never read
-    state = task.init(jax.random.PRNGKey(0), batch)
-    noise = jnp.ones((3, 4))
-    by_code = task.sample(state, noise, jnp.arange(3))
-    assert len({np.asarray(image).tobytes() for image in by_code}) == 3
-    step = jax.jit(task.train_step)
-    losses = []
-    for _ in range(30):
-        state, metrics = step(state, batch)
-        losses.append(float(metrics["info_loss"]))
-    assert np.mean(losses[-5:]) < 0.5 * min(losses[0], np.log(3))  # better than chance
-
-
 def test_every_critic_step_draws_its_own_noise():
     task = tiny_gan(
         **{"task.critic_steps": 4, "optimizer.discriminator.learning_rate": 0.0},
@@ -159,7 +135,6 @@ def test_the_ema_generator_follows_the_recursion_and_is_what_samples_use():
         ({"task.loss": "wasserstein"}, "gradient_penalty > 0"),
         ({"task.gradient_penalty": 10.0}, "discriminator_norm"),
         ({"task.r1_penalty": 1.0}, "discriminator_norm"),
-        ({"model.num_classes": 10, "model.code_classes": 10}, "set one of them to 0"),
         ({"task.critic_steps": 3}, "multiple of task.critic_steps"),
         ({"task.loss": "least_squares"}, "unknown task.loss"),
         ({"task.classifier_workdir": "/nonexistent/run"}, "no finished run"),

@@ -4,9 +4,7 @@ The generator maps noise to images in [-1, 1]: dense -> reshape -> 2x upsampling
 norm and leaky ReLU -> tanh. The discriminator is strided convolutions with leaky ReLU and a
 linear output (a logit, or a critic value for Wasserstein losses); conditioning enters the
 generator as a one-hot vector beside the noise and the discriminator as a projection
-(Miyato & Koyama, 2018). An InfoGAN (Chen et al., 2016) instead gives the generator a one-hot
-categorical code drawn from a uniform prior, with no labels, and the discriminator a second head
-that predicts the code from the image.
+(Miyato & Koyama, 2018).
 """
 
 from __future__ import annotations
@@ -63,8 +61,7 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """Images [+ labels] -> one real-valued score per image (B,), and with `code_classes` the
-    logits (B, code_classes) of the InfoGAN code that generated each image.
+    """Images [+ labels] -> one real-valued score per image (B,).
 
     Stride-2 4x4 convolutions with leaky ReLU, normalised after the first; `norm="batch"` is
     DCGAN's, while a WGAN-GP critic needs a per-example norm ("layer") or none.
@@ -73,12 +70,11 @@ class Discriminator(nn.Module):
     features: tuple[int, ...] = (64, 128)
     num_classes: int = 0
     norm: str = "batch"
-    code_classes: int = 0
 
     @nn.compact
     def __call__(
         self, images: jax.Array, labels: jax.Array | None = None, train: bool = False
-    ) -> jax.Array | tuple[jax.Array, jax.Array]:
+    ) -> jax.Array:
         x = images
         for index, features in enumerate(self.features):
             norm = _normalize(self.norm, train) if index > 0 else None
@@ -91,15 +87,12 @@ class Discriminator(nn.Module):
         if self.num_classes:  # projection: <embed(label), features>
             embedding = nn.Embed(self.num_classes, x.shape[-1])(labels)
             score = score + jnp.sum(embedding * x, axis=-1)
-        if self.code_classes:
-            return score, nn.Dense(self.code_classes)(x)
         return score
 
 
 @dataclasses.dataclass(frozen=True)
 class GANModels:
-    """The two players; each is initialised and applied on its own (own params, own optimizer).
-    `num_classes` is the size of the generator's one-hot input: labels (cGAN) or code (InfoGAN)."""
+    """The two players; each is initialised and applied on its own (own params, own optimizer)."""
 
     generator: Generator
     discriminator: Discriminator
@@ -116,10 +109,8 @@ def dcgan(
     discriminator_norm: str = "batch",
     num_classes: int = 0,
     upsampling: str = "pixel_shuffle",
-    code_classes: int = 0,
 ) -> GANModels:
-    """A DCGAN pair; 28x28x1 by default, 32x32x3 or 64x64x3 with more generator features;
-    conditioned on `num_classes` labels (cGAN) or on a `code_classes`-way code (InfoGAN)."""
+    """A DCGAN pair; 28x28x1 by default, 32x32x3 or 64x64x3 with more generator features."""
     steps = len(generator_features) - 1
     if image_size % 2**steps:
         raise GenJaxError(
@@ -130,14 +121,6 @@ def dcgan(
         raise GenJaxError(f"unknown model.discriminator_norm '{discriminator_norm}'; use {NORMS}")
     if upsampling not in UPSAMPLINGS:
         raise GenJaxError(f"unknown model.upsampling '{upsampling}'; use one of {UPSAMPLINGS}")
-    if num_classes and code_classes:
-        raise GenJaxError(
-            "model.num_classes (a cGAN's labels) and model.code_classes (an InfoGAN's code) both "
-            "set the generator's one-hot input: set one of them to 0"
-        )
-    inputs = num_classes or code_classes
-    generator = Generator(image_size, channels, generator_features, inputs, upsampling)
-    discriminator = Discriminator(
-        discriminator_features, num_classes, discriminator_norm, code_classes
-    )
-    return GANModels(generator, discriminator, noise_dim, inputs)
+    generator = Generator(image_size, channels, generator_features, num_classes, upsampling)
+    discriminator = Discriminator(discriminator_features, num_classes, discriminator_norm)
+    return GANModels(generator, discriminator, noise_dim, num_classes)

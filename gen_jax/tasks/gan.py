@@ -1,11 +1,10 @@
 """Generative adversarial networks: both players updated inside one compiled step.
 
 Losses: non-saturating (binary cross-entropy), hinge, or Wasserstein with a gradient penalty;
-optionally an R1 penalty, and for an InfoGAN the cross-entropy of the predicted code (both
-players minimise it, the mutual-information bound). Each step makes `critic_steps`
-discriminator updates, each on its own slice of the batch and with its own key, then one
-generator update. The state keeps an exponential moving average (EMA) of
-the generator, which evaluations and samples use. Evaluation scores `eval_samples` generated
+optionally an R1 penalty on the real images. Each step makes `critic_steps` discriminator
+updates, each on its own slice of the batch and with its own key, then one generator update. The
+state keeps an exponential moving average (EMA) of the generator, which evaluations and samples
+use. Evaluation scores `eval_samples` generated
 images in the feature space of a trained classifier run (`gen_jax.sample_quality`).
 """
 
@@ -76,15 +75,6 @@ def r1_penalty(critic: Callable[[jax.Array], jax.Array], real: jax.Array) -> jax
     return jnp.mean(jnp.sum(jnp.square(grads.reshape(grads.shape[0], -1)), axis=1))
 
 
-def info_loss(code_logits: jax.Array | None, codes: jax.Array | None) -> jax.Array:
-    """InfoGAN's code term: cross-entropy of the discriminator's code prediction for images
-    generated from `codes` (a lower bound on their mutual information, up to a constant); zero
-    for a GAN without a code."""
-    if code_logits is None:
-        return jnp.zeros(())
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(code_logits, codes))
-
-
 def ema_decay(decay: float, step: jax.Array) -> jax.Array:
     """The EMA's decay at `step`: (1 + step) / (10 + step) early on, so the average starts fast."""
     return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
@@ -123,7 +113,6 @@ class GANTask:
             )
         self.generator, self.discriminator = pair.generator, pair.discriminator
         self.noise_dim, self.num_classes = pair.noise_dim, pair.num_classes
-        self.conditional = self.discriminator.num_classes > 0  # on labels, not an InfoGAN code
         if config.train.batch_splits != 1:
             raise GenJaxError(
                 f"train.batch_splits={config.train.batch_splits}: a GAN step cannot split its "
@@ -135,7 +124,7 @@ class GANTask:
             task.critic_steps,
             task.gradient_penalty,
         )
-        self.r1, self.info_weight = task.r1_penalty, task.info_weight
+        self.r1 = task.r1_penalty
         self._check(config)
         self.ema_decay = task.ema_decay
         self.optimizers = {
@@ -199,17 +188,15 @@ class GANTask:
         return images, updates["batch_stats"]
 
     def _discriminate(self, params, batch_stats, images, labels):
-        """Scores (B,), InfoGAN code logits (or None) and the discriminator's updated batch
-        statistics (training mode); `labels` are used by a conditional discriminator only."""
-        outputs, updates = self.discriminator.apply(
+        """Scores (B,) and the discriminator's updated batch statistics (training mode)."""
+        scores, updates = self.discriminator.apply(
             {"params": params, "batch_stats": batch_stats},
             images,
-            labels if self.conditional else None,
+            labels,
             train=True,
             mutable=["batch_stats"],
         )
-        scores, code_logits = outputs if self.discriminator.code_classes else (outputs, None)
-        return scores, code_logits, updates.get("batch_stats", {})
+        return scores, updates.get("batch_stats", {})
 
     def _latents(self, rng: jax.Array, count: int):
         noise_rng, label_rng = jax.random.split(rng)
@@ -251,18 +238,15 @@ class GANTask:
         def one_update(player: Player, inputs):
             rng, real, real_labels = inputs
             noise_rng, penalty_rng = jax.random.split(rng)
-            noise, codes = self._latents(noise_rng, real.shape[0])
-            if self.conditional:  # fakes of the real images' classes
-                codes = real_labels
-            fake, _ = self._generate(generator, noise, codes, train=True)
+            noise, _ = self._latents(noise_rng, real.shape[0])
+            fake, _ = self._generate(generator, noise, real_labels, train=True)
 
             def loss_fn(params):
-                real_scores, _, stats = self._discriminate(
+                real_scores, stats = self._discriminate(
                     params, player.batch_stats, real, real_labels
                 )
-                fake_scores, code_logits, stats = self._discriminate(params, stats, fake, codes)
+                fake_scores, stats = self._discriminate(params, stats, fake, real_labels)
                 loss = discriminator_loss(self.loss, real_scores, fake_scores)
-                info = info_loss(code_logits, codes)
                 critic = lambda x: self._discriminate(params, stats, x, real_labels)[0]
                 penalty = jnp.zeros(())
                 if self.penalty > 0:
@@ -275,8 +259,7 @@ class GANTask:
                     "real_score": jnp.mean(real_scores),
                     "fake_score": jnp.mean(fake_scores),
                 }
-                total = loss + self.penalty * penalty + self.r1 * r1 + self.info_weight * info
-                return total, (stats, metrics)
+                return loss + self.penalty * penalty + self.r1 * r1, (stats, metrics)
 
             grads, (stats, metrics) = jax.grad(loss_fn, has_aux=True)(player.params)
             updates, opt_state = self.optimizers["discriminator"].update(
@@ -302,14 +285,10 @@ class GANTask:
         def loss_fn(params):
             variables = {"params": params, "batch_stats": player.batch_stats}
             fake, stats = self._generate(variables, noise, labels, train=True)
-            scores, code_logits, _ = self._discriminate(
-                critic.params, critic.batch_stats, fake, labels
-            )
-            info = info_loss(code_logits, labels)
-            loss = generator_loss(self.loss, scores)
-            return loss + self.info_weight * info, (stats, loss, info)
+            scores, _ = self._discriminate(critic.params, critic.batch_stats, fake, labels)
+            return generator_loss(self.loss, scores), stats
 
-        (_, (stats, loss, info)), grads = jax.value_and_grad(loss_fn, has_aux=True)(player.params)
+        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(player.params)
         updates, opt_state = self.optimizers["generator"].update(
             grads, player.opt_state, player.params
         )
@@ -318,12 +297,11 @@ class GANTask:
         ema = optax.incremental_update(
             {"params": new.params, "batch_stats": new.batch_stats}, state.ema, rate
         )
-        metrics = {"g_loss": loss, "info_loss": info, "g_grad_norm": optax.global_norm(grads)}
-        return new, ema, metrics
+        return new, ema, {"g_loss": loss, "g_grad_norm": optax.global_norm(grads)}
 
     def train_step(self, state: GANState, batch: Batch) -> tuple[GANState, Metrics]:
         critic_rng, generator_rng = jax.random.split(step_key(state.rng, state.step))
-        labels = batch["label"] if self.conditional else None
+        labels = batch["label"] if self.num_classes else None
         critic, critic_metrics = self.critic_updates(state, batch["image"], labels, critic_rng)
         state = state.replace(discriminator=critic)
         count = batch["image"].shape[0] // self.critic_steps
