@@ -2,12 +2,13 @@
 
     python benchmarks/run_summary.py runs/mnist_cnn runs/mnist_cnn_bn
     python benchmarks/run_summary.py runs/mnist_dcgan --metrics fid,inception_score,precision
+    python benchmarks/run_summary.py runs/mnist_dcgan --metrics fid --history   # every evaluation
 
 Prints one table row per workdir: the last evaluation's metrics, training wall time (first to
 last record, so start-up before the first step is excluded), the median examples/s of the
 logged windows after the first (which holds compilation; the median also ignores windows that
 held an evaluation, in runs made before evaluations were left out of the timing), and the time of
-the first step (compilation included).
+the first step (compilation included). `--history` prints every evaluation of each run instead.
 """
 
 from __future__ import annotations
@@ -40,12 +41,31 @@ def summarise(workdir: Path) -> dict:
     }
 
 
+def history(workdir: Path, shown: list[str] | None) -> None:
+    """One row per evaluation of a run: step and the shown metrics."""
+    by_step: dict[int, dict[str, float]] = {}
+    for r in read_metrics(workdir):
+        if r["split"] != "train" and (shown is None or r["name"] in shown):
+            by_step.setdefault(r["step"], {})[r["name"]] = r["value"]
+    names = shown or sorted({name for metrics in by_step.values() for name in metrics})
+    print(f"| {workdir.name} step | " + " | ".join(names) + " |")
+    print("|---" * (len(names) + 1) + "|")
+    for step, metrics in sorted(by_step.items()):
+        cells = (f"{metrics[n]:.4g}" if n in metrics else "—" for n in names)
+        print(f"| {step} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("workdirs", nargs="+", type=Path)
     parser.add_argument("--metrics", help="comma-separated eval metrics to show (default: all)")
+    parser.add_argument("--history", action="store_true", help="every evaluation, not the last")
     args = parser.parse_args()
     shown = args.metrics.split(",") if args.metrics else None
+    if args.history:
+        for workdir in args.workdirs:
+            history(workdir, shown)
+        return
     print("| run | steps | last evaluation | wall time | examples/s | first step |")
     print("|---|---|---|---|---|---|")
     for workdir in args.workdirs:
