@@ -21,7 +21,7 @@ def get_config():
     config.task.r1_penalty = 1.0
     config.data.batch_size = 64
     config.task.classifier_workdir = "runs/mnist_cnn"
-    config.train.num_steps = 40 * EPOCH
+    config.train.num_steps = 30 * EPOCH
     config.train.eval_every = 2 * EPOCH
     config.train.checkpoint_every = 2 * EPOCH
     return config
