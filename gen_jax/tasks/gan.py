@@ -4,8 +4,8 @@ Losses: non-saturating (binary cross-entropy), hinge, or Wasserstein with a grad
 optionally an R1 penalty on the real images. Each step makes `critic_steps` discriminator
 updates, each on its own slice of the batch and with its own key, then one generator update. The
 state keeps an exponential moving average (EMA) of the generator, which evaluations and samples
-use. Evaluation scores `eval_samples` generated
-images in the feature space of a trained classifier run (`gen_jax.sample_quality`).
+use. Evaluation scores `eval_samples` generated images in the feature space of a trained
+classifier run (`gen_jax.sample_quality`).
 """
 
 from __future__ import annotations
