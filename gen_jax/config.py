@@ -148,10 +148,19 @@ def load(path: Path) -> ml_collections.ConfigDict:
     saved = _tuples(json.loads(path.read_text()))
     # keys added since the run was written get the defaults of its task family
     family = {"vae": vae_config, "gan": gan_config}.get(saved["task"]["name"], base_config)
-    defaults = family()
-    for section in ("data", "train", "task"):
-        saved[section] = defaults[section].to_dict() | saved[section]
+    defaults = family().to_dict()
+    for section in ("data", "train", "task", "optimizer"):
+        saved[section] = _with_defaults(saved[section], defaults[section])
     return ml_collections.ConfigDict(saved)
+
+
+def _with_defaults(saved: dict, defaults: dict) -> dict:
+    """`saved` with the keys it lacks taken from `defaults`, in nested sections too."""
+    merged = defaults | saved
+    for key, value in saved.items():
+        if isinstance(value, dict) and isinstance(defaults.get(key), dict):
+            merged[key] = _with_defaults(value, defaults[key])
+    return merged
 
 
 def _tuples(node):
@@ -193,8 +202,9 @@ def base_config() -> ml_collections.ConfigDict:
             "b1": 0.9,  # adam, adamw
             "b2": 0.999,
             "weight_decay": 0.0,
-            "schedule": "constant",
+            "schedule": "constant",  # or "cosine", "linear": decay to zero at the last step
             "warmup_steps": 0,
+            "decay_steps": 0,  # the decay spans this many final steps (0: all after warm-up)
         }
     )
     config.train = ml_collections.ConfigDict(

@@ -7,22 +7,36 @@ import optax
 
 from gen_jax.errors import GenJaxError
 
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "linear")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
-    """Linear warm-up over `warmup_steps`, then constant or cosine decay to zero at `num_steps`."""
+    """Linear warm-up over `warmup_steps`, then the peak rate; "cosine" and "linear" decay it to
+    zero at `num_steps` over the last `decay_steps` steps (0: every step after the warm-up)."""
     if config.schedule not in SCHEDULES:
         raise GenJaxError(f"unknown optimizer.schedule '{config.schedule}'; use one of {SCHEDULES}")
-    peak, warmup = config.learning_rate, config.warmup_steps
-    if config.schedule == "constant":
-        after = optax.constant_schedule(peak)
-    else:
-        after = optax.cosine_decay_schedule(peak, max(num_steps - warmup, 1))
-    if warmup == 0:
-        return after
-    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
+    peak, warmup, decay = config.learning_rate, config.warmup_steps, config.decay_steps
+    if config.schedule == "constant" and decay:
+        raise GenJaxError(
+            "optimizer.decay_steps is set but optimizer.schedule is 'constant', which never "
+            "decays; use schedule 'linear' or 'cosine', or decay_steps 0"
+        )
+    if warmup + decay > num_steps:
+        raise GenJaxError(
+            f"optimizer.warmup_steps ({warmup}) + decay_steps ({decay}) exceed train.num_steps "
+            f"({num_steps}); shorten them or train longer"
+        )
+    decay = decay or max(num_steps - warmup, 1)
+    pieces = {0: optax.linear_schedule(0.0, peak, warmup)} if warmup else {}
+    if config.schedule == "constant" or warmup + decay < num_steps:
+        pieces[warmup] = optax.constant_schedule(peak)
+    if config.schedule == "cosine":
+        pieces[num_steps - decay] = optax.cosine_decay_schedule(peak, decay)
+    elif config.schedule == "linear":
+        pieces[num_steps - decay] = optax.linear_schedule(peak, 0.0, decay)
+    starts = sorted(pieces)  # each piece runs from its start to the next one's
+    return optax.join_schedules([pieces[start] for start in starts], starts[1:])
 
 
 def build(config: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:

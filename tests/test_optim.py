@@ -1,0 +1,48 @@
+"""Learning-rate schedules built from a config's optimizer section."""
+
+import math
+
+import ml_collections
+import pytest
+
+from gen_jax import optim
+from gen_jax.errors import GenJaxError
+
+
+def schedule(num_steps=100, **settings):
+    config = {"learning_rate": 2.0, "warmup_steps": 0, "decay_steps": 0, "schedule": "constant"}
+    return optim.learning_rate_schedule(ml_collections.ConfigDict(config | settings), num_steps)
+
+
+def rates(fn, steps):
+    return [float(fn(step)) for step in steps]
+
+
+def test_warm_up_then_constant():
+    assert rates(schedule(warmup_steps=10), (0, 5, 10, 99)) == pytest.approx([0, 1, 2, 2])
+    assert rates(schedule(), (0, 99)) == [2, 2]
+
+
+def test_linear_decay_over_the_last_steps_holds_the_peak_before():
+    fn = schedule(schedule="linear", warmup_steps=10, decay_steps=40)
+    got = rates(fn, (5, 10, 59, 60, 70, 80, 100))
+    assert got == pytest.approx([1, 2, 2, 2, 1.5, 1, 0])
+
+
+def test_cosine_without_decay_steps_spans_everything_after_warm_up():
+    fn = schedule(schedule="cosine", warmup_steps=20)
+    half = 2.0 * 0.5 * (1 + math.cos(math.pi * 0.5))
+    assert rates(fn, (10, 20, 60, 100)) == pytest.approx([1, 2, half, 0], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"decay_steps": 10}, "schedule is 'constant'"),
+        ({"schedule": "linear", "warmup_steps": 50, "decay_steps": 60}, "exceed train.num_steps"),
+        ({"schedule": "step"}, "unknown optimizer.schedule"),
+    ],
+)
+def test_bad_schedule_settings_are_refused(settings, message):
+    with pytest.raises(GenJaxError, match=message):
+        schedule(**settings)
