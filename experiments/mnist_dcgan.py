@@ -26,7 +26,7 @@ def get_config():
     config.task.classifier_workdir = "runs/mnist_cnn"
     for player in ("generator", "discriminator"):  # 30 epochs at 2e-4, then 20 down to zero
         config.optimizer[player].schedule = "linear"
-        config.optimizer[player].decay_steps = 20 * EPOCH
+        config.optimizer[player].decay_fraction = 0.4
     config.train.num_steps = 50 * EPOCH
     config.train.eval_every = 2 * EPOCH
     config.train.checkpoint_every = 2 * EPOCH

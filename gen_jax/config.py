@@ -204,7 +204,7 @@ def base_config() -> ml_collections.ConfigDict:
             "weight_decay": 0.0,
             "schedule": "constant",  # or "cosine", "linear": decay to zero at the last step
             "warmup_steps": 0,
-            "decay_steps": 0,  # the decay spans this many final steps (0: all after warm-up)
+            "decay_fraction": 1.0,  # the decay spans this last fraction of the steps after warm-up
         }
     )
     config.train = ml_collections.ConfigDict(

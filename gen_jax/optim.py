@@ -13,21 +13,16 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
     """Linear warm-up over `warmup_steps`, then the peak rate; "cosine" and "linear" decay it to
-    zero at `num_steps` over the last `decay_steps` steps (0: every step after the warm-up)."""
+    zero at `num_steps` over the last `decay_fraction` of the steps after the warm-up."""
     if config.schedule not in SCHEDULES:
         raise GenJaxError(f"unknown optimizer.schedule '{config.schedule}'; use one of {SCHEDULES}")
-    peak, warmup, decay = config.learning_rate, config.warmup_steps, config.decay_steps
-    if config.schedule == "constant" and decay:
+    if not 0 < config.decay_fraction <= 1:
         raise GenJaxError(
-            "optimizer.decay_steps is set but optimizer.schedule is 'constant', which never "
-            "decays; use schedule 'linear' or 'cosine', or decay_steps 0"
+            f"optimizer.decay_fraction is {config.decay_fraction}; use a fraction in (0, 1] of "
+            "the steps after the warm-up (1: decay over all of them)"
         )
-    if warmup + decay > num_steps:
-        raise GenJaxError(
-            f"optimizer.warmup_steps ({warmup}) + decay_steps ({decay}) exceed train.num_steps "
-            f"({num_steps}); shorten them or train longer"
-        )
-    decay = decay or max(num_steps - warmup, 1)
+    peak, warmup = config.learning_rate, config.warmup_steps
+    decay = max(round(config.decay_fraction * (num_steps - warmup)), 1)
     pieces = {0: optax.linear_schedule(0.0, peak, warmup)} if warmup else {}
     if config.schedule == "constant" or warmup + decay < num_steps:
         pieces[warmup] = optax.constant_schedule(peak)

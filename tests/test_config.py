@@ -94,7 +94,7 @@ def test_a_saved_config_older_than_a_key_gets_its_family_default(tmp_path):
     config_lib.save(config, tmp_path / "config.json")
     saved = json.loads((tmp_path / "config.json").read_text())
     del saved["task"]["r1_penalty"], saved["train"]["num_steps"]  # written before they existed
-    del saved["optimizer"]["generator"]["decay_steps"]  # ... also inside a nested section
+    del saved["optimizer"]["generator"]["decay_fraction"]  # ... also inside a nested section
     (tmp_path / "config.json").write_text(json.dumps(saved))
     assert config_lib.load(tmp_path / "config.json") == config
 

@@ -10,7 +10,12 @@ from gen_jax.errors import GenJaxError
 
 
 def schedule(num_steps=100, **settings):
-    config = {"learning_rate": 2.0, "warmup_steps": 0, "decay_steps": 0, "schedule": "constant"}
+    config = {
+        "learning_rate": 2.0,
+        "warmup_steps": 0,
+        "decay_fraction": 1.0,
+        "schedule": "constant",
+    }
     return optim.learning_rate_schedule(ml_collections.ConfigDict(config | settings), num_steps)
 
 
@@ -24,12 +29,12 @@ def test_warm_up_then_constant():
 
 
 def test_linear_decay_over_the_last_steps_holds_the_peak_before():
-    fn = schedule(schedule="linear", warmup_steps=10, decay_steps=40)
+    fn = schedule(schedule="linear", warmup_steps=10, decay_fraction=40 / 90)
     got = rates(fn, (5, 10, 59, 60, 70, 80, 100))
     assert got == pytest.approx([1, 2, 2, 2, 1.5, 1, 0])
 
 
-def test_cosine_without_decay_steps_spans_everything_after_warm_up():
+def test_cosine_decay_spans_every_step_after_warm_up_by_default():
     fn = schedule(schedule="cosine", warmup_steps=20)
     half = 2.0 * 0.5 * (1 + math.cos(math.pi * 0.5))
     assert rates(fn, (10, 20, 60, 100)) == pytest.approx([1, 2, half, 0], abs=1e-6)
@@ -38,8 +43,8 @@ def test_cosine_without_decay_steps_spans_everything_after_warm_up():
 @pytest.mark.parametrize(
     "settings, message",
     [
-        ({"decay_steps": 10}, "schedule is 'constant'"),
-        ({"schedule": "linear", "warmup_steps": 50, "decay_steps": 60}, "exceed train.num_steps"),
+        ({"schedule": "linear", "decay_fraction": 0.0}, "use a fraction in"),
+        ({"schedule": "cosine", "decay_fraction": 1.5}, "use a fraction in"),
         ({"schedule": "step"}, "unknown optimizer.schedule"),
     ],
 )
