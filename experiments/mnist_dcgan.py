@@ -39,5 +39,5 @@ EXPECTED = {  # the goal; FID <= 3x the real-vs-real floor of runs/mnist_cnn (0.
     "inception_score": (">=", 9.0),
     "min_class_fraction": (">=", 0.05),
 }
-QUICK = {"overrides": QUICK_GAN, "expected": {"fid": (24.1, 6.0), "inception_score": (3.13, 1.0)}}
+QUICK = {"overrides": QUICK_GAN, "expected": {"fid": (25.5, 6.0), "inception_score": (3.08, 1.0)}}
 REQUIRES = {"task.classifier_workdir": "mnist_cnn"}  # its features score the samples
