@@ -7,10 +7,10 @@ in the baseline CNN classifier's features.
     gen-jax train experiments/mnist_dcgan.py --workdir runs/mnist_dcgan
 
 Goal: classifier-space FID <= 3x the real-vs-real floor, IS >= 9.0, all 10 classes with none
-under 5% of samples. Not reached yet: after 30 epochs (~95 min alone on a 2-core AMD
-EPYC VM, 5.0 steps/s) FID 5.52 against a floor of 0.88, IS 8.80, every class 8.0%-10.8%
-of samples; batch norm in the discriminator without R1 (the previous recipe) was at 11.64 after
-28 epochs (RESULTS.md).
+under 5% of samples. Not reached yet: after 50 epochs (~2.7 h alone on a 2-core AMD EPYC
+VM, 5.0 steps/s) FID 4.44 against a floor of 0.88, IS 8.90, every class 8.6%-10.6% of samples;
+at a constant 2e-4 it was at 5.52 after 30 epochs, and batch norm in the discriminator without
+R1 (an earlier recipe) at 11.64 after 28 (RESULTS.md).
 """
 
 from gen_jax.config import QUICK_GAN, gan_config
