@@ -210,8 +210,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.train = ml_collections.ConfigDict(
         {
             "num_steps": 1000,
-            "log_every": 100,
-            "eval_every": 0,  # 0: evaluate only at the end
+            "log_every": 100,  # each of these three: 0 for only at the end
+            "eval_every": 0,
             "checkpoint_every": 1000,
             "keep_checkpoints": 3,
             # Speed only (benchmarks/README.md); both give the same numbers up to float rounding.

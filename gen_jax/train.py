@@ -234,9 +234,9 @@ def _loop(config, state, iterator, steps: Steps, checkpointer, writer, stop_at) 
         state, metrics = steps.train(state, [next(iterator) for _ in range(count)])
         step += count
         log.record(step, metrics)
-        log_now = step % train.log_every == 0 or step == end
-        eval_now = (train.eval_every and step % train.eval_every == 0) or step == train.num_steps
-        save_now = step % train.checkpoint_every == 0 or step == end
+        log_now = _due(step, train.log_every) or step == end
+        eval_now = _due(step, train.eval_every) or step == train.num_steps
+        save_now = _due(step, train.checkpoint_every) or step == end
         if log_now or eval_now or save_now:
             log.check_finite()  # before any save: a diverged state is never checkpointed
         if log_now:
@@ -255,10 +255,15 @@ def _loop(config, state, iterator, steps: Steps, checkpointer, writer, stop_at) 
     return results
 
 
+def _due(step: int, every: int) -> bool:
+    """Whether an event repeated every `every` steps (0: never, only at the end) falls on `step`."""
+    return every > 0 and step % every == 0
+
+
 def _next_event(step: int, train: ml_collections.ConfigDict, end: int) -> int:
     """The first step after `step` that logs, evaluates, checkpoints or ends the run."""
-    periods = [p for p in (train.log_every, train.eval_every, train.checkpoint_every) if p]
-    return min(end, *(step - step % p + p for p in periods))
+    periods = [p for p in (train.log_every, train.eval_every, train.checkpoint_every) if p > 0]
+    return min([end, *(step - step % p + p for p in periods)])
 
 
 class TrainLog:

@@ -81,6 +81,14 @@ def test_a_resumed_run_replaces_the_records_written_after_its_checkpoint(
     assert [r["step"] for r in train_losses()] == list(range(1, 11))
 
 
+def test_periods_of_zero_log_evaluate_and_save_only_at_the_end(experiment, tmp_path, mock_mnist):
+    zero = [f"--config.train.{key}=0" for key in ("log_every", "eval_every", "checkpoint_every")]
+    train.run(load(experiment(), *zero), tmp_path / "run")
+    records = read_metrics(tmp_path / "run")
+    assert {r["step"] for r in records if r["name"] in ("loss", "accuracy")} == {10}
+    assert Checkpointer(tmp_path / "run" / "checkpoints").manager.all_steps() == [10]
+
+
 def test_a_finished_run_reruns_without_training_again(experiment, tmp_path, mock_mnist):
     path = experiment()
     first = train.run(load(path), tmp_path / "run")
