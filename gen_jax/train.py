@@ -256,7 +256,8 @@ def _loop(config, state, iterator, steps: Steps, checkpointer, writer, stop_at) 
 
 
 def _due(step: int, every: int) -> bool:
-    """Whether an event repeated every `every` steps (0: never, only at the end) falls on `step`."""
+    """Whether an event repeated every `every` steps falls on `step` (never for 0: the loop adds
+    the last step)."""
     return every > 0 and step % every == 0
 
 
