@@ -248,10 +248,11 @@ class GANTask:
                 fake_scores, stats = self._discriminate(params, stats, fake, real_labels)
                 loss = discriminator_loss(self.loss, real_scores, fake_scores)
                 critic = lambda x: self._discriminate(params, stats, x, real_labels)[0]
-                penalty = jnp.zeros(())
+                penalty = r1 = jnp.zeros(())
                 if self.penalty > 0:
                     penalty = gradient_penalty(critic, real, fake, penalty_rng)
-                r1 = r1_penalty(critic, real) if self.r1 > 0 else jnp.zeros(())
+                if self.r1 > 0:
+                    r1 = r1_penalty(critic, real)
                 metrics = {
                     "d_loss": loss,
                     "gradient_penalty": penalty,
