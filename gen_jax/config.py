@@ -1,7 +1,7 @@
 """Experiment configs: load `get_config()` from a Python file, apply `--config.a.b=v` overrides.
 
-Overrides may only name keys that the experiment's config already has, and each value must parse
-as that key's type; both are checked before anything runs.
+Overrides may only name keys that the experiment's config already has, or options of its model,
+and each value must parse as that key's type; both are checked before anything runs.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from types import ModuleType
 
 import ml_collections
 
+from gen_jax import models
 from gen_jax.errors import GenJaxError
 
 OVERRIDE_PREFIX = "--config."
@@ -62,9 +63,25 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
                 f"cannot read {override!r}: overrides look like --config.train.num_steps=100"
             )
         dotted, raw = override[len(OVERRIDE_PREFIX) :].split("=", 1)
+        _add_model_option(config, dotted)
         parent, leaf = _lookup_parent(config, dotted)
         old = parent[leaf]
         parent[leaf] = _parse_like(old, raw, dotted)
+
+
+def _add_model_option(config: ml_collections.ConfigDict, dotted: str) -> None:
+    """Any option of the configured model may be overridden (`--config.model.hidden=64`), not
+    only those the experiment sets: a missing one enters the section at its default value."""
+    section, _, key = dotted.partition(".")
+    if section != "model" or not key or key in config.model:
+        return
+    name, choices = config.model.name, models.options(config.model.name)
+    if key not in choices:
+        raise GenJaxError(
+            f"unknown config key '{dotted}': model '{name}' has no option '{key}'; "
+            f"allowed: {', '.join(sorted(choices))}"
+        )
+    config.model[key] = choices[key]
 
 
 def _lookup_parent(config: ml_collections.ConfigDict, dotted: str):

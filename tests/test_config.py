@@ -5,6 +5,7 @@ import json
 import pytest
 
 from gen_jax import config as config_lib
+from gen_jax import models
 from gen_jax.errors import GenJaxError
 from tests.conftest import REPO
 
@@ -38,6 +39,18 @@ def test_overrides_set_values_of_the_existing_type(config):
         config.optimizer.learning_rate, float
     )
     assert config.model.name == "bn_cnn"
+
+
+def test_any_option_of_the_model_can_be_overridden(config):
+    config_lib.apply_overrides(
+        config, ["--config.model.name=bn_cnn", "--config.model.features=(8, 16, 16)"]
+    )
+    assert config.model.features == (8, 16, 16)
+    assert models.build(config.model).features == (8, 16, 16)
+    with pytest.raises(GenJaxError, match=r"model 'bn_cnn' has no option 'feature'.*features"):
+        config_lib.apply_overrides(config, ["--config.model.feature=(8,)"])
+    with pytest.raises(GenJaxError, match=r"'model.hidden' expects an integer"):
+        config_lib.apply_overrides(config, ["--config.model.hidden=wide"])
 
 
 def test_tuple_and_bool_overrides_parse(config):

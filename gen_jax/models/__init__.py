@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import ml_collections
@@ -22,20 +23,26 @@ REGISTRY: dict[str, Callable[..., nn.Module | GANModels]] = {
 }
 
 
-def build(model_config: ml_collections.ConfigDict) -> nn.Module | GANModels:
-    """Instantiate the module named by `model_config.name` with the section's other keys."""
-    kwargs = model_config.to_dict()
-    name = kwargs.pop("name")
+def options(name: str) -> dict[str, Any]:
+    """The options the model `name` takes (what config.model may set), with their defaults."""
     if name not in REGISTRY:
         raise GenJaxError(
             f"unknown model '{name}'; config.model.name must be one of {sorted(REGISTRY)}"
         )
-    constructor = REGISTRY[name]
-    fields = set(inspect.signature(constructor).parameters) - {"parent", "name"}
-    unknown = sorted(set(kwargs) - fields)
+    parameters = inspect.signature(REGISTRY[name]).parameters
+    return {k: p.default for k, p in parameters.items() if k not in ("parent", "name")}
+
+
+def build(model_config: ml_collections.ConfigDict) -> nn.Module | GANModels:
+    """Instantiate the module named by `model_config.name` with the section's other keys."""
+    kwargs = model_config.to_dict()
+    name = kwargs.pop("name")
+    fields = options(name)
+    unknown = sorted(set(kwargs) - set(fields))
     if unknown:
         raise GenJaxError(
             f"model '{name}' takes no option(s) {unknown}; "
             f"allowed in config.model: {sorted(fields)}"
         )
-    return constructor(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+    return REGISTRY[name](**kwargs)
