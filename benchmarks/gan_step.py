@@ -1,15 +1,19 @@
 """GAN train-step speed on this machine, and why the critic steps are a Python loop, not a scan.
 
-    python benchmarks/gan_step.py
+    python benchmarks/gan_step.py [EXPERIMENT ...] [--config.KEY=VALUE ...]
 
 Table 1: the compiled train step of each GAN experiment (its own batch, model and loss; zero
-images, no classifier), ms per step and real images per second. Table 2: five WGAN-GP critic
-updates (the DCGAN critic with layer norm, gradient penalty, Adam) run as `jax.lax.scan` over the
-five slices or as a Python loop unrolled at trace time (what `GANTask.critic_updates` does).
+images, no classifier), ms per step and real images per second; with overrides, each experiment
+is timed again with them applied, and the ratio to its own step is shown, e.g.
+`python benchmarks/gan_step.py mnist_dcgan --config.model.generator_features=(256,128,64)`.
+Table 2: five WGAN-GP critic updates (the DCGAN critic with layer norm, gradient penalty, Adam)
+run as `jax.lax.scan` over the five slices or as a Python loop unrolled at trace time (what
+`GANTask.critic_updates` does).
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -39,9 +43,11 @@ def seconds_per_call(function, *args, repeats: int = 10) -> tuple[float, float]:
     return first, (time.perf_counter() - start) / repeats
 
 
-def experiment_step(name: str) -> tuple[int, float, float]:
-    """(batch size, first-step seconds, seconds per step) of an experiment's train step."""
+def experiment_step(name: str, overrides: list[str]) -> tuple[int, float, float]:
+    """(batch size, first-step seconds, seconds per step) of an experiment's train step with
+    `overrides` (`--config.KEY=VALUE` strings) applied."""
     config = config_lib.load_experiment(REPO / f"experiments/{name}.py")
+    config_lib.apply_overrides(config, overrides)
     config.task.classifier_workdir = ""
     task = tasks.build(config)
     size = config.data.batch_size
@@ -87,13 +93,23 @@ def critic_loops(steps: int = 5, size: int = 64) -> dict[str, float]:
     }
 
 
-def main() -> None:
+def _row(label: str, size: int, first: float, per_step: float, baseline: float) -> str:
+    speed = f"{per_step * 1e3:.0f} | {size / per_step:,.0f} | {per_step / baseline:.2f}"
+    return f"| {label} | {size} | {first:.2f} | {speed} |"
+
+
+def main(args: list[str]) -> None:
+    overrides = [a for a in args if a.startswith(config_lib.OVERRIDE_PREFIX)]
+    names = [a for a in args if a not in overrides] or EXPERIMENTS
     keep_freed_memory_in_heap()  # as `gen-jax train` does
-    print("| experiment | batch | first step (s) | ms / step | real images / s |")
-    print("|---|---|---|---|---|")
-    for name in EXPERIMENTS:
-        size, first, per_step = experiment_step(name)
-        print(f"| {name} | {size} | {first:.2f} | {per_step * 1e3:.0f} | {size / per_step:,.0f} |")
+    print("| experiment | batch | first step (s) | ms / step | real images / s | ratio |")
+    print("|---|---|---|---|---|---|")
+    for name in names:
+        size, first, own = experiment_step(name, [])
+        print(_row(name, size, first, own, own))
+        if overrides:
+            size, first, per_step = experiment_step(name, overrides)
+            print(_row(f"{name} {' '.join(overrides)}", size, first, per_step, own))
     loops = critic_loops()
     unrolled = loops["unrolled Python loop"]
     print("\n| 5 WGAN-GP critic updates, batch 64 | ms | ratio to unrolled |")
@@ -103,4 +119,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
