@@ -75,7 +75,8 @@ def _add_model_option(config: ml_collections.ConfigDict, dotted: str) -> None:
     section, _, key = dotted.partition(".")
     if section != "model" or not key or key in config.model:
         return
-    name, choices = config.model.name, models.options(config.model.name)
+    name = config.model.name
+    choices = models.options(name)
     if key not in choices:
         raise GenJaxError(
             f"unknown config key '{dotted}': model '{name}' has no option '{key}'; "
