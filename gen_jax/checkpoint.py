@@ -2,7 +2,9 @@
 
 Saves are asynchronous and atomic (orbax writes to a temporary directory and renames it when
 complete), so a run killed at any moment leaves only finished checkpoints behind; unfinished
-temporary directories are removed when the next run opens the workdir.
+temporary directories are removed when the next run opens the workdir to train; opening it only
+to read (evaluate, sample, score in a classifier's features) leaves them, so it never breaks a
+save that is still being written.
 """
 
 from __future__ import annotations
@@ -18,11 +20,16 @@ from gen_jax.errors import GenJaxError
 
 
 class Checkpointer:
-    """Saves and restores `(state, data iterator)` pairs under `directory`."""
+    """Saves and restores `(state, data iterator)` pairs under `directory`.
 
-    def __init__(self, directory: Path, max_to_keep: int = 3):
+    With `max_to_keep` it is the run's writer (keeps that many, clears unfinished saves of an
+    earlier process); without, a reader that changes nothing on disk.
+    """
+
+    def __init__(self, directory: Path, max_to_keep: int | None = None):
+        writer = max_to_keep is not None
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True
+            max_to_keep=max_to_keep, create=writer, cleanup_tmp_directories=writer
         )
         handlers = {
             "state": ocp.StandardCheckpointHandler(),
@@ -53,6 +60,11 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise GenJaxError(f"no checkpoint in {self.manager.directory}")
+        if step not in self.manager.all_steps():
+            raise GenJaxError(
+                f"no checkpoint at step {step} in {self.manager.directory}; it holds steps "
+                f"{sorted(self.manager.all_steps())}"
+            )
         self._check_shapes(step, abstract_state)
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         if iterator is not None:

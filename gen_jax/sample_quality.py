@@ -17,9 +17,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from gen_jax import checkpoint, data, parallel
 from gen_jax import config as config_lib
-from gen_jax import data, parallel
-from gen_jax.checkpoint import Checkpointer
 from gen_jax.errors import GenJaxError
 from gen_jax.tasks.classifier import ClassifierTask
 
@@ -117,6 +116,12 @@ def check_classifier_run(workdir: str | Path) -> ml_collections.ConfigDict:
         raise GenJaxError(
             f"task.classifier_workdir {workdir} is a '{config.task.name}' run, not a classifier"
         )
+    step = checkpoint.latest_step(workdir / "checkpoints")
+    if step != config.train.num_steps:  # a run still training would shift the feature space
+        raise GenJaxError(
+            f"the classifier run in {workdir} has not finished (latest checkpoint: step {step} of "
+            f"{config.train.num_steps}); finish it first with the same `gen-jax train` command"
+        )
     return config
 
 
@@ -133,7 +138,7 @@ class FeatureClassifier:
         task = ClassifierTask(config)
         example = {"image": jnp.zeros((1, *image_shape)), "label": jnp.zeros((1,), jnp.int32)}
         abstract = jax.eval_shape(task.init, jax.random.PRNGKey(0), example)
-        checkpointer = Checkpointer(workdir / "checkpoints")
+        checkpointer = checkpoint.Checkpointer(workdir / "checkpoints")
         try:
             state, _ = checkpointer.restore(parallel.replicate(abstract, parallel.make_mesh()))
         finally:

@@ -327,7 +327,7 @@ def load_state(workdir: str | Path, step: int | None = None):
     parallel.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
     task = tasks.build(config)
     arrays = data.load_split(config.data, config.data.eval_split)
-    checkpointer = Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
+    checkpointer = Checkpointer(workdir / "checkpoints")  # reads only: the run may be saving
     try:
         batch = example_batch(arrays, config, mesh)
         state, _ = initial_state(task, config, mesh, batch, checkpointer, step=step, require=True)

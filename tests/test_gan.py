@@ -1,5 +1,7 @@
 """The GAN objective and the sample-quality metrics, checked against hand-computed values."""
 
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -213,6 +215,17 @@ def classifier_run(tmp_path_factory):
     with mock_mnist():
         train.run(config, root / "run")
     return root / "run"
+
+
+def test_a_classifier_run_that_has_not_finished_is_refused(classifier_run, tmp_path):
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(classifier_run, unfinished)
+    config = config_lib.load(unfinished / "config.json")
+    config.train.num_steps += 10  # as if it were still training
+    config_lib.save(config, unfinished / "config.json")
+    with pytest.raises(GenJaxError, match=r"has not finished \(latest checkpoint: step 10 of 20\)"):
+        tiny_gan(**{"task.classifier_workdir": str(unfinished)})
+    tiny_gan(**{"task.classifier_workdir": str(classifier_run)})  # the finished one is taken
 
 
 def test_a_mocked_run_with_a_classifier_reports_every_metric_and_conditional_pictures(

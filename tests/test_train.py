@@ -125,6 +125,21 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     assert jax.tree.all(jax.tree.map(np.array_equal, good.params, kept.params))
 
 
+def test_reading_a_run_leaves_a_save_in_progress_and_names_the_steps_it_has(
+    experiment, tmp_path, mock_mnist
+):
+    workdir = tmp_path / "run"
+    train.run(load(experiment(), "--config.train.checkpoint_every=5"), workdir)
+    in_progress = workdir / "checkpoints" / "15.orbax-checkpoint-tmp"
+    shutil.copytree(workdir / "checkpoints" / "10", in_progress)  # as if a save were running
+    assert load_run(workdir, step=5).step == 5  # what evaluate, sample and notebooks do
+    assert in_progress.is_dir()
+    with pytest.raises(GenJaxError, match=r"no checkpoint at step 7 .* holds steps \[5, 10\]"):
+        load_run(workdir, step=7)
+    train.run(load(experiment(), "--config.train.num_steps=15"), workdir)  # the run's writer
+    assert not in_progress.exists()  # clears what its killed predecessor left unfinished
+
+
 def test_evaluate_without_a_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(GenJaxError, match=r"is .* a gen-jax workdir"):
         load_run(tmp_path).evaluate()
