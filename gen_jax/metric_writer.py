@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,7 @@ def progress_bar(total: int, initial: int, enabled: bool) -> tqdm.tqdm:
 def _keep_records_up_to(path: Path, step: int) -> None:
     """Rewrite `metrics.jsonl` without records after `step`, atomically (a crash keeps the old)."""
     with open(path) as f:
-        kept = [line for line in f if json.loads(line)["step"] <= step]
+        kept = [line for line in _whole_lines(f) if json.loads(line)["step"] <= step]
     partial = path.with_suffix(".jsonl.partial")
     partial.write_text("".join(kept))
     os.replace(partial, path)
@@ -84,4 +85,9 @@ def _keep_records_up_to(path: Path, step: int) -> None:
 def read_metrics(workdir: Path) -> list[dict]:
     """All records of a run's `metrics.jsonl`."""
     with open(Path(workdir) / "metrics.jsonl") as f:
-        return [json.loads(line) for line in f]
+        return [json.loads(line) for line in _whole_lines(f)]
+
+
+def _whole_lines(lines: Iterable[str]) -> list[str]:
+    """The lines, less a last one that a kill cut off while it was being written."""
+    return [line for line in lines if line.endswith("\n")]

@@ -67,6 +67,8 @@ def test_a_resumed_run_replaces_the_records_written_after_its_checkpoint(
     config = load(experiment(), "--config.train.checkpoint_every=5")
     train.run(config, workdir)
     shutil.rmtree(workdir / "checkpoints" / "10")  # as if killed after logging steps 6-10
+    with open(workdir / "metrics.jsonl", "a") as f:
+        f.write('{"step": 10, "split": "te')  # ... in the middle of writing a record
     train_losses = lambda: [
         r for r in read_metrics(workdir) if r["name"] == "loss" and r["split"] == "train"
     ]
