@@ -27,6 +27,7 @@ import datetime
 import os
 import platform
 import shutil
+import traceback
 from pathlib import Path
 from types import ModuleType
 
@@ -150,8 +151,12 @@ def reproduce(
         workdirs[name] = None
         try:
             workdirs[name] = train_and_check(name)
-        except GenJaxError as error:
-            rows.append(Row(name, "—", None, (0, 0), None, error=str(error).splitlines()[0]))
+        except Exception as error:  # any failure: an error row, and the others still run
+            message = str(error).splitlines()[0] if str(error) else ""
+            if not isinstance(error, GenJaxError):  # unforeseen: the row names it, stderr has all
+                traceback.print_exc()
+                message = f"{type(error).__name__}: {message}"
+            rows.append(Row(name, "—", None, (0, 0), None, error=message))
         return workdirs[name]
 
     def train_and_check(name: str) -> Path:

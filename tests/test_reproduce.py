@@ -72,14 +72,19 @@ def test_experiments_that_cannot_run_get_error_rows_and_the_rest_still_runs(tmp_
         needy.read_text() + "\nQUICK = {'overrides': [], 'expected': {'loss': (0, 9)}}"
         "\nREQUIRES = {'task.name': 'missing'}\n"
     )
+    (tmp_path / "broken.py").write_text(
+        "QUICK = {'overrides': [], 'expected': {'loss': (0, 9)}}\n"
+        "def get_config():\n    return 1 / 0\n"
+    )
     out = tmp_path / "table.md"
     folders = ["--runs", str(tmp_path / "runs"), "--experiments", str(tmp_path)]
-    names = ["nothing", "plain", "needy", "tiny"]
+    names = ["nothing", "plain", "needy", "broken", "tiny"]
     assert cli.main(["reproduce", *names, "--quick", *folders, "--out", str(out)]) == 1
     text = out.read_text()
     assert "| nothing | — | — | — | **ERROR**: no experiment 'nothing'" in text
     assert "| plain | — | — | — | **ERROR**:" in text and "declares no QUICK run" in text
     assert "| needy | — | — | — | **ERROR**: needs the run of missing, which failed" in text
+    assert "| broken | — | — | — | **ERROR**: ZeroDivisionError: division by zero" in text
     assert "| tiny | accuracy |" in text and "| pass |" in text
 
 
