@@ -1,9 +1,10 @@
-"""The DCGAN of experiments/mnist_dcgan.py trained with the hinge loss.
+"""DCGAN with the hinge loss: the generator and discriminator of experiments/mnist_dcgan.py as
+first set up (batch norm in the discriminator, no R1 penalty, a constant 2e-4: `gan_config()`).
 
     gen-jax train experiments/mnist_hinge_gan.py --workdir runs/mnist_hinge_gan
 
 (needs the classifier run runs/mnist_cnn, see mnist_dcgan.py). 5 epochs; measured on a 2-core AMD
-EPYC VM (18.5 min, sharing the cores): classifier-space FID 32.58 (real floor 0.88), IS 7.26,
+EPYC VM (18.0 min, sharing the cores): classifier-space FID 32.58 (real floor 0.88), IS 7.26,
 precision 0.41, recall 0.65, all 10 classes, the rarest 3.3% — level with the non-saturating
 DCGAN after the same 5 epochs (32.21, 7.36; RESULTS.md).
 """

@@ -4,7 +4,7 @@
 
 Reproduces: test NLL 83.25 nats (importance sampling, k=1000, fixed test binarisation; goal
 <= 84) and test negative ELBO 87.24 nats; published references: 1-layer VAE 86.76, IWAE 84.78
-(Burda et al.). ~33 min of training on a 2-core CPU, plus ~22 min for the k=1000 evaluation
+(Burda et al.). ~31 min of training on a 2-core CPU, plus ~22 min for the k=1000 evaluation
 (RESULTS.md).
 """
 
