@@ -56,13 +56,18 @@ def experiment_config(module: ModuleType, path: str | Path) -> ml_collections.Co
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> None:
-    """Apply `--config.a.b=value` strings in place, rejecting unknown keys and mistyped values."""
+    """Apply `--config.a.b=value` strings in place, rejecting unknown keys and mistyped values.
+
+    A new `model.name` applies first, wherever it stands: it decides which model options exist.
+    """
+    pairs = []
     for override in overrides:
         if not override.startswith(OVERRIDE_PREFIX) or "=" not in override:
             raise GenJaxError(
                 f"cannot read {override!r}: overrides look like --config.train.num_steps=100"
             )
-        dotted, raw = override[len(OVERRIDE_PREFIX) :].split("=", 1)
+        pairs.append(override[len(OVERRIDE_PREFIX) :].split("=", 1))
+    for dotted, raw in sorted(pairs, key=lambda pair: pair[0] != "model.name"):  # stable
         _add_model_option(config, dotted)
         parent, leaf = _lookup_parent(config, dotted)
         old = parent[leaf]

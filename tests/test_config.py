@@ -43,8 +43,8 @@ def test_overrides_set_values_of_the_existing_type(config):
 
 def test_any_option_of_the_model_can_be_overridden(config):
     config_lib.apply_overrides(
-        config, ["--config.model.name=bn_cnn", "--config.model.features=(8, 16, 16)"]
-    )
+        config, ["--config.model.features=(8, 16, 16)", "--config.model.name=bn_cnn"]
+    )  # the model's name applies first: its options are those allowed
     assert config.model.features == (8, 16, 16)
     assert models.build(config.model).features == (8, 16, 16)
     with pytest.raises(GenJaxError, match=r"model 'bn_cnn' has no option 'feature'.*features"):
