@@ -21,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
         "--stop_at",
         type=int,
         default=None,
-        help="checkpoint and exit after this step; run again to continue (time-sliced jobs)",
+        help="checkpoint and exit once this step is trained; run again to continue",
     )
     evaluate = sub.add_parser("evaluate", help="print a run's eval metrics as JSON")
     evaluate.add_argument("workdir")

@@ -88,6 +88,14 @@ def read_metrics(workdir: Path) -> list[dict]:
         return [json.loads(line) for line in _whole_lines(f)]
 
 
+def logged_metrics(workdir: Path, step: int, split: str) -> dict[str, float]:
+    """The metrics of `split` a run recorded at `step` ({} if none)."""
+    if not (Path(workdir) / "metrics.jsonl").exists():
+        return {}
+    records = read_metrics(workdir)
+    return {r["name"]: r["value"] for r in records if r["step"] == step and r["split"] == split}
+
+
 def _whole_lines(lines: Iterable[str]) -> list[str]:
     """The lines, less a last one that a kill cut off while it was being written."""
     return [line for line in lines if line.endswith("\n")]

@@ -37,7 +37,7 @@ import gen_jax
 from gen_jax import checkpoint, images, latent, train
 from gen_jax import config as config_lib
 from gen_jax.errors import GenJaxError
-from gen_jax.metric_writer import read_metrics
+from gen_jax.metric_writer import logged_metrics, read_metrics
 
 BEGIN, END = "<!-- gen-jax reproduce: begin -->", "<!-- gen-jax reproduce: end -->"
 GOALS = {"<=": lambda value, bound: value <= bound, ">=": lambda value, bound: value >= bound}
@@ -90,16 +90,9 @@ def declared(module: ModuleType, path: Path, quick: bool) -> tuple[list[str], di
 
 def finished_evaluation(workdir: Path, config) -> dict[str, float] | None:
     """The logged evaluation at the last step of a run that finished in `workdir`, else None."""
-    if not (workdir / "metrics.jsonl").is_file():
-        return None
     if checkpoint.latest_step(workdir / "checkpoints") != config.train.num_steps:
         return None
-    logged = {
-        r["name"]: r["value"]
-        for r in read_metrics(workdir)
-        if r["split"] == config.data.eval_split and r["step"] == config.train.num_steps
-    }
-    return logged or None
+    return logged_metrics(workdir, config.train.num_steps, config.data.eval_split) or None
 
 
 def training_minutes(workdir: Path) -> float:

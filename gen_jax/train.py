@@ -19,7 +19,7 @@ from gen_jax import config as config_lib
 from gen_jax import data, parallel, tasks
 from gen_jax.checkpoint import Checkpointer
 from gen_jax.errors import GenJaxError, NonFiniteLossError
-from gen_jax.metric_writer import MetricWriter, progress_bar
+from gen_jax.metric_writer import MetricWriter, logged_metrics, progress_bar
 from gen_jax.tasks.base import Task
 
 # ----------------------------------------------------------------------------- compiled steps
@@ -220,23 +220,30 @@ def _loop(config, state, iterator, steps: Steps, checkpointer, writer, stop_at) 
     """Step from the state's step to `num_steps` (or `stop_at`): log, evaluate, checkpoint.
 
     Steps go `train.steps_per_call` to a compiled call, except just before a logging, evaluation
-    or checkpoint step, which single steps reach exactly.
+    or checkpoint step, which single steps reach exactly. `stop_at` ends after the call that
+    reaches it, so a stopped and resumed run makes the same calls as one that never stopped.
     """
     train, eval_split = config.train, config.data.eval_split
     start = int(state.step)
     end = min(train.num_steps, stop_at or train.num_steps)
+    if start >= end:  # nothing to train: report the evaluation logged here, made if it is due
+        results = logged_metrics(writer.workdir, start, eval_split)  # every process reads it
+        if not results and start == train.num_steps:
+            results = steps.evaluate(state, final=True)
+            writer.write(start, eval_split, results)
+        return results
     log = TrainLog(writer, config.data.batch_size, start, train.num_steps)
     results = {}
     step = start
     while step < end:
-        room = _next_event(step, train, end) - step
+        room = _next_event(step, train) - step
         count = train.steps_per_call if room >= train.steps_per_call else 1
         state, metrics = steps.train(state, [next(iterator) for _ in range(count)])
         step += count
         log.record(step, metrics)
-        log_now = _due(step, train.log_every) or step == end
+        log_now = _due(step, train.log_every) or step >= end
         eval_now = _due(step, train.eval_every) or step == train.num_steps
-        save_now = _due(step, train.checkpoint_every) or step == end
+        save_now = _due(step, train.checkpoint_every) or step >= end
         if log_now or eval_now or save_now:
             log.check_finite()  # before any save: a diverged state is never checkpointed
         if log_now:
@@ -249,9 +256,6 @@ def _loop(config, state, iterator, steps: Steps, checkpointer, writer, stop_at) 
             if save_now:
                 checkpointer.save(step, state, iterator)
     log.close()
-    if start >= end:  # nothing left to train: report the checkpoint as it is
-        results = steps.evaluate(state, final=True)
-        writer.write(start, eval_split, results)
     return results
 
 
@@ -261,10 +265,10 @@ def _due(step: int, every: int) -> bool:
     return every > 0 and step % every == 0
 
 
-def _next_event(step: int, train: ml_collections.ConfigDict, end: int) -> int:
+def _next_event(step: int, train: ml_collections.ConfigDict) -> int:
     """The first step after `step` that logs, evaluates, checkpoints or ends the run."""
     periods = [p for p in (train.log_every, train.eval_every, train.checkpoint_every) if p > 0]
-    return min([end, *(step - step % p + p for p in periods)])
+    return min([train.num_steps, *(step - step % p + p for p in periods)])
 
 
 class TrainLog:

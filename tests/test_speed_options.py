@@ -7,6 +7,7 @@ import pytest
 
 from gen_jax import config as config_lib
 from gen_jax import tasks, train
+from gen_jax.checkpoint import Checkpointer
 from gen_jax.errors import GenJaxError
 from gen_jax.metric_writer import read_metrics
 from gen_jax.run import load_run
@@ -84,6 +85,21 @@ def test_several_steps_per_call_train_the_same_run(experiment, tmp_path, mock_mn
     np.testing.assert_allclose(runs[4][1], runs[1][1], rtol=1e-6)
     for a, b in zip(jax.tree.leaves(runs[1][0]), jax.tree.leaves(runs[4][0]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_a_stop_ends_after_the_call_that_reaches_it_so_the_resumed_run_is_the_same(
+    experiment, tmp_path, mock_mnist
+):
+    """Calls: steps 1-4, 5-8, 9, 10 (events only at the end), with or without the stop at 6."""
+    settings = {f"train.{key}": 0 for key in ("log_every", "eval_every", "checkpoint_every")}
+    path = experiment(**settings, **{"train.steps_per_call": 4})
+    train.run(load(path), tmp_path / "straight")
+    train.run(load(path), tmp_path / "stopped", stop_at=6)
+    assert Checkpointer(tmp_path / "stopped" / "checkpoints").latest_step() == 8
+    train.run(load(path), tmp_path / "stopped")
+    straight, resumed = (load_run(tmp_path / name).state for name in ("straight", "stopped"))
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("calls", [1, 4])

@@ -91,10 +91,15 @@ def test_periods_of_zero_log_evaluate_and_save_only_at_the_end(experiment, tmp_p
     assert Checkpointer(tmp_path / "run" / "checkpoints").manager.all_steps() == [10]
 
 
-def test_a_finished_run_reruns_without_training_again(experiment, tmp_path, mock_mnist):
+def test_a_finished_run_reruns_without_training_or_evaluating_again(
+    experiment, tmp_path, mock_mnist
+):
     path = experiment()
     first = train.run(load(path), tmp_path / "run")
+    logged = read_metrics(tmp_path / "run")
     assert train.run(load(path), tmp_path / "run") == first
+    assert read_metrics(tmp_path / "run") == logged  # its logged evaluation, not a new one
+    assert train.run(load(path), tmp_path / "run", stop_at=5) == first  # nothing to do
 
 
 def test_checkpoint_that_does_not_fit_the_config_is_refused(experiment, tmp_path, mock_mnist):
