@@ -148,6 +148,15 @@ def test_bad_gan_settings_are_clear_errors(settings, message):
         tiny_gan(**settings)
 
 
+def test_a_generator_that_does_not_make_the_datas_images_is_a_clear_error():
+    task = tiny_gan(**{"model.image_size": 32, "model.channels": 3})  # for CIFAR, on MNIST
+    batch = {"image": jnp.zeros((8, 28, 28, 1)), "label": jnp.zeros((8,), jnp.int32)}
+    with pytest.raises(
+        GenJaxError, match=r"makes \(32, 32, 3\) images but the data are \(28, 28, 1\)"
+    ):
+        task.init(jax.random.PRNGKey(0), batch)
+
+
 # ----------------------------------------------------------------------------- metrics
 @pytest.fixture(scope="module")
 def features():

@@ -212,6 +212,12 @@ class GANTask:
         g_rng, d_rng, run_rng = jax.random.split(rng, 3)
         noise, labels = self._latents(g_rng, batch["image"].shape[0])
         g_vars = self.generator.init(g_rng, noise, labels)
+        made = jax.eval_shape(self.generator.apply, g_vars, noise, labels).shape[1:]
+        if made != batch["image"].shape[1:]:
+            raise GenJaxError(
+                f"the generator makes {made} images but the data are {batch['image'].shape[1:]}; "
+                "set model.image_size and model.channels to the data's"
+            )
         d_vars = self.discriminator.init(d_rng, batch["image"], labels)
         players = {}
         for name, variables in (("generator", g_vars), ("discriminator", d_vars)):
