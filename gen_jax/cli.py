@@ -73,14 +73,13 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.command == "train":  # validate the whole config before touching JAX or data
         config = config_lib.load_experiment(args.experiment)
         config_lib.apply_overrides(config, overrides)
+    distributed = _distributed_flags(args)
 
     from gen_jax import host, parallel, train
 
     host.keep_freed_memory_in_heap()
-    if getattr(args, "coordinator_address", None):
-        parallel.initialize_distributed(
-            args.coordinator_address, args.num_processes, args.process_id
-        )
+    if distributed:
+        parallel.initialize_distributed(*distributed)
     if args.command == "reproduce":
         from gen_jax import reproduce
 
@@ -116,3 +115,19 @@ def _sample(args: argparse.Namespace) -> dict:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _distributed_flags(args: argparse.Namespace) -> tuple[str, int, int] | None:
+    """(coordinator address, process count, process index) of a multi-process run, else None."""
+    names = ("coordinator_address", "num_processes", "process_id")
+    flags = tuple(getattr(args, name, None) for name in names)  # absent from other commands
+    if all(flag is None for flag in flags):
+        return None
+    address, count, index = flags
+    if address is None or count is None or index is None or not 0 <= index < count:
+        raise GenJaxError(
+            "a multi-process run needs --coordinator_address, --num_processes N and --process_id "
+            "from 0 to N - 1, all three (e.g. --coordinator_address 127.0.0.1:12345 "
+            "--num_processes 2 --process_id 0)"
+        )
+    return flags

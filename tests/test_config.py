@@ -127,3 +127,21 @@ def test_cli_rejects_bad_override_before_running(tmp_path, capsys):
     assert code == 2
     assert "unknown config key 'train.steps'" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--coordinator_address", "127.0.0.1:12345"],
+        ["--num_processes", "2", "--process_id", "0"],
+        ["--coordinator_address", "127.0.0.1:12345", "--num_processes", "2", "--process_id", "2"],
+    ],
+)
+def test_cli_refuses_incomplete_multi_process_flags_before_running(flags, tmp_path, capsys):
+    from gen_jax import cli
+
+    experiment = str(REPO / "experiments/mnist_cnn.py")
+    code = cli.main(["train", experiment, "--workdir", str(tmp_path / "w"), *flags])
+    assert code == 2
+    assert "needs --coordinator_address, --num_processes N and" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
