@@ -18,6 +18,7 @@ input range, `decode` and `sample` return images in [0, 1]:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,10 +51,11 @@ class Run:
             )
 
     def _apply(self, name: str, function: Callable, *arrays: np.ndarray):
-        """`function`, compiled once per run (kept under `name`), over `arrays` in batches."""
+        """`function(state, *batches)`, compiled once per run (kept under `name`), over `arrays`
+        in batches; the state is an argument, not constants baked into the compiled code."""
         if name not in self._compiled:
             self._compiled[name] = jax.jit(function)
-        return data.map_batches(self._compiled[name], *arrays)
+        return data.map_batches(functools.partial(self._compiled[name], self.state), *arrays)
 
     def to_unit(self, images: np.ndarray) -> np.ndarray:
         """Images in the model's input range mapped to [0, 1], for pictures."""
@@ -79,7 +81,7 @@ class Run:
     def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """VAE posterior means and log-variances (N, latent_dim) of images in the input range."""
         self._require("vae", what="encode")
-        return self._apply("encode", lambda x: self.task.encode(self.state.params, x), images)
+        return self._apply("encode", lambda state, x: self.task.encode(state.params, x), images)
 
     def decode(self, latents: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
         """Images (N, H, W, C) in [0, 1]: a VAE's pixel probabilities, a GAN's (EMA) generator
@@ -87,15 +89,15 @@ class Run:
         self._require("vae", "gan", what="decode")
         latents = np.asarray(latents, np.float32)
         if self.kind == "vae":
-            decode = lambda z: jax.nn.sigmoid(self.task.decode(self.state.params, z))
+            decode = lambda state, z: jax.nn.sigmoid(self.task.decode(state.params, z))
             return self._apply("decode", decode, latents)
         if not self.task.num_classes:
-            generate = lambda z: self.task.sample(self.state, z)
+            generate = lambda state, z: self.task.sample(state, z)
             return self.to_unit(self._apply("generate", generate, latents))
         if labels is None:
             raise GenJaxError("a class-conditional GAN decodes latents with labels: pass labels=")
         labels = np.broadcast_to(np.asarray(labels, np.int32), (len(latents),))
-        generate = lambda z, y: self.task.sample(self.state, z, y)
+        generate = lambda state, z, y: self.task.sample(state, z, y)
         return self.to_unit(self._apply("generate", generate, latents, labels))
 
     def sample(self, num: int, seed: int = 0, labels: np.ndarray | None = None) -> np.ndarray:
@@ -109,14 +111,14 @@ class Run:
     def classify(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities (N, classes) of images in the input range."""
         self._require("classifier", what="classify")
-        probabilities = lambda x: jax.nn.softmax(self.task.logits(self.state, x))
+        probabilities = lambda state, x: jax.nn.softmax(self.task.logits(state, x))
         return self._apply("classify", probabilities, images)
 
     def features(self, images: np.ndarray) -> np.ndarray:
         """The classifier's penultimate activations (N, D): the feature space of FID."""
         self._require("classifier", what="features")
-        variables = {"params": self.state.params, "batch_stats": self.state.batch_stats}
-        features = lambda x: self.task.features_and_logits(variables, x)[0]
+        variables = lambda state: {"params": state.params, "batch_stats": state.batch_stats}
+        features = lambda state, x: self.task.features_and_logits(variables(state), x)[0]
         return self._apply("features", features, images)
 
     # ------------------------------------------------------------------ metrics
