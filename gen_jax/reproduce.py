@@ -13,7 +13,8 @@ Each experiment file declares what it reproduces next to its `get_config()`:
 A metric passes when |value - expected| <= tolerance, or when it meets its goal. Runs go to
 RUNS/NAME (RUNS/quick/NAME with `--quick`); a run that already finished there is not trained
 again: its logged final evaluation is reported (delete the folder to start afresh). Training time
-runs from a run's first metrics record to its last training record. The table goes between two
+runs from a run's first metrics record to its last training record, summed over the processes
+that trained it when it was stopped and resumed. The table goes between two
 marker lines of the output file (RESULTS.md; RUNS/quick/RESULTS.md with `--quick`), keeping the
 text around it. An experiment that fails to run gets an error row, and the others still run.
 With `--figures DIR`, each run's latest pictures are copied to DIR/NAME_KIND.png, and a 2-d VAE's
@@ -96,11 +97,16 @@ def finished_evaluation(workdir: Path, config) -> dict[str, float] | None:
 
 
 def training_minutes(workdir: Path) -> float:
-    """Minutes from a run's first metrics record to its last training record (re-evaluating a
-    finished run later does not count)."""
-    records = read_metrics(workdir)
-    last = [r["time"] for r in records if r["split"] == "train"][-1]
-    return (last - records[0]["time"]) / 60
+    """Minutes of training: each process that trained the run (its records begin with the first
+    step's time) counts from its first record to its last training record, so neither the pause
+    between a stop and a resume nor re-evaluating a finished run later counts."""
+    spans: list[list[float]] = []  # [first record, last training record] per process
+    for record in read_metrics(workdir):
+        if not spans or record["name"] == "first_step_seconds":
+            spans.append([record["time"], record["time"]])
+        if record["split"] == "train":
+            spans[-1][1] = record["time"]
+    return sum(last - first for first, last in spans) / 60
 
 
 def save_figures(name: str, workdir: Path, figures: Path) -> None:

@@ -57,6 +57,23 @@ def test_the_table_reports_the_run_it_made_and_fails_when_the_tolerance_is_misse
     assert logged == records  # the finished run reported what it logged: no training, no eval
 
 
+def test_training_time_leaves_out_the_pause_between_a_stop_and_the_resume(tmp_path):
+    def record(minute, name="loss", split="train"):
+        return {"step": 0, "split": split, "name": name, "value": 0.0, "time": 60.0 * minute}
+
+    records = [
+        record(0, "first_step_seconds"),
+        record(10),
+        record(12, "accuracy", "test"),  # evaluations between training records count
+        record(15),
+        record(100, "first_step_seconds"),  # resumed 85 minutes later
+        record(120),
+        record(130, "accuracy", "test"),  # the final evaluation does not
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert reproduce.training_minutes(tmp_path) == pytest.approx(15 + 20)
+
+
 def test_goals_are_one_sided_bounds():
     row = lambda value, check: reproduce.Row("x", "nll", value, check, 1.0)
     assert row(83.0, ("<=", 84.0)).passed and not row(85.0, ("<=", 84.0)).passed
