@@ -45,6 +45,13 @@ def step_key(rng: jax.Array, step: jax.Array) -> jax.Array:
     return jax.random.fold_in(rng, step)
 
 
+def example_keys(seed: int, index: jax.Array) -> jax.Array:
+    """One key per eval example, fold_in(key(seed), i): the same whatever the batch size or
+    device count."""
+    base = jax.random.PRNGKey(seed)
+    return jax.vmap(lambda i: jax.random.fold_in(base, i))(index)
+
+
 def mean_of_sums(outputs: list[Metrics]) -> dict[str, float]:
     """Add up per-batch sums and divide by the total `count` of examples: per-example means."""
     sums = {k: float(np.sum([o[k] for o in outputs])) for k in outputs[0]}

@@ -25,7 +25,7 @@ import optax
 from gen_jax import data, models, optim, sample_quality
 from gen_jax.errors import GenJaxError
 from gen_jax.models.dcgan import GANModels
-from gen_jax.tasks.base import Batch, Metrics, step_key
+from gen_jax.tasks.base import Batch, Metrics, example_keys, step_key
 
 LOSSES = ("non_saturating", "hinge", "wasserstein")
 SKIPPED_METRICS = (
@@ -325,8 +325,7 @@ class GANTask:
 
     def eval_latents(self, index: jax.Array):
         """Noise (and balanced labels) for eval examples `index`: fixed by `eval_seed`."""
-        base = jax.random.PRNGKey(self.eval_seed)
-        keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(index)
+        keys = example_keys(self.eval_seed, index)
         noise = jax.vmap(lambda k: jax.random.normal(k, (self.noise_dim,)))(keys)
         return noise, (index % self.num_classes if self.num_classes else None)
 

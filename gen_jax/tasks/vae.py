@@ -15,7 +15,14 @@ import optax
 
 from gen_jax import models, optim
 from gen_jax.errors import GenJaxError
-from gen_jax.tasks.base import Batch, Metrics, mean_of_sums, split_value_and_grad, step_key
+from gen_jax.tasks.base import (
+    Batch,
+    Metrics,
+    example_keys,
+    mean_of_sums,
+    split_value_and_grad,
+    step_key,
+)
 
 OBJECTIVES = ("elbo", "iwae")
 
@@ -206,8 +213,7 @@ class VAETask:
         `final`, else `eval_samples`) on a fixed binarisation: example i always draws from
         fold_in(key(eval_seed), i), whatever the batch size or device count."""
         k = self.final_eval_samples if final else self.eval_samples
-        base = jax.random.PRNGKey(self.eval_seed)
-        keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(batch["index"])
+        keys = example_keys(self.eval_seed, batch["index"])
 
         def one_example(key, image):
             binarize_rng, elbo_rng, iw_rng = jax.random.split(key, 3)
