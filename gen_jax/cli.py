@@ -113,10 +113,6 @@ def _sample(args: argparse.Namespace) -> dict:
     return {"out": str(path), "num": args.num, "seed": args.seed, "step": run.step}
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _distributed_flags(args: argparse.Namespace) -> tuple[str, int, int] | None:
     """(coordinator address, process count, process index) of a multi-process run, else None."""
     names = ("coordinator_address", "num_processes", "process_id")
@@ -131,3 +127,7 @@ def _distributed_flags(args: argparse.Namespace) -> tuple[str, int, int] | None:
             "--num_processes 2 --process_id 0)"
         )
     return flags
+
+
+if __name__ == "__main__":
+    sys.exit(main())

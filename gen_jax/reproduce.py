@@ -155,7 +155,7 @@ def reproduce(
             if not isinstance(error, GenJaxError):  # unforeseen: the row names it, stderr has all
                 traceback.print_exc()
                 message = f"{type(error).__name__}: {message}"
-            rows.append(Row(name, "—", None, (0, 0), None, error=message))
+            rows.append(Row(name, "—", None, (0, 0), None, error=message.replace("|", "\\|")))
         return workdirs[name]
 
     def train_and_check(name: str) -> Path:

@@ -116,12 +116,6 @@ def check_classifier_run(workdir: str | Path) -> ml_collections.ConfigDict:
         raise GenJaxError(
             f"task.classifier_workdir {workdir} is a '{config.task.name}' run, not a classifier"
         )
-    step = checkpoint.latest_step(workdir / "checkpoints")
-    if step != config.train.num_steps:  # a run still training would shift the feature space
-        raise GenJaxError(
-            f"the classifier run in {workdir} has not finished (latest checkpoint: step {step} of "
-            f"{config.train.num_steps}); finish it first with the same `gen-jax train` command"
-        )
     return config
 
 
@@ -135,6 +129,12 @@ class FeatureClassifier:
     def __init__(self, workdir: str | Path, image_shape: tuple[int, ...], input_preprocess):
         workdir = Path(workdir)
         config = check_classifier_run(workdir)
+        step = checkpoint.latest_step(workdir / "checkpoints")
+        if step != config.train.num_steps:  # a run still training would shift the feature space
+            raise GenJaxError(
+                f"the classifier run in {workdir} has not finished (latest checkpoint: step {step} "
+                f"of {config.train.num_steps}); finish it with the same `gen-jax train` command"
+            )
         task = ClassifierTask(config)
         example = {"image": jnp.zeros((1, *image_shape)), "label": jnp.zeros((1,), jnp.int32)}
         abstract = jax.eval_shape(task.init, jax.random.PRNGKey(0), example)

@@ -173,8 +173,9 @@ def run(
 ) -> dict[str, float]:
     """Train (or resume) the experiment `config` in `workdir`; return the last eval metrics.
 
-    `stop_at` ends this invocation after that step with a checkpoint (for time-sliced jobs);
-    running again continues exactly as if it had never stopped.
+    `stop_at` ends this invocation with a checkpoint once that step is trained (after the
+    compiled call that reaches it; for time-sliced jobs); running again continues exactly as if
+    it had never stopped.
     """
     workdir = Path(workdir)
     config = config_lib.with_absolute_paths(config)

@@ -226,15 +226,17 @@ def classifier_run(tmp_path_factory):
     return root / "run"
 
 
-def test_a_classifier_run_that_has_not_finished_is_refused(classifier_run, tmp_path):
+def test_a_classifier_run_that_has_not_finished_gives_no_features(classifier_run, tmp_path):
     unfinished = tmp_path / "unfinished"
     shutil.copytree(classifier_run, unfinished)
     config = config_lib.load(unfinished / "config.json")
     config.train.num_steps += 10  # as if it were still training
     config_lib.save(config, unfinished / "config.json")
+    tiny_gan(**{"task.classifier_workdir": str(unfinished)})  # loading a GAN run still works
+    image, preprocess = (28, 28, 1), ("scale_to_symmetric",)
     with pytest.raises(GenJaxError, match=r"has not finished \(latest checkpoint: step 10 of 20\)"):
-        tiny_gan(**{"task.classifier_workdir": str(unfinished)})
-    tiny_gan(**{"task.classifier_workdir": str(classifier_run)})  # the finished one is taken
+        sample_quality.FeatureClassifier(unfinished, image, preprocess)
+    assert sample_quality.FeatureClassifier(classifier_run, image, preprocess).step == 10
 
 
 def test_a_mocked_run_with_a_classifier_reports_every_metric_and_conditional_pictures(

@@ -2,6 +2,8 @@
 
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -39,6 +41,9 @@ def test_a_vae_run_encodes_decodes_and_samples_images_in_the_unit_range(runs, mo
     assert decoded.shape == (7, 28, 28, 1) and decoded.min() >= 0 and decoded.max() <= 1
     np.testing.assert_array_equal(run.sample(5, seed=3), run.decode(run.prior(5, seed=3)))
     assert not np.array_equal(run.sample(5, seed=3), run.sample(5, seed=4))
+    trained = run.state  # the compiled functions take the state, not a copy made at first use
+    run.state = run.state.replace(params=jax.tree.map(jnp.zeros_like, trained.params))
+    assert not np.array_equal(run.decode(mean), decoded)
 
 
 def test_batched_functions_do_not_depend_on_the_batch_size(runs, mock_mnist):
