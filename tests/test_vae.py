@@ -142,3 +142,13 @@ def test_a_short_mocked_run_reports_elbo_terms_and_nll(tmp_path, mock_mnist):
     prior = np.asarray(Image.open(tmp_path / "run/samples/prior_samples_0000004.png"))
     assert recon.shape == (8 * 30 + 2, 8 * 30 + 2)  # 4 input rows, each above its reconstructions
     assert prior.shape == (8 * 30 + 2, 8 * 30 + 2)
+
+
+def test_pictures_show_as_many_rows_of_eight_inputs_as_the_images_fill(setup):
+    task, state, _ = setup
+    images = jnp.asarray(np.random.default_rng(1).random((20, 28, 28, 1)), jnp.float32)
+    layouts = task.pictures(state, images)
+    assert layouts["reconstructions"].shape == (4, 8, 28, 28, 1)  # 2 rows, each over its decoding
+    np.testing.assert_array_equal(layouts["reconstructions"][2], images[8:16])
+    assert layouts["prior_samples"].shape == (8, 8, 28, 28, 1)
+    assert set(task.pictures(state, images[:5])) == {"prior_samples"}  # no row of 8 to show

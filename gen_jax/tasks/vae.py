@@ -196,17 +196,19 @@ class VAETask:
         return new_state, metrics
 
     def pictures(self, state: VAEState, images: jax.Array) -> dict[str, jax.Array]:
-        """Inputs above their reconstructions (pixel probabilities at the posterior mean), and
-        decoded prior samples at 64 latents fixed by `eval_seed`."""
-        mean, _ = self.encode(state.params, images)
-        reconstructions = jax.nn.sigmoid(self.decode(state.params, mean))
-        pairs = jnp.stack([images, reconstructions]).reshape(2, -1, 8, *images.shape[1:])
+        """Inputs above their reconstructions (pixel probabilities at the posterior mean), in
+        rows of 8 (as many as `images` fill), and decoded prior samples at 64 latents fixed by
+        `eval_seed`."""
         prior = jax.random.normal(jax.random.PRNGKey(self.eval_seed), (64, self.latent_dim))
         samples = jax.nn.sigmoid(self.decode(state.params, prior))
-        return {
-            "reconstructions": jnp.swapaxes(pairs, 0, 1).reshape(-1, 8, *images.shape[1:]),
-            "prior_samples": samples.reshape(8, 8, *samples.shape[1:]),
-        }
+        layouts = {"prior_samples": samples.reshape(8, 8, *samples.shape[1:])}
+        images = images[: len(images) // 8 * 8]
+        if len(images):
+            mean, _ = self.encode(state.params, images)
+            reconstructions = jax.nn.sigmoid(self.decode(state.params, mean))
+            pairs = jnp.stack([images, reconstructions]).reshape(2, -1, 8, *images.shape[1:])
+            layouts["reconstructions"] = jnp.swapaxes(pairs, 0, 1).reshape(-1, 8, *images.shape[1:])
+        return layouts
 
     def eval_step(self, state: VAEState, batch: Batch, final: bool = False) -> Metrics:
         """Sums of negative ELBO, its terms, and NLL (IW bound, `final_eval_samples` samples when
