@@ -141,6 +141,8 @@ def test_the_ema_generator_follows_the_recursion_and_is_what_samples_use():
         ({"task.loss": "least_squares"}, "unknown task.loss"),
         ({"task.classifier_workdir": "/nonexistent/run"}, "no finished run"),
         ({"data.preprocess": ("scale_to_unit",)}, "[-1, 1]"),
+        ({"task.neighbours": 0}, "task.neighbours 0 must be at least 1"),
+        ({"task.eval_samples": 3}, "below task.eval_samples 3"),
     ],
 )
 def test_bad_gan_settings_are_clear_errors(settings, message):

@@ -125,17 +125,17 @@ class GANTask:
             task.gradient_penalty,
         )
         self.r1 = task.r1_penalty
+        self.eval_samples, self.eval_seed, self.neighbours = (
+            task.eval_samples,
+            task.eval_seed,
+            task.neighbours,
+        )
         self._check(config)
         self.ema_decay = task.ema_decay
         self.optimizers = {
             name: optim.build(config.optimizer[name], config.train.num_steps)
             for name in ("generator", "discriminator")
         }
-        self.eval_samples, self.eval_seed, self.neighbours = (
-            task.eval_samples,
-            task.eval_seed,
-            task.neighbours,
-        )
         self.data_config = config.data
         self.classifier_workdir = task.classifier_workdir
         if not self.classifier_workdir and jax.process_index() == 0:
@@ -171,6 +171,11 @@ class GANTask:
             raise GenJaxError(
                 f"data.batch_size {config.data.batch_size} must be a multiple of "
                 f"task.critic_steps {self.critic_steps} (>= 1): each critic step takes a slice"
+            )
+        if not 0 < self.neighbours < self.eval_samples:
+            raise GenJaxError(
+                f"task.neighbours {self.neighbours} must be at least 1 and below task.eval_samples "
+                f"{self.eval_samples}: the k-NN manifolds of precision and recall need k + 1 points"
             )
         if data.pixel_range(config.data.preprocess) != (-1.0, 1.0):
             raise GenJaxError(
