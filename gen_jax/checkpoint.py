@@ -60,10 +60,11 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise GenJaxError(f"no checkpoint in {self.manager.directory}")
-        if step not in self.manager.all_steps():
+        saved = self.manager.all_steps()
+        if step not in saved:
             raise GenJaxError(
                 f"no checkpoint at step {step} in {self.manager.directory}; it holds steps "
-                f"{sorted(self.manager.all_steps())}"
+                f"{sorted(saved)}"
             )
         self._check_shapes(step, abstract_state)
         items = {"state": ocp.args.StandardRestore(abstract_state)}

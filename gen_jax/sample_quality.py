@@ -129,18 +129,20 @@ class FeatureClassifier:
     def __init__(self, workdir: str | Path, image_shape: tuple[int, ...], input_preprocess):
         workdir = Path(workdir)
         config = check_classifier_run(workdir)
-        step = checkpoint.latest_step(workdir / "checkpoints")
-        if step != config.train.num_steps:  # a run still training would shift the feature space
-            raise GenJaxError(
-                f"the classifier run in {workdir} has not finished (latest checkpoint: step {step} "
-                f"of {config.train.num_steps}); finish it with the same `gen-jax train` command"
-            )
         task = ClassifierTask(config)
         example = {"image": jnp.zeros((1, *image_shape)), "label": jnp.zeros((1,), jnp.int32)}
         abstract = jax.eval_shape(task.init, jax.random.PRNGKey(0), example)
         checkpointer = checkpoint.Checkpointer(workdir / "checkpoints")
         try:
-            state, _ = checkpointer.restore(parallel.replicate(abstract, parallel.make_mesh()))
+            step = checkpointer.latest_step()
+            if step != config.train.num_steps:  # a run still training would shift the features
+                raise GenJaxError(
+                    f"the classifier run in {workdir} has not finished (latest checkpoint: step "
+                    f"{step} of {config.train.num_steps}); finish it with the same `gen-jax "
+                    "train` command"
+                )
+            abstract = parallel.replicate(abstract, parallel.make_mesh())
+            state, _ = checkpointer.restore(abstract, step=step)
         finally:
             checkpointer.close()
         local = lambda x: np.asarray(x.addressable_data(0))  # a host copy on every process
