@@ -63,11 +63,16 @@ def test_vae_encodes_to_a_gaussian_and_decodes_to_image_logits(name, latent):
 
 
 @pytest.mark.parametrize(
-    "size, channels, generator_features, num_classes",
-    [(28, 1, (128, 64, 32), 0), (32, 3, (256, 128, 64, 32), 0), (64, 3, (64, 32, 16, 8, 8), 10)],
+    "size, channels, generator_features, num_classes, downsampling",
+    [
+        (28, 1, (128, 64, 32), 0, "strided"),
+        (28, 1, (128, 64, 32), 0, "space_to_depth"),
+        (32, 3, (256, 128, 64, 32), 0, "strided"),
+        (64, 3, (64, 32, 16, 8, 8), 10, "space_to_depth"),
+    ],
 )
 def test_dcgan_pairs_map_noise_to_images_in_range_and_images_to_one_score(
-    size, channels, generator_features, num_classes
+    size, channels, generator_features, num_classes, downsampling
 ):
     pair = models.build(
         ml_collections.ConfigDict(
@@ -78,6 +83,7 @@ def test_dcgan_pairs_map_noise_to_images_in_range_and_images_to_one_score(
                 "channels": channels,
                 "generator_features": generator_features,
                 "num_classes": num_classes,
+                "downsampling": downsampling,
             }
         )
     )
@@ -95,3 +101,42 @@ def test_dcgan_image_size_must_halve_once_per_upsampling():
     config = {"name": "dcgan", "image_size": 30, "generator_features": (64, 32, 16)}
     with pytest.raises(GenJaxError, match="not divisible by 2\\*\\*2"):
         models.build(ml_collections.ConfigDict(config))
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"downsampling": "pooled"}, "unknown model.downsampling 'pooled'"),
+        (
+            {"downsampling": "space_to_depth", "discriminator_features": (8, 8, 8)},
+            "not divisible by 2\\*\\*3: 'space_to_depth'",
+        ),
+    ],
+)
+def test_bad_dcgan_downsampling_is_a_clear_error(settings, message):
+    with pytest.raises(GenJaxError, match=message):
+        models.build(ml_collections.ConfigDict({"name": "dcgan", **settings}))
+
+
+def test_space_to_depth_undoes_depth_to_space():
+    from gen_jax.models.layers import depth_to_space, space_to_depth
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 5, 8))
+    assert jnp.array_equal(space_to_depth(depth_to_space(x)), x)
+
+
+def test_space_to_depth_downsampling_is_a_stride_2_4x4_convolution_one_pixel_later():
+    """Its 2x2 kernel over 2x2 pixel blocks, rearranged to 4x4, gives the stride-2 convolution
+    whose windows start at even pixels (padding 0 before, 2 after) - not SAME's (1, 1)."""
+    from gen_jax.models.layers import Downsample
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 28, 28, 3))
+    layer = Downsample(5, "space_to_depth")
+    params = layer.init(jax.random.PRNGKey(1), x)["params"]
+    kernel = params["Conv_0"]["kernel"]  # (cell y, cell x, (pixel y, pixel x, channel), out)
+    kernel = kernel.reshape(2, 2, 2, 2, 3, 5).transpose(0, 2, 1, 3, 4, 5).reshape(4, 4, 3, 5)
+    strided = jax.lax.conv_general_dilated(
+        x, kernel, (2, 2), ((0, 2), (0, 2)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    expected = strided + params["Conv_0"]["bias"]
+    assert jnp.allclose(layer.apply({"params": params}, x), expected, atol=1e-5)

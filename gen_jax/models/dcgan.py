@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from gen_jax.errors import GenJaxError
-from gen_jax.models.layers import UPSAMPLINGS, Upsample
+from gen_jax.models.layers import DOWNSAMPLINGS, UPSAMPLINGS, Downsample, Upsample
 
 NORMS = ("batch", "layer", "none")
 
@@ -63,13 +63,15 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     """Images [+ labels] -> one real-valued score per image (B,).
 
-    Stride-2 4x4 convolutions with leaky ReLU, normalised after the first; `norm="batch"` is
-    DCGAN's, while a WGAN-GP critic needs a per-example norm ("layer") or none.
+    2x downsamplings (4x4 windows, `layers.Downsample`) with leaky ReLU, normalised after the
+    first; `norm="batch"` is DCGAN's, while a WGAN-GP critic needs a per-example norm ("layer")
+    or none.
     """
 
     features: tuple[int, ...] = (64, 128)
     num_classes: int = 0
     norm: str = "batch"
+    downsampling: str = "strided"
 
     @nn.compact
     def __call__(
@@ -80,7 +82,7 @@ class Discriminator(nn.Module):
             norm = _normalize(self.norm, train) if index > 0 else None
             # a bias before batch norm is cancelled by it: no gradient, only Adam-amplified noise
             bias = not isinstance(norm, nn.BatchNorm)
-            x = nn.Conv(features, (4, 4), strides=(2, 2), use_bias=bias)(x)
+            x = Downsample(features, self.downsampling, use_bias=bias)(x)
             x = nn.leaky_relu(norm(x) if norm else x, 0.2)
         x = x.reshape((x.shape[0], -1))
         score = nn.Dense(1)(x)[:, 0]
@@ -109,6 +111,7 @@ def dcgan(
     discriminator_norm: str = "batch",
     num_classes: int = 0,
     upsampling: str = "pixel_shuffle",
+    downsampling: str = "strided",
 ) -> GANModels:
     """A DCGAN pair; 28x28x1 by default, 32x32x3 or 64x64x3 with more generator features."""
     steps = len(generator_features) - 1
@@ -121,6 +124,19 @@ def dcgan(
         raise GenJaxError(f"unknown model.discriminator_norm '{discriminator_norm}'; use {NORMS}")
     if upsampling not in UPSAMPLINGS:
         raise GenJaxError(f"unknown model.upsampling '{upsampling}'; use one of {UPSAMPLINGS}")
+    if downsampling not in DOWNSAMPLINGS:
+        raise GenJaxError(
+            f"unknown model.downsampling '{downsampling}'; use one of {DOWNSAMPLINGS}"
+        )
+    halvings = len(discriminator_features)
+    if downsampling == "space_to_depth" and image_size % 2**halvings:
+        raise GenJaxError(
+            f"model.image_size {image_size} is not divisible by 2**{halvings}: 'space_to_depth' "
+            "halves it once per discriminator feature; use model.downsampling='strided' or fewer "
+            "model.discriminator_features"
+        )
     generator = Generator(image_size, channels, generator_features, num_classes, upsampling)
-    discriminator = Discriminator(discriminator_features, num_classes, discriminator_norm)
+    discriminator = Discriminator(
+        discriminator_features, num_classes, discriminator_norm, downsampling
+    )
     return GANModels(generator, discriminator, noise_dim, num_classes)
