@@ -177,6 +177,26 @@ def load(path: Path) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(saved)
 
 
+def changes(old: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> dict[str, list]:
+    """{"section.key": [old value, new value]} for every setting that differs (None: absent)."""
+    flat_old, flat_new = _flatten(old.to_dict()), _flatten(new.to_dict())
+    return {
+        key: [flat_old.get(key), flat_new.get(key)]
+        for key in sorted(flat_old.keys() | flat_new.keys())
+        if flat_old.get(key) != flat_new.get(key)
+    }
+
+
+def _flatten(node: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _with_defaults(saved: dict, defaults: dict) -> dict:
     """`saved` with the keys it lacks taken from `defaults`, in nested sections too."""
     merged = defaults | saved

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -167,6 +169,21 @@ def initial_state(
     return checkpointer.restore(parallel.replicate(abstract, mesh), iterator, step)
 
 
+def record_config(config: ml_collections.ConfigDict, workdir: Path, step: int) -> None:
+    """Write `config.json`. A run resumed at `step` with other settings than it was saved with
+    says so on stderr and appends them to `config_changes.jsonl` (step, old and new value of each
+    changed key), so the workdir still tells how every step was trained."""
+    path = workdir / "config.json"
+    if step > 0 and path.is_file():
+        changed = config_lib.changes(config_lib.load(path), config)
+        if changed:
+            listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())
+            print(f"gen-jax: {workdir} resumes at step {step} with {listed}", file=sys.stderr)
+            with open(workdir / "config_changes.jsonl", "a") as log:
+                log.write(json.dumps({"step": step, "changes": changed}) + "\n")
+    config_lib.save(config, path)
+
+
 # ----------------------------------------------------------------------------- loop
 def run(
     config: ml_collections.ConfigDict, workdir: str | Path, stop_at: int | None = None
@@ -203,7 +220,7 @@ def run(
         task, config, mesh, example_batch(train_arrays, config, mesh), checkpointer, iterator
     )
     if is_main:  # only now: a workdir refused above keeps the config it was made with
-        config_lib.save(config, workdir / "config.json")
+        record_config(config, workdir, int(state.step))
     device_split = None
     if config.data.on_device:
         device_split = jax.device_put(train_arrays, parallel.replicated(mesh))

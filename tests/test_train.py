@@ -83,6 +83,27 @@ def test_a_resumed_run_replaces_the_records_written_after_its_checkpoint(
     assert [r["step"] for r in train_losses()] == list(range(1, 11))
 
 
+def test_a_run_resumed_with_other_settings_says_so_and_records_them(
+    experiment, tmp_path, mock_mnist, capsys
+):
+    workdir, path = tmp_path / "run", experiment()
+    train.run(load(path, "--config.train.num_steps=4"), workdir)
+    train.run(load(path, "--config.train.num_steps=4"), workdir)  # the same settings: no record
+    assert not (workdir / "config_changes.jsonl").exists()
+    longer = load(path, "--config.train.num_steps=6", "--config.optimizer.learning_rate=0.5")
+    train.run(longer, workdir)
+    records = [json.loads(line) for line in (workdir / "config_changes.jsonl").open()]
+    old_rate = load(path).optimizer.learning_rate
+    assert records == [
+        {
+            "step": 4,
+            "changes": {"optimizer.learning_rate": [old_rate, 0.5], "train.num_steps": [4, 6]},
+        }
+    ]
+    assert "resumes at step 4 with optimizer.learning_rate" in capsys.readouterr().err
+    assert config_lib.load(workdir / "config.json") == longer
+
+
 def test_periods_of_zero_log_evaluate_and_save_only_at_the_end(experiment, tmp_path, mock_mnist):
     zero = [f"--config.train.{key}=0" for key in ("log_every", "eval_every", "checkpoint_every")]
     train.run(load(experiment(), *zero), tmp_path / "run")
