@@ -24,6 +24,7 @@ def load(path, *overrides, model: dict | None = None):
 
 
 PLAIN_CNN = {"name": "cnn"}  # no batch norm or dropout, which split batches refuse
+IWAE = ["--config.task.objective=iwae", "--config.task.kl_warmup_steps=0"]  # no KL term to warm
 
 
 def fake_batch(size: int = 16) -> dict:
@@ -48,7 +49,7 @@ def train_two_steps(config) -> tuple:
     [
         ("classifier", ["--config.task.max_shift=2"], PLAIN_CNN),
         ("vae", [], None),
-        ("vae", ["--config.task.objective=iwae", "--config.task.train_samples=3"], None),
+        ("vae", [*IWAE, "--config.task.train_samples=3"], None),
     ],
 )
 def test_split_batches_give_the_whole_batch_step(experiment, family, overrides, model):

@@ -152,3 +152,18 @@ def test_pictures_show_as_many_rows_of_eight_inputs_as_the_images_fill(setup):
     np.testing.assert_array_equal(layouts["reconstructions"][2], images[8:16])
     assert layouts["prior_samples"].shape == (8, 8, 28, 28, 1)
     assert set(task.pictures(state, images[:5])) == {"prior_samples"}  # no row of 8 to show
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"objective": "vampprior"}, "unknown task.objective 'vampprior'"),
+        ({"train_samples": 0}, "task.train_samples 0 must be at least 1"),
+        ({"train_samples": 5}, "task.train_samples 5 is the k of the 'iwae' objective"),
+        ({"objective": "iwae", "beta": 4.0}, "task.beta 4.0 and task.kl_warmup_steps 0 weight"),
+        ({"objective": "iwae", "kl_warmup_steps": 10}, "which the 'iwae' objective does not have"),
+    ],
+)
+def test_settings_the_objective_would_ignore_are_refused(options, message):
+    with pytest.raises(GenJaxError, match=message):
+        tiny_task(**options)

@@ -93,13 +93,31 @@ class VAEState:
     rng: jax.Array
 
 
+def _check_objective(task: ml_collections.ConfigDict) -> None:
+    """Refuse settings the chosen objective would silently ignore."""
+    if task.objective not in OBJECTIVES:
+        raise GenJaxError(f"unknown task.objective '{task.objective}'; use one of {OBJECTIVES}")
+    if task.train_samples < 1:
+        raise GenJaxError(f"task.train_samples {task.train_samples} must be at least 1")
+    if task.objective == "elbo" and task.train_samples != 1:
+        raise GenJaxError(
+            f"task.train_samples {task.train_samples} is the k of the 'iwae' objective; the "
+            "'elbo' objective draws one sample: set task.objective='iwae' or task.train_samples=1"
+        )
+    if task.objective == "iwae" and (task.beta != 1.0 or task.kl_warmup_steps):
+        raise GenJaxError(
+            f"task.beta {task.beta} and task.kl_warmup_steps {task.kl_warmup_steps} weight the "
+            "ELBO's KL term, which the 'iwae' objective does not have: set task.objective='elbo' "
+            "or leave them at 1.0 and 0"
+        )
+
+
 class VAETask:
     """Trains `config.model` (a VAE) on `batch['image']` binarised anew each step."""
 
     def __init__(self, config: ml_collections.ConfigDict):
         task = config.task
-        if task.objective not in OBJECTIVES:
-            raise GenJaxError(f"unknown task.objective '{task.objective}'; use one of {OBJECTIVES}")
+        _check_objective(task)
         self.model = models.build(config.model)
         self.optimizer = optim.build(config.optimizer, config.train.num_steps)
         self.latent_dim = config.model.latent_dim
