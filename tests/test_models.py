@@ -37,6 +37,8 @@ def test_unknown_model_or_option_is_a_clear_error():
         models.build(ml_collections.ConfigDict({"name": "resnet"}))
     with pytest.raises(GenJaxError, match=r"takes no option\(s\) \['width'\]"):
         models.build(ml_collections.ConfigDict({"name": "cnn", "width": 3}))
+    with pytest.raises(GenJaxError, match=r"unknown model\.dtype 'float8'"):
+        models.build(ml_collections.ConfigDict({"name": "conv_vae", "dtype": "float8"}))
 
 
 def test_depth_to_space_puts_each_channel_block_in_its_pixel():

@@ -167,3 +167,9 @@ def test_pictures_show_as_many_rows_of_eight_inputs_as_the_images_fill(setup):
 def test_settings_the_objective_would_ignore_are_refused(options, message):
     with pytest.raises(GenJaxError, match=message):
         tiny_task(**options)
+
+
+def test_data_the_vae_cannot_decode_is_a_clear_error():
+    task = tiny_task()
+    with pytest.raises(GenJaxError, match=r"decodes \(28, 28, 1\) images but the data are \(32"):
+        task.init(jax.random.PRNGKey(0), {"image": jnp.zeros((2, 32, 32, 1))})

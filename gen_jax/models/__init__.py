@@ -14,6 +14,7 @@ from gen_jax.models.cnn import CNN, BatchNormCNN
 from gen_jax.models.dcgan import GANModels, dcgan
 from gen_jax.models.vae import conv_vae, mlp_vae
 
+DTYPES = ("float32", "bfloat16", "float16")  # a model's compute precision (`dtype`)
 REGISTRY: dict[str, Callable[..., nn.Module | GANModels]] = {
     "cnn": CNN,
     "bn_cnn": BatchNormCNN,
@@ -44,5 +45,7 @@ def build(model_config: ml_collections.ConfigDict) -> nn.Module | GANModels:
             f"model '{name}' takes no option(s) {unknown}; "
             f"allowed in config.model: {sorted(fields)}"
         )
+    if kwargs.get("dtype", DTYPES[0]) not in DTYPES:
+        raise GenJaxError(f"unknown model.dtype '{kwargs['dtype']}'; use one of {DTYPES}")
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
     return REGISTRY[name](**kwargs)
