@@ -1,5 +1,6 @@
 """Model shapes and sizes."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -130,10 +131,16 @@ def test_space_to_depth_undoes_depth_to_space():
 def test_space_to_depth_downsampling_is_a_stride_2_4x4_convolution_one_pixel_later():
     """Its 2x2 kernel over 2x2 pixel blocks, rearranged to 4x4, gives the stride-2 convolution
     whose windows start at even pixels (padding 0 before, 2 after) - not SAME's (1, 1)."""
-    from gen_jax.models.layers import Downsample
+    from gen_jax.models.layers import downsample
 
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 28, 28, 3))
-    layer = Downsample(5, "space_to_depth")
+
+    class Layer(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return downsample(x, 5, "space_to_depth")
+
+    layer = Layer()
     params = layer.init(jax.random.PRNGKey(1), x)["params"]
     kernel = params["Conv_0"]["kernel"]  # (cell y, cell x, (pixel y, pixel x, channel), out)
     kernel = kernel.reshape(2, 2, 2, 2, 3, 5).transpose(0, 2, 1, 3, 4, 5).reshape(4, 4, 3, 5)
@@ -142,3 +149,9 @@ def test_space_to_depth_downsampling_is_a_stride_2_4x4_convolution_one_pixel_lat
     )
     expected = strided + params["Conv_0"]["bias"]
     assert jnp.allclose(layer.apply({"params": params}, x), expected, atol=1e-5)
+
+
+def test_a_strided_discriminator_keeps_the_parameter_names_of_runs_saved_before_downsampling():
+    pair = models.build(ml_collections.ConfigDict({"name": "dcgan"}))
+    params = pair.discriminator.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))["params"]
+    assert sorted(params) == ["BatchNorm_0", "Conv_0", "Conv_1", "Dense_0"]

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from gen_jax.errors import GenJaxError
-from gen_jax.models.layers import DOWNSAMPLINGS, UPSAMPLINGS, Downsample, Upsample
+from gen_jax.models.layers import DOWNSAMPLINGS, UPSAMPLINGS, Upsample, downsample
 
 NORMS = ("batch", "layer", "none")
 
@@ -63,7 +63,7 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     """Images [+ labels] -> one real-valued score per image (B,).
 
-    2x downsamplings (4x4 windows, `layers.Downsample`) with leaky ReLU, normalised after the
+    2x downsamplings (4x4 windows, `layers.downsample`) with leaky ReLU, normalised after the
     first; `norm="batch"` is DCGAN's, while a WGAN-GP critic needs a per-example norm ("layer")
     or none.
     """
@@ -82,7 +82,7 @@ class Discriminator(nn.Module):
             norm = _normalize(self.norm, train) if index > 0 else None
             # a bias before batch norm is cancelled by it: no gradient, only Adam-amplified noise
             bias = not isinstance(norm, nn.BatchNorm)
-            x = Downsample(features, self.downsampling, use_bias=bias)(x)
+            x = downsample(x, features, self.downsampling, use_bias=bias)
             x = nn.leaky_relu(norm(x) if norm else x, 0.2)
         x = x.reshape((x.shape[0], -1))
         score = nn.Dense(1)(x)[:, 0]

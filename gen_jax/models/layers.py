@@ -48,25 +48,19 @@ class Upsample(nn.Module):
         raise ValueError(f"unknown upsampling '{self.mode}'; use one of {UPSAMPLINGS}")
 
 
-class Downsample(nn.Module):
-    """2x spatial downsampling to `features` channels through a 4x4 receptive field.
+def downsample(x: jax.Array, features: int, mode: str, use_bias: bool = True) -> jax.Array:
+    """2x spatial downsampling to `features` channels through a 4x4 receptive field; call it
+    inside a compact module (its convolution is that module's, named as if written there).
 
     "strided": a stride-2 4x4 convolution (the DCGAN paper's layer); "space_to_depth": blocks of
     2x2 pixels as channels, then a 2x2 convolution: the same function class with the window one
     pixel later (tests/test_models.py), built only of stride-1 convolutions. An input gradient
     through a stride-2 convolution is a transposed convolution, which XLA's CPU backend runs
     slowly, and an R1 or gradient penalty differentiates it once more: "space_to_depth" makes such
-    a discriminator step ~1.6x faster (benchmarks/gan_step.py). Needs even input sizes.
+    a discriminator step ~1.75x faster (benchmarks/README.md). Needs even input sizes.
     """
-
-    features: int
-    mode: str = "strided"
-    use_bias: bool = True
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        if self.mode == "strided":
-            return nn.Conv(self.features, (4, 4), strides=(2, 2), use_bias=self.use_bias)(x)
-        if self.mode == "space_to_depth":
-            return nn.Conv(self.features, (2, 2), use_bias=self.use_bias)(space_to_depth(x))
-        raise ValueError(f"unknown downsampling '{self.mode}'; use one of {DOWNSAMPLINGS}")
+    if mode == "strided":
+        return nn.Conv(features, (4, 4), strides=(2, 2), use_bias=use_bias)(x)
+    if mode == "space_to_depth":
+        return nn.Conv(features, (2, 2), use_bias=use_bias)(space_to_depth(x))
+    raise ValueError(f"unknown downsampling '{mode}'; use one of {DOWNSAMPLINGS}")
