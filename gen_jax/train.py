@@ -172,12 +172,20 @@ def initial_state(
 def record_config(config: ml_collections.ConfigDict, workdir: Path, step: int) -> None:
     """Write `config.json`. A run resumed at `step` with other settings than it was saved with
     says so on stderr and appends them to `config_changes.jsonl` (step, old and new value of each
-    changed key), so the workdir still tells how every step was trained."""
+    changed key), so the workdir still tells how every step was trained; a run with nothing left
+    to train keeps the config it was trained with."""
     path = workdir / "config.json"
     if step > 0 and path.is_file():
-        changed = config_lib.changes(config_lib.load(path), config)
+        changed = config_lib.changes(config_lib.with_absolute_paths(config_lib.load(path)), config)
         if changed:
             listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())
+            if step >= config.train.num_steps:
+                print(
+                    f"gen-jax: {workdir} is trained to step {step}, so its config.json stays as "
+                    f"it was; not applied: {listed}",
+                    file=sys.stderr,
+                )
+                return
             print(f"gen-jax: {workdir} resumes at step {step} with {listed}", file=sys.stderr)
             with open(workdir / "config_changes.jsonl", "a") as log:
                 log.write(json.dumps({"step": step, "changes": changed}) + "\n")

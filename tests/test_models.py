@@ -142,6 +142,7 @@ def test_space_to_depth_downsampling_is_a_stride_2_4x4_convolution_one_pixel_lat
 
     layer = Layer()
     params = layer.init(jax.random.PRNGKey(1), x)["params"]
+    params["Conv_0"]["bias"] = jax.random.normal(jax.random.PRNGKey(2), (5,))  # not zeros
     kernel = params["Conv_0"]["kernel"]  # (cell y, cell x, (pixel y, pixel x, channel), out)
     kernel = kernel.reshape(2, 2, 2, 2, 3, 5).transpose(0, 2, 1, 3, 4, 5).reshape(4, 4, 3, 5)
     strided = jax.lax.conv_general_dilated(

@@ -160,8 +160,8 @@ def test_pictures_show_as_many_rows_of_eight_inputs_as_the_images_fill(setup):
         ({"objective": "vampprior"}, "unknown task.objective 'vampprior'"),
         ({"train_samples": 0}, "task.train_samples 0 must be at least 1"),
         ({"train_samples": 5}, "task.train_samples 5 is the k of the 'iwae' objective"),
-        ({"objective": "iwae", "beta": 4.0}, "task.beta 4.0 and task.kl_warmup_steps 0 weight"),
-        ({"objective": "iwae", "kl_warmup_steps": 10}, "which the 'iwae' objective does not have"),
+        ({"objective": "iwae", "beta": 4.0}, "^task.beta=4.0: beta and kl_warmup_steps weight"),
+        ({"objective": "iwae", "kl_warmup_steps": 10}, "^task.kl_warmup_steps=10: beta and"),
     ],
 )
 def test_settings_the_objective_would_ignore_are_refused(options, message):

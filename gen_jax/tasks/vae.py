@@ -104,11 +104,12 @@ def _check_objective(task: ml_collections.ConfigDict) -> None:
             f"task.train_samples {task.train_samples} is the k of the 'iwae' objective; the "
             "'elbo' objective draws one sample: set task.objective='iwae' or task.train_samples=1"
         )
-    if task.objective == "iwae" and (task.beta != 1.0 or task.kl_warmup_steps):
+    defaults = {"beta": 1.0, "kl_warmup_steps": 0}  # the KL weight's settings
+    off = [f"task.{key}={task[key]}" for key, value in defaults.items() if task[key] != value]
+    if task.objective == "iwae" and off:
         raise GenJaxError(
-            f"task.beta {task.beta} and task.kl_warmup_steps {task.kl_warmup_steps} weight the "
-            "ELBO's KL term, which the 'iwae' objective does not have: set task.objective='elbo' "
-            "or leave them at 1.0 and 0"
+            f"{', '.join(off)}: beta and kl_warmup_steps weight the ELBO's KL term, which the "
+            "'iwae' objective does not have; set task.objective='elbo' or leave them at 1.0 and 0"
         )
 
 
