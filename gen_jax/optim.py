@@ -22,6 +22,12 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int) ->
             "the steps after the warm-up (1: decay over all of them)"
         )
     peak, warmup = config.learning_rate, config.warmup_steps
+    if warmup < 0 or (warmup and warmup >= num_steps):
+        raise GenJaxError(
+            f"optimizer.warmup_steps {warmup} must be at least 0 and below train.num_steps "
+            f"{num_steps}: the run would end before its learning rate reached the peak; shorten "
+            "the warm-up for a short run"
+        )
     decay = max(round(config.decay_fraction * (num_steps - warmup)), 1)
     pieces = {0: optax.linear_schedule(0.0, peak, warmup)} if warmup else {}
     if config.schedule == "constant" or warmup + decay < num_steps:

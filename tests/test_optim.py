@@ -46,6 +46,11 @@ def test_cosine_decay_spans_every_step_after_warm_up_by_default():
         ({"schedule": "linear", "decay_fraction": 0.0}, "use a fraction in"),
         ({"schedule": "cosine", "decay_fraction": 1.5}, "use a fraction in"),
         ({"schedule": "step"}, "unknown optimizer.schedule"),
+        (
+            {"warmup_steps": 100},
+            "warmup_steps 100 must be at least 0 and below train.num_steps 100",
+        ),
+        ({"warmup_steps": -1}, "warmup_steps -1 must be at least 0"),
     ],
 )
 def test_bad_schedule_settings_are_refused(settings, message):

@@ -129,7 +129,7 @@ def test_a_finished_run_reruns_without_training_or_evaluating_again(
 
 def test_checkpoint_that_does_not_fit_the_config_is_refused(experiment, tmp_path, mock_mnist):
     workdir = tmp_path / "run"
-    train.run(load(experiment(), "--config.train.num_steps=2"), workdir)
+    train.run(load(experiment(), "--config.train.num_steps=3"), workdir)
     saved_config = (workdir / "config.json").read_text()
     with pytest.raises(
         GenJaxError,
