@@ -13,6 +13,8 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 
+from gen_jax.errors import GenJaxError
+
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
@@ -50,6 +52,13 @@ def example_keys(seed: int, index: jax.Array) -> jax.Array:
     device count."""
     base = jax.random.PRNGKey(seed)
     return jax.vmap(lambda i: jax.random.fold_in(base, i))(index)
+
+
+def check_image_shape(made: tuple[int, ...], images: jax.Array, maker: str, fix: str) -> None:
+    """Refuse at init a model whose images (`made`, without the batch axis) are not shaped like
+    the data's, before a loss fails on the mismatch deep inside the step."""
+    if made != images.shape[1:]:
+        raise GenJaxError(f"{maker} {made} images but the data are {images.shape[1:]}; {fix}")
 
 
 def mean_of_sums(outputs: list[Metrics]) -> dict[str, float]:

@@ -25,7 +25,7 @@ import optax
 from gen_jax import data, models, optim, sample_quality
 from gen_jax.errors import GenJaxError
 from gen_jax.models.dcgan import GANModels
-from gen_jax.tasks.base import Batch, Metrics, example_keys, step_key
+from gen_jax.tasks.base import Batch, Metrics, check_image_shape, example_keys, step_key
 
 LOSSES = ("non_saturating", "hinge", "wasserstein")
 SKIPPED_METRICS = (
@@ -218,11 +218,12 @@ class GANTask:
         noise, labels = self._latents(g_rng, batch["image"].shape[0])
         g_vars = self.generator.init(g_rng, noise, labels)
         made = jax.eval_shape(self.generator.apply, g_vars, noise, labels).shape[1:]
-        if made != batch["image"].shape[1:]:
-            raise GenJaxError(
-                f"the generator makes {made} images but the data are {batch['image'].shape[1:]}; "
-                "set model.image_size and model.channels to the data's"
-            )
+        check_image_shape(
+            made,
+            batch["image"],
+            "the generator makes",
+            "set model.image_size and model.channels to the data's",
+        )
         d_vars = self.discriminator.init(d_rng, batch["image"], labels)
         players = {}
         for name, variables in (("generator", g_vars), ("discriminator", d_vars)):

@@ -18,6 +18,7 @@ from gen_jax.errors import GenJaxError
 from gen_jax.tasks.base import (
     Batch,
     Metrics,
+    check_image_shape,
     example_keys,
     mean_of_sums,
     split_value_and_grad,
@@ -138,11 +139,12 @@ class VAETask:
         params_rng, run_rng = jax.random.split(rng)
         params = self.model.init(params_rng, batch["image"])["params"]
         made = jax.eval_shape(self.model.apply, {"params": params}, batch["image"]).shape[1:]
-        if made != batch["image"].shape[1:]:
-            raise GenJaxError(
-                f"the VAE decodes {made} images but the data are {batch['image'].shape[1:]}; "
-                "conv_vae and mlp_vae model 28x28x1 images such as MNIST's"
-            )
+        check_image_shape(
+            made,
+            batch["image"],
+            "the VAE decodes",
+            "conv_vae and mlp_vae model 28x28x1 images such as MNIST's",
+        )
         return VAEState(jnp.zeros((), jnp.int32), params, self.optimizer.init(params), run_rng)
 
     def encode(self, params, x: jax.Array) -> tuple[jax.Array, jax.Array]:
