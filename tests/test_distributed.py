@@ -15,7 +15,6 @@ import pytest
 from gen_jax import train
 from gen_jax.metric_writer import read_metrics
 from tests.conftest import check_call_mocked_cli, run_mocked_cli, write_experiment
-from tests.mocked_cli import mock_mnist
 
 pytestmark = pytest.mark.slow
 
@@ -48,6 +47,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """family -> (experiment, workdir) of 12 steps on one device in one process, a checkpoint
+    after each: the reference that runs on 8 devices and interrupted runs must meet. Made once per
+    family and module."""
+    made = {}
+
+    def make(family: str):
+        if family not in made:
+            root = tmp_path_factory.mktemp(f"straight_{family}")
+            settings = {
+                "train.num_steps": 12,
+                "train.checkpoint_every": 1,
+                "train.keep_checkpoints": 3,
+            }
+            experiment = write_experiment(root / "tiny.py", family, **settings)
+            check_call_mocked_cli(train_args(experiment, root / "run"))
+            made[family] = experiment, root / "run"
+        return made[family]
+
+    return make
+
+
 @pytest.mark.parametrize(
     "family, loss_tolerance",
     [
@@ -59,17 +81,16 @@ def free_port() -> int:
         ("r1_gan", {"atol": 1e-5, "rtol": 0}),  # an R1 penalty through the discriminator
     ],
 )
-def test_one_device_and_eight_devices_agree_after_ten_steps(
-    family, loss_tolerance, tmp_path, mock_mnist
+def test_one_device_and_eight_devices_agree_after_twelve_steps(
+    family, loss_tolerance, straight_run, tmp_path, mock_mnist
 ):
-    experiment = write_experiment(tmp_path / "tiny.py", family)
-    for devices in (1, 8):
-        check_call_mocked_cli(train_args(experiment, tmp_path / f"d{devices}"), devices=devices)
+    experiment, one_device = straight_run(family)
+    check_call_mocked_cli(train_args(experiment, tmp_path / "d8"), devices=8)
     np.testing.assert_allclose(
-        train_losses(tmp_path / "d1"), train_losses(tmp_path / "d8"), **loss_tolerance
+        train_losses(one_device), train_losses(tmp_path / "d8"), **loss_tolerance
     )
-    assert len(train_losses(tmp_path / "d1")) == 10
-    one, eight = train.load_state(tmp_path / "d1")[3], train.load_state(tmp_path / "d8")[3]
+    assert len(train_losses(one_device)) == 12
+    one, eight = train.load_state(one_device)[3], train.load_state(tmp_path / "d8")[3]
     assert_trees_close(one, eight, atol=1e-5)  # params, batch statistics, optimizer state
 
 
@@ -109,34 +130,12 @@ def test_two_hosts_end_with_identical_params_equal_to_one_process(tmp_path):
     assert_trees_close(first, dumped(tmp_path / "single", 0), atol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def straight_run(tmp_path_factory):
-    """family -> (experiment, final state) of 12 steps in one go, a checkpoint after each: the
-    reference that interrupted runs must meet. Made once per family and module."""
-    made = {}
-
-    def make(family: str):
-        if family not in made:
-            root = tmp_path_factory.mktemp(f"straight_{family}")
-            settings = {
-                "train.num_steps": 12,
-                "train.checkpoint_every": 1,
-                "train.keep_checkpoints": 3,
-            }
-            experiment = write_experiment(root / "tiny.py", family, **settings)
-            check_call_mocked_cli(train_args(experiment, root / "run"))
-            with mock_mnist():
-                made[family] = experiment, train.load_state(root / "run")[3]
-        return made[family]
-
-    return make
-
-
 @pytest.mark.parametrize("family", ["classifier", "vae", "gan", "wgan_gp", "r1_gan"])
 def test_a_run_stopped_halfway_and_resumed_in_a_new_process_is_bitwise_identical(
     family, straight_run, tmp_path, mock_mnist
 ):
-    experiment, reference = straight_run(family)
+    experiment, straight = straight_run(family)
+    reference = train.load_state(straight)[3]
     check_call_mocked_cli(train_args(experiment, tmp_path / "run", "--stop_at", "6"))
     assert int(train.load_state(tmp_path / "run")[3].step) == 6
     check_call_mocked_cli(train_args(experiment, tmp_path / "run"))
@@ -146,7 +145,8 @@ def test_a_run_stopped_halfway_and_resumed_in_a_new_process_is_bitwise_identical
 def test_sigkill_mid_run_and_mid_save_leaves_a_workdir_that_resumes(
     straight_run, tmp_path, mock_mnist
 ):
-    experiment, reference = straight_run("classifier")
+    experiment, straight = straight_run("classifier")
+    reference = train.load_state(straight)[3]
     workdir, checkpoints = tmp_path / "run", tmp_path / "run" / "checkpoints"
 
     def finished_steps():  # renamed into place: a tmp directory is unfinished, whatever it holds
