@@ -8,11 +8,9 @@ over 40 more; batch 64, EMA generator; scored in the baseline CNN classifier's f
     gen-jax train experiments/mnist_dcgan.py --workdir runs/mnist_dcgan
 
 Goal: classifier-space FID <= 3x the real-vs-real floor, IS >= 9.0, all 10 classes with none
-under 5% of samples. Not reached yet. This recipe's run is not finished; the one before it
-(stride-2 discriminator, 5e-4 for 30 epochs then decayed over 20: 50 epochs, ~2.8 h on a 2-core
-AMD EPYC VM at 4.8 steps/s) ended at FID 4.01 against a floor of 0.88, IS 8.92, every class
-9.2%-10.7% of samples; the same at 2e-4 at 4.44, and batch norm in the discriminator without R1
-(an earlier recipe) at 11.64 after 28 epochs (RESULTS.md).
+under 5% of samples. Reproduces: FID 3.00 against a floor of 0.88 (the FID goal, <= 2.65, is not
+reached), IS 9.03, every class 8.8%-11.5% of samples; ~3.1 h on a 2-core AMD EPYC VM at 8.3
+steps/s. The stride-2 recipe before it (50 epochs) ended at FID 4.01, IS 8.92 (RESULTS.md).
 """
 
 from gen_jax.config import QUICK_GAN, gan_config
