@@ -25,7 +25,7 @@ from gen_jax import config as config_lib
 from gen_jax import tasks
 from gen_jax.host import keep_freed_memory_in_heap
 from gen_jax.models.dcgan import dcgan
-from gen_jax.tasks.gan import gradient_penalty
+from gen_jax.tasks.gan_losses import gradient_penalty
 
 EXPERIMENTS = ("mnist_dcgan", "mnist_hinge_gan", "mnist_cgan", "mnist_wgan_gp")
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ from gen_jax import config as config_lib
 from gen_jax import sample_quality, tasks, train
 from gen_jax.errors import GenJaxError
 from gen_jax.run import load_run
-from gen_jax.tasks import gan
+from gen_jax.tasks import gan_losses as losses
 from tests.conftest import write_experiment
 
 softplus = lambda x: np.log1p(np.exp(x))
@@ -36,18 +36,18 @@ def tiny_gan(**settings):
 def test_losses_match_hand_computed_values():
     real, fake = jnp.array([2.0, -1.0]), jnp.array([0.5, -3.0])
     expected_bce = np.mean(softplus(-np.array([2.0, -1.0])) + softplus(np.array([0.5, -3.0])))
-    assert gan.discriminator_loss("non_saturating", real, fake) == pytest.approx(expected_bce)
-    assert gan.generator_loss("non_saturating", fake) == pytest.approx(
+    assert losses.discriminator_loss("non_saturating", real, fake) == pytest.approx(expected_bce)
+    assert losses.generator_loss("non_saturating", fake) == pytest.approx(
         np.mean(softplus(-np.array([0.5, -3.0])))
     )
     # hinge: mean(relu(1 - real) + relu(1 + fake)) = mean(0 + 1.5, 2 + 0)
-    assert gan.discriminator_loss("hinge", real, fake) == pytest.approx(1.75)
-    assert gan.generator_loss("hinge", fake) == pytest.approx(1.25)
-    assert gan.discriminator_loss("wasserstein", real, fake) == pytest.approx(-1.75)
-    assert gan.generator_loss("wasserstein", fake) == pytest.approx(1.25)
+    assert losses.discriminator_loss("hinge", real, fake) == pytest.approx(1.75)
+    assert losses.generator_loss("hinge", fake) == pytest.approx(1.25)
+    assert losses.discriminator_loss("wasserstein", real, fake) == pytest.approx(-1.75)
+    assert losses.generator_loss("wasserstein", fake) == pytest.approx(1.25)
     # at D = 1/2 everywhere the cross-entropy is 2 log 2
     zeros = jnp.zeros(3)
-    assert gan.discriminator_loss("non_saturating", zeros, zeros) == pytest.approx(2 * np.log(2))
+    assert losses.discriminator_loss("non_saturating", zeros, zeros) == pytest.approx(2 * np.log(2))
 
 
 def test_gradient_penalty_is_zero_for_unit_gradient_norm_and_positive_otherwise():
@@ -57,10 +57,10 @@ def test_gradient_penalty_is_zero_for_unit_gradient_norm_and_positive_otherwise(
     direction = jax.random.normal(jax.random.PRNGKey(2), (4, 4, 1))
     unit = direction / jnp.linalg.norm(direction)
     linear = lambda scale: lambda x: jnp.sum(x * scale * unit, axis=(1, 2, 3))
-    assert gan.gradient_penalty(linear(1.0), real, fake, rng) == pytest.approx(0.0, abs=1e-6)
-    assert gan.gradient_penalty(linear(3.0), real, fake, rng) == pytest.approx(4.0, rel=1e-5)
+    assert losses.gradient_penalty(linear(1.0), real, fake, rng) == pytest.approx(0.0, abs=1e-6)
+    assert losses.gradient_penalty(linear(3.0), real, fake, rng) == pytest.approx(4.0, rel=1e-5)
     quadratic = lambda x: jnp.sum(x**2, axis=(1, 2, 3))  # gradient norm varies with the point
-    assert gan.gradient_penalty(quadratic, real, fake, rng) > 0.1
+    assert losses.gradient_penalty(quadratic, real, fake, rng) > 0.1
 
 
 def test_r1_penalty_is_the_mean_squared_input_gradient_at_the_real_examples():
@@ -68,13 +68,13 @@ def test_r1_penalty_is_the_mean_squared_input_gradient_at_the_real_examples():
     weights = jax.random.normal(jax.random.PRNGKey(1), (4, 4, 1))
     linear = lambda x: jnp.sum(x * weights, axis=(1, 2, 3))  # gradient `weights` everywhere
     expected = float(jnp.sum(weights**2))
-    assert gan.r1_penalty(linear, real) == pytest.approx(expected, rel=1e-5)
+    assert losses.r1_penalty(linear, real) == pytest.approx(expected, rel=1e-5)
     # x -> sum(x^2) has gradient 2x: the penalty is the mean of 4 |x|^2 over the real examples
     quadratic = lambda x: jnp.sum(x**2, axis=(1, 2, 3))
     expected = float(jnp.mean(4 * jnp.sum(real**2, axis=(1, 2, 3))))
-    assert gan.r1_penalty(quadratic, real) == pytest.approx(expected, rel=1e-5)
+    assert losses.r1_penalty(quadratic, real) == pytest.approx(expected, rel=1e-5)
     constant = lambda x: jnp.zeros(x.shape[0])
-    assert gan.r1_penalty(constant, real) == 0.0
+    assert losses.r1_penalty(constant, real) == 0.0
 
 
 def test_the_r1_penalty_is_logged_and_changes_the_discriminator_update():

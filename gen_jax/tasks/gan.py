@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -26,53 +25,19 @@ from gen_jax import data, models, optim, sample_quality
 from gen_jax.errors import GenJaxError
 from gen_jax.models.dcgan import GANModels
 from gen_jax.tasks.base import Batch, Metrics, check_image_shape, example_keys, step_key
+from gen_jax.tasks.gan_losses import (
+    LOSSES,
+    discriminator_loss,
+    generator_loss,
+    gradient_penalty,
+    r1_penalty,
+)
 
-LOSSES = ("non_saturating", "hinge", "wasserstein")
 SKIPPED_METRICS = (
     "gen-jax: task.classifier_workdir is empty, so FID / IS / precision / recall are skipped. "
     "Train a classifier (gen-jax train experiments/mnist_cnn.py --workdir runs/mnist_cnn) and "
     "pass --config.task.classifier_workdir=runs/mnist_cnn to score samples."
 )
-
-
-# ----------------------------------------------------------------------------- the losses
-def discriminator_loss(kind: str, real_scores: jax.Array, fake_scores: jax.Array) -> jax.Array:
-    """The discriminator's (critic's) loss, a mean over the batch, without any penalty."""
-    if kind == "non_saturating":  # binary cross-entropy: real -> 1, fake -> 0
-        return jnp.mean(jax.nn.softplus(-real_scores) + jax.nn.softplus(fake_scores))
-    if kind == "hinge":
-        return jnp.mean(jax.nn.relu(1.0 - real_scores) + jax.nn.relu(1.0 + fake_scores))
-    if kind == "wasserstein":
-        return jnp.mean(fake_scores - real_scores)
-    raise GenJaxError(f"unknown task.loss '{kind}'; use one of {LOSSES}")
-
-
-def generator_loss(kind: str, fake_scores: jax.Array) -> jax.Array:
-    """The generator's loss on the discriminator's scores of its images, a mean over the batch."""
-    if kind == "non_saturating":  # -log D(G(z)) rather than log(1 - D(G(z)))
-        return jnp.mean(jax.nn.softplus(-fake_scores))
-    if kind in ("hinge", "wasserstein"):
-        return -jnp.mean(fake_scores)
-    raise GenJaxError(f"unknown task.loss '{kind}'; use one of {LOSSES}")
-
-
-def gradient_penalty(
-    critic: Callable[[jax.Array], jax.Array], real: jax.Array, fake: jax.Array, rng: jax.Array
-) -> jax.Array:
-    """Gulrajani et al. (2017): mean of (|grad_x critic(x)| - 1)^2 at a random point between each
-    real and fake example (per-example gradients: the critic must not couple examples)."""
-    mix = jax.random.uniform(rng, (real.shape[0],) + (1,) * (real.ndim - 1))
-    points = mix * real + (1.0 - mix) * fake
-    grads = jax.grad(lambda x: jnp.sum(critic(x)))(points)
-    norms = jnp.sqrt(jnp.sum(jnp.square(grads.reshape(grads.shape[0], -1)), axis=1) + 1e-12)
-    return jnp.mean(jnp.square(norms - 1.0))
-
-
-def r1_penalty(critic: Callable[[jax.Array], jax.Array], real: jax.Array) -> jax.Array:
-    """Mescheder et al. (2018): mean of |grad_x critic(x)|^2 at the real examples, which pulls
-    the discriminator flat on the data and lets the non-saturating game converge."""
-    grads = jax.grad(lambda x: jnp.sum(critic(x)))(real)
-    return jnp.mean(jnp.sum(jnp.square(grads.reshape(grads.shape[0], -1)), axis=1))
 
 
 def ema_decay(decay: float, step: jax.Array) -> jax.Array:
