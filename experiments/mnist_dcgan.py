@@ -8,7 +8,7 @@ over 40 more; batch 64, EMA generator; scored in the baseline CNN classifier's f
     gen-jax train experiments/mnist_dcgan.py --workdir runs/mnist_dcgan
 
 Goal: classifier-space FID <= 3x the real-vs-real floor, IS >= 9.0, all 10 classes with none
-under 5% of samples. Reproduces: FID 3.00 against a floor of 0.88 (the FID goal, <= 2.65, is not
+under 5% of samples. Reproduces: FID 3.00 against a floor of 0.88 (3.4x: the FID goal is not
 reached), IS 9.03, every class 8.8%-11.5% of samples; ~3.1 h on a 2-core AMD EPYC VM at 8.3
 steps/s. The stride-2 recipe before it (50 epochs) ended at FID 4.01, IS 8.92 (RESULTS.md).
 """
@@ -36,8 +36,8 @@ def get_config():
 
 
 # `gen-jax reproduce` checks: metric -> (value, tolerance) or a goal ('<=' | '>=', bound).
-EXPECTED = {  # the goal; FID <= 3x the real-vs-real floor of runs/mnist_cnn (0.88)
-    "fid": ("<=", 2.65),
+EXPECTED = {  # the goal: FID at most 3x the real-vs-real floor in the same classifier's features
+    "fid_over_floor": ("<=", 3.0),
     "inception_score": (">=", 9.0),
     "min_class_fraction": (">=", 0.05),
 }

@@ -258,6 +258,7 @@ def test_a_mocked_run_with_a_classifier_reports_every_metric_and_conditional_pic
         assert np.isfinite(metrics[name]), name
     assert sum(metrics[f"class_{c}_fraction"] for c in range(10)) == pytest.approx(1.0)
     assert metrics["floor_fid"] >= 0 and 1.0 <= metrics["floor_inception_score"] <= 10.0
+    assert metrics["fid_over_floor"] == pytest.approx(metrics["fid"] / metrics["floor_fid"])
     assert load_run(tmp_path / "run").evaluate()["fid"] == metrics["fid"]  # reproducible
     assert list((tmp_path / "run" / "samples").glob("samples_*.png"))
     _, task, _, state = train.load_state(tmp_path / "run")

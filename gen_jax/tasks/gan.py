@@ -320,7 +320,8 @@ class GANTask:
 
     def summarize(self, outputs: list[Metrics]) -> dict[str, float]:
         """FID, IS, precision, recall and class histogram of the generated set against the real
-        eval split, beside the same scores of real training images (the floor)."""
+        eval split, beside the same scores of real training images (the floor), and the FID as a
+        multiple of the floor's: a goal in those terms holds whichever classifier scores."""
         if self.classifier is None:
             return {}
         joined = {k: np.concatenate([np.asarray(o[k]) for o in outputs]) for k in outputs[0]}
@@ -340,7 +341,8 @@ class GANTask:
         )
         if self._floor is None:
             self._floor = self._real_floor(real_features, real_probs)
-        return {**scores, **self._floor}
+        fid_over_floor = scores["fid"] / max(self._floor["floor_fid"], 1e-12)
+        return {**scores, **self._floor, "fid_over_floor": fid_over_floor}
 
     def _real_floor(self, test_features, test_probs) -> dict[str, float]:
         """The scores of `eval_samples` real training images (a fixed random subset)."""
