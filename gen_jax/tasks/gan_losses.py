@@ -33,6 +33,15 @@ def generator_loss(kind: str, fake_scores: jax.Array) -> jax.Array:
     raise GenJaxError(f"unknown task.loss '{kind}'; use one of {LOSSES}")
 
 
+def squared_input_gradient_norms(
+    critic: Callable[[jax.Array], jax.Array], images: jax.Array
+) -> jax.Array:
+    """|grad_x critic(x)|^2 for each example (B,): what both penalties are made of. Summing the
+    scores before differentiating is exact only for a critic that keeps examples apart."""
+    grads = jax.grad(lambda x: jnp.sum(critic(x)))(images)
+    return jnp.sum(jnp.square(grads.reshape(grads.shape[0], -1)), axis=1)
+
+
 def gradient_penalty(
     critic: Callable[[jax.Array], jax.Array], real: jax.Array, fake: jax.Array, rng: jax.Array
 ) -> jax.Array:
@@ -40,13 +49,11 @@ def gradient_penalty(
     real and fake example (per-example gradients: the critic must not couple examples)."""
     mix = jax.random.uniform(rng, (real.shape[0],) + (1,) * (real.ndim - 1))
     points = mix * real + (1.0 - mix) * fake
-    grads = jax.grad(lambda x: jnp.sum(critic(x)))(points)
-    norms = jnp.sqrt(jnp.sum(jnp.square(grads.reshape(grads.shape[0], -1)), axis=1) + 1e-12)
+    norms = jnp.sqrt(squared_input_gradient_norms(critic, points) + 1e-12)
     return jnp.mean(jnp.square(norms - 1.0))
 
 
 def r1_penalty(critic: Callable[[jax.Array], jax.Array], real: jax.Array) -> jax.Array:
     """Mescheder et al. (2018): mean of |grad_x critic(x)|^2 at the real examples, which pulls
     the discriminator flat on the data and lets the non-saturating game converge."""
-    grads = jax.grad(lambda x: jnp.sum(critic(x)))(real)
-    return jnp.mean(jnp.sum(jnp.square(grads.reshape(grads.shape[0], -1)), axis=1))
+    return jnp.mean(squared_input_gradient_norms(critic, real))
