@@ -5,10 +5,16 @@ complete), so a run killed at any moment leaves only finished checkpoints behind
 temporary directories are removed when the next run opens the workdir to train; opening it only
 to read (evaluate, sample, score in a classifier's features) leaves them, so it never breaks a
 save that is still being written.
+
+A committed checkpoint whose files were damaged later (truncated by a full disk, overwritten,
+missing) raises a `DamagedCheckpointError` naming its step and what failed; the training run
+moves it aside (`Checkpointer.move_aside`) and resumes from an older one (`train.resume`).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +23,26 @@ import jax
 import orbax.checkpoint as ocp
 
 from gen_jax.errors import GenJaxError
+
+
+class DamagedCheckpointError(GenJaxError):
+    """A finished checkpoint whose files cannot be read back; `step` is its step and `reason`
+    says which item failed and how (orbax's innermost error, which names the file or array)."""
+
+    def __init__(self, directory: Path, step: int, reason: str, other_steps: list[int]):
+        self.step, self.reason = step, reason
+        if other_steps:
+            remedy = (
+                f"Load another one with --step N (gen-jax evaluate, sample) or step=N (load_run): "
+                f"it holds steps {other_steps}. `gen-jax train` in this workdir resumes from the "
+                "newest checkpoint that restores, moving damaged newer ones aside."
+            )
+        else:
+            remedy = "It is the only checkpoint; nothing was moved or deleted."
+        super().__init__(
+            f"the checkpoint at step {step} in {directory} cannot be read, its files are damaged "
+            f"({reason}). {remedy}"
+        )
 
 
 class Checkpointer:
@@ -60,22 +86,45 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise GenJaxError(f"no checkpoint in {self.manager.directory}")
-        saved = self.manager.all_steps()
+        saved = self.all_steps()
         if step not in saved:
             raise GenJaxError(
-                f"no checkpoint at step {step} in {self.manager.directory}; it holds steps "
-                f"{sorted(saved)}"
+                f"no checkpoint at step {step} in {self.manager.directory}; it holds steps {saved}"
             )
-        self._check_shapes(step, abstract_state)
-        items = {"state": ocp.args.StandardRestore(abstract_state)}
-        if iterator is not None:
-            items["data"] = grain.checkpoint.CheckpointRestore(iterator)
-        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        return restored["state"], restored.get("data") if iterator is not None else None
+        with self._reading(step, "state"):
+            saved_state = self.manager.item_metadata(step)["state"]
+            if saved_state is None:
+                raise FileNotFoundError("its _METADATA (the list of saved arrays) is missing")
+            self._check_shapes(step, saved_state, abstract_state)
+            args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+            state = self.manager.restore(step, args=args)["state"]
+        if iterator is None:
+            return state, None
+        with self._reading(step, "data"):
+            args = ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(iterator))
+            iterator = self.manager.restore(step, args=args)["data"]
+        return state, iterator
 
-    def _check_shapes(self, step: int, abstract_state: Any) -> None:
+    @contextlib.contextmanager
+    def _reading(self, step: int, item: str) -> Iterator[None]:
+        """Whatever reading `item` of the finished `step` raises, other than a GenJaxError (a
+        checkpoint that does not fit the config), is damage: a DamagedCheckpointError."""
+        try:
+            yield
+        except GenJaxError:
+            raise
+        except Exception as error:
+            cause = error
+            while cause.__cause__ is not None:  # orbax wraps the error that names the file
+                cause = cause.__cause__
+            message = " ".join(str(cause).split())[:400]
+            reason = f"{step}/{item}: {type(cause).__name__}: {message}"
+            others = [s for s in self.all_steps() if s != step]
+            raise DamagedCheckpointError(self.manager.directory, step, reason, others) from error
+
+    def _check_shapes(self, step: int, saved_state: Any, abstract_state: Any) -> None:
         """Refuse, with the differing entries named, a checkpoint that does not fit the config."""
-        saved_leaves = _leaf_shapes(self.manager.item_metadata(step)["state"])
+        saved_leaves = _leaf_shapes(saved_state)
         expected_leaves = _leaf_shapes(abstract_state)
         problems = []
         for name in sorted(set(saved_leaves) | set(expected_leaves)):
@@ -95,6 +144,26 @@ class Checkpointer:
                 "Use a new --workdir for a different model, or the config this workdir was made "
                 "with (its config.json)."
             )
+
+    def move_aside(self, step: int, folder: Path) -> Path | None:
+        """Move the damaged checkpoint `step` into `folder`, never deleting it, where this manager
+        neither lists, restores nor cleans it up. Process 0 moves it and returns where it went
+        (FOLDER/STEP, or FOLDER/STEP.N if taken); the other processes wait for it (None)."""
+        target = None
+        if jax.process_index() == 0:
+            target, copies = Path(folder) / str(step), 1
+            while target.exists():
+                copies += 1
+                target = Path(folder) / f"{step}.{copies}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Path(self.manager.directory / str(step)).rename(target)
+        ocp.multihost.sync_global_processes(f"gen_jax_move_aside_{step}")
+        self.manager.reload()
+        return target
+
+    def all_steps(self) -> list[int]:
+        """The steps of all finished checkpoints, oldest first."""
+        return sorted(self.manager.all_steps())
 
     def wait(self) -> None:
         """Block until pending asynchronous saves are finished."""

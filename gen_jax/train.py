@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 
 from gen_jax import config as config_lib
 from gen_jax import data, parallel, tasks
-from gen_jax.checkpoint import Checkpointer
+from gen_jax.checkpoint import Checkpointer, DamagedCheckpointError
 from gen_jax.errors import GenJaxError, NonFiniteLossError
 from gen_jax.metric_writer import MetricWriter, logged_metrics, progress_bar
 from gen_jax.tasks.base import Task
@@ -169,6 +169,57 @@ def initial_state(
     return checkpointer.restore(parallel.replicate(abstract, mesh), iterator, step)
 
 
+def resume(
+    task: Task,
+    config: ml_collections.ConfigDict,
+    mesh: Mesh,
+    batch: dict,
+    checkpointer: Checkpointer,
+    iterator,
+    workdir: Path,
+):
+    """The training run's `initial_state`: from the newest checkpoint that restores completely.
+
+    Newer ones whose files are damaged are moved to `damaged_checkpoints/` (never deleted), which
+    stderr and `damaged_checkpoints.jsonl` (step, where it went, the step resumed at, the error)
+    record, so the run continues as if they had never been saved. When no checkpoint restores,
+    nothing is moved and the error lists them.
+    """
+    damaged: list[DamagedCheckpointError] = []
+    for step in sorted(checkpointer.all_steps(), reverse=True) or [None]:  # None: a fresh start
+        try:
+            state, iterator = initial_state(task, config, mesh, batch, checkpointer, iterator, step)
+            break
+        except DamagedCheckpointError as error:
+            damaged.append(error)
+    else:
+        directory = checkpointer.manager.directory
+        raise GenJaxError(
+            f"no checkpoint in {directory} can be read, their files are damaged "
+            f"({'; '.join(error.reason for error in damaged)}). Nothing was moved or deleted: "
+            f"restore them from a backup, or move {directory} elsewhere to train again from "
+            "step 0, or use a new --workdir."
+        ) from damaged[0]
+    for error in damaged:
+        moved = checkpointer.move_aside(error.step, workdir / "damaged_checkpoints")
+        if moved is None:  # another process moved it and reports it
+            continue
+        print(
+            f"gen-jax: the checkpoint at step {error.step} in {workdir} is damaged "
+            f"({error.reason}); moved it to {moved} and resumes at step {int(state.step)}",
+            file=sys.stderr,
+        )
+        record = {
+            "step": error.step,
+            "moved_to": str(moved.relative_to(workdir)),
+            "resumes_at": int(state.step),
+            "error": error.reason,
+        }
+        with open(workdir / "damaged_checkpoints.jsonl", "a") as log:
+            log.write(json.dumps(record) + "\n")
+    return state, iterator
+
+
 def record_config(config: ml_collections.ConfigDict, workdir: Path, step: int) -> None:
     """Write `config.json`. A run resumed at `step` with other settings than it was saved with
     says so on stderr and appends them to `config_changes.jsonl` (step, old and new value of each
@@ -224,9 +275,8 @@ def run(
     )
     workdir.mkdir(parents=True, exist_ok=True)
     checkpointer = Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
-    state, iterator = initial_state(
-        task, config, mesh, example_batch(train_arrays, config, mesh), checkpointer, iterator
-    )
+    batch = example_batch(train_arrays, config, mesh)
+    state, iterator = resume(task, config, mesh, batch, checkpointer, iterator, workdir)
     if is_main:  # only now: a workdir refused above keeps the config it was made with
         record_config(config, workdir, int(state.step))
     device_split = None
