@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.mocked_cli import THEN
 from tests.mocked_cli import mock_mnist as _mock_mnist
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,6 +105,38 @@ def experiment(tmp_path):
     return lambda name="tiny.py", **overrides: write_experiment(tmp_path / name, **overrides)
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """Factory: `tiny_run(family, **overrides)` is the workdir of a tiny run of `write_experiment`
+    on mocked MNIST, trained in this process once per session for each family and overrides.
+    Several test files read the same runs; a test that changes one works on a copy
+    (`copied_run`)."""
+    from gen_jax import config as config_lib
+    from gen_jax import train
+
+    made = {}
+
+    def train_once(family: str = "classifier", **overrides) -> Path:
+        key = (family, tuple(sorted(overrides.items())))
+        if key not in made:
+            root = tmp_path_factory.mktemp(f"tiny_{family}")
+            config = config_lib.load_experiment(
+                write_experiment(root / "tiny.py", family, **overrides)
+            )
+            with _mock_mnist():
+                train.run(config, root / "run")
+            made[key] = root / "run"
+        return made[key]
+
+    return train_once
+
+
+def copied_run(run: Path, destination: Path) -> Path:
+    """A copy of the run in `run` at `destination`, for a test that changes it."""
+    shutil.copytree(run, destination, symlinks=True)
+    return destination
+
+
 @pytest.fixture
 def mock_mnist():
     """MNIST-shaped random data for every `tfds.data_source` call inside the test."""
@@ -134,9 +168,68 @@ def check_call_mocked_cli(
     return output
 
 
+DEVICE_RUN_FAMILIES = ["classifier", "vae", "gan", "wgan_gp", "r1_gan"]
+SCORED_FAMILIES = ["gan", "wgan_gp", "r1_gan"]  # scored in the classifier run's features
+
+
+@pytest.fixture(scope="session")
+def device_runs(tmp_path_factory):
+    """Tiny runs of every family (12 steps, a checkpoint after each, the GANs scored with the
+    classifier run), trained once per session: `one_device/FAMILY` in one single-device process,
+    `eight_devices/FAMILY` in one process of 8 fake devices, which also writes a 16-sample grid of
+    the vae and the gan to `eight_devices/FAMILY.png`. Returns the root folder, with the
+    experiment files in `experiments/FAMILY.py`. Later runs that must meet these numbers
+    (resumed, interrupted, loaded on one device) start from the same files."""
+    root = tmp_path_factory.mktemp("device_runs")
+    settings = {"train.num_steps": 12, "train.checkpoint_every": 1, "train.keep_checkpoints": 3}
+    classifier = root / "one_device" / "classifier"
+    (root / "experiments").mkdir()
+    for family in DEVICE_RUN_FAMILIES:
+        scored = {"task.classifier_workdir": str(classifier)} if family in SCORED_FAMILIES else {}
+        write_experiment(root / "experiments" / f"{family}.py", family, **settings, **scored)
+
+    def trainings(folder: str) -> list[str]:
+        return chained(  # the classifier first: the GANs read its features
+            [
+                "train",
+                str(root / "experiments" / f"{family}.py"),
+                "--workdir",
+                str(root / folder / family),
+            ]
+            for family in DEVICE_RUN_FAMILIES
+        )
+
+    check_call_mocked_cli(trainings("one_device"), timeout=900)
+    grids = chained(
+        [
+            "sample",
+            str(root / "eight_devices" / family),
+            "--num",
+            "16",
+            "--out",
+            str(root / "eight_devices" / f"{family}.png"),
+        ]
+        for family in ("vae", "gan")
+    )
+    check_call_mocked_cli([*trainings("eight_devices"), THEN, *grids], devices=8, timeout=900)
+    return root
+
+
+def chained(commands) -> list[str]:
+    """One argument list that runs `commands` one after the other in one mocked process."""
+    return [arg for i, command in enumerate(commands) for arg in ([THEN] if i else []) + command]
+
+
+def in_ci() -> bool:
+    """Whether the tests run in CI (`CI` set, as CI services and .ci/run do)."""
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
 @pytest.fixture(scope="session")
 def real_data_dir() -> str:
-    """The prepared TFDS directory with real MNIST ($TFDS_DATA_DIR or ../shared/data); else skip."""
+    """The prepared TFDS directory with real MNIST ($TFDS_DATA_DIR or ../shared/data). Elsewhere
+    the real-data tests are skipped, but in CI missing data is an error: a green CI run has run
+    its learning tests, the quick reproduction and the notebooks."""
     candidates = [
         os.environ.get("TFDS_DATA_DIR"),
         str(REPO.parent / "shared/data/tensorflow_datasets"),
@@ -144,7 +237,10 @@ def real_data_dir() -> str:
     for candidate in candidates:
         if candidate and (Path(candidate) / "mnist").is_dir():
             return str(Path(candidate).resolve())
-    pytest.skip("real MNIST not found: set TFDS_DATA_DIR (see ../shared/data/README.md)")
+    message = "real MNIST not found: set TFDS_DATA_DIR (see ../shared/data/README.md)"
+    if in_ci():
+        pytest.fail(f"{message}; in CI the real-data tests must run", pytrace=False)
+    pytest.skip(message)
 
 
 QUICK_FAMILIES = ["mnist_cnn", "mnist_vae_mlp", "mnist_dcgan"]  # one experiment per family

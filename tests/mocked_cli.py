@@ -1,20 +1,24 @@
 """`gen-jax` on mocked MNIST, for tests that need a fresh process (devices, hosts, kills).
 
-    python tests/mocked_cli.py train EXPERIMENT --workdir DIR [...]
+    python tests/mocked_cli.py train EXPERIMENT --workdir DIR [...] [--then COMMAND ...]
 
-Runs the real CLI entry point under `tfds.testing.mock_data`. With GEN_JAX_DUMP_PARAMS set, every
-checkpoint also writes this process's own copy of the params to
+Runs the real CLI entry point under `tfds.testing.mock_data`: one command, or several separated
+by `--then`, one after the other in this process (each as a fresh `gen-jax` call; the first that
+fails ends the process with its status), so a test pays one process start for several runs. With
+GEN_JAX_DUMP_PARAMS set, every checkpoint also writes this process's own copy of the params to
 `WORKDIR/local_params/process{i}_step{n}.npz`, so tests can compare what each process holds.
 """
 
 import contextlib
 import os
 import sys
+from pathlib import Path
 from unittest import mock
 
 import tensorflow_datasets as tfds
 
 MOCK_EXAMPLES = 256
+THEN = "--then"  # separates the commands of one process
 
 
 @contextlib.contextmanager
@@ -44,7 +48,7 @@ def mock_mnist(num_examples: int = MOCK_EXAMPLES):
         data.clear_cache()
 
 
-def _dump_params_on_save(workdir: str) -> None:
+def _dump_params_on_save() -> None:
     import jax
     import numpy as np
 
@@ -58,16 +62,31 @@ def _dump_params_on_save(workdir: str) -> None:
         flat = {
             jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(local)[0]
         }
-        os.makedirs(f"{workdir}/local_params", exist_ok=True)
-        np.savez(f"{workdir}/local_params/process{jax.process_index()}_step{step}.npz", **flat)
+        folder = Path(self.manager.directory).parent / "local_params"  # WORKDIR/local_params
+        os.makedirs(folder, exist_ok=True)
+        np.savez(folder / f"process{jax.process_index()}_step{step}.npz", **flat)
 
     checkpoint.Checkpointer.save = save_and_dump
+
+
+def split_commands(argv: list[str]) -> list[list[str]]:
+    """The commands of `argv`, split at each `--then`."""
+    commands = [[]]
+    for arg in argv:
+        if arg == THEN:
+            commands.append([])
+        else:
+            commands[-1].append(arg)
+    return commands
 
 
 if __name__ == "__main__":
     from gen_jax import cli
 
     if os.environ.get("GEN_JAX_DUMP_PARAMS"):
-        _dump_params_on_save(sys.argv[sys.argv.index("--workdir") + 1])
+        _dump_params_on_save()
     with mock_mnist():
-        sys.exit(cli.main(sys.argv[1:]))
+        for command in split_commands(sys.argv[1:]):
+            status = cli.main(command)
+            if status:
+                sys.exit(status)

@@ -71,6 +71,7 @@ def test_eval_batches_count_every_example_exactly_once():
 
 def test_named_preprocessing_scales_pixels():
     batch = {"image": np.array([0, 255], np.uint8)}
+    # the end points of the range are exact in float32 (assert_allclose's 1e-7 relative)
     np.testing.assert_allclose(data.preprocessor(("scale_to_unit",))(batch)["image"], [0, 1])
     np.testing.assert_allclose(data.preprocessor(("scale_to_symmetric",))(batch)["image"], [-1, 1])
     with pytest.raises(GenJaxError, match=r"unknown data\.preprocess step"):

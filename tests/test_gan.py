@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import scipy.linalg
 
+from gen_jax import checkpoint, sample_quality, tasks, train
 from gen_jax import config as config_lib
-from gen_jax import sample_quality, tasks, train
 from gen_jax.errors import GenJaxError
+from gen_jax.metric_writer import logged_metrics
 from gen_jax.run import load_run
 from gen_jax.tasks import gan_losses as losses
 from tests.conftest import write_experiment
@@ -34,6 +35,8 @@ def tiny_gan(**settings):
 
 # ----------------------------------------------------------------------------- losses
 def test_losses_match_hand_computed_values():
+    # pytest.approx's default (1e-6 relative): float32 losses of two scores each, a few ulps
+    # (1.2e-7) from float64 numpy; a wrong sign or a missing term is off by whole units
     real, fake = jnp.array([2.0, -1.0]), jnp.array([0.5, -3.0])
     expected_bce = np.mean(softplus(-np.array([2.0, -1.0])) + softplus(np.array([0.5, -3.0])))
     assert losses.discriminator_loss("non_saturating", real, fake) == pytest.approx(expected_bce)
@@ -57,6 +60,7 @@ def test_gradient_penalty_is_zero_for_unit_gradient_norm_and_positive_otherwise(
     direction = jax.random.normal(jax.random.PRNGKey(2), (4, 4, 1))
     unit = direction / jnp.linalg.norm(direction)
     linear = lambda scale: lambda x: jnp.sum(x * scale * unit, axis=(1, 2, 3))
+    # (|g| - 1)^2 of a float32 norm of 16 terms: ~1e-7 from exact; a wrong norm is off by > 0.1
     assert losses.gradient_penalty(linear(1.0), real, fake, rng) == pytest.approx(0.0, abs=1e-6)
     assert losses.gradient_penalty(linear(3.0), real, fake, rng) == pytest.approx(4.0, rel=1e-5)
     quadratic = lambda x: jnp.sum(x**2, axis=(1, 2, 3))  # gradient norm varies with the point
@@ -68,6 +72,8 @@ def test_r1_penalty_is_the_mean_squared_input_gradient_at_the_real_examples():
     weights = jax.random.normal(jax.random.PRNGKey(1), (4, 4, 1))
     linear = lambda x: jnp.sum(x * weights, axis=(1, 2, 3))  # gradient `weights` everywhere
     expected = float(jnp.sum(weights**2))
+    # float32 sums of 16 squares, summed in another order: ~1e-7 relative apart; a penalty of
+    # the wrong images, a missing square or a sum over the batch is off by factors
     assert losses.r1_penalty(linear, real) == pytest.approx(expected, rel=1e-5)
     # x -> sum(x^2) has gradient 2x: the penalty is the mean of 4 |x|^2 over the real examples
     quadratic = lambda x: jnp.sum(x**2, axis=(1, 2, 3))
@@ -87,8 +93,10 @@ def test_the_r1_penalty_is_logged_and_changes_the_discriminator_update():
         results[weight] = jax.jit(task.train_step)(state, batch)
     (plain, plain_metrics), (penalised, metrics) = results[0.0], results[10.0]
     assert float(plain_metrics["r1_penalty"]) == 0.0 and float(metrics["r1_penalty"]) > 0.0
+    # the same initial parameters and batch: the loss before the penalty is the same number,
+    # up to the ulps of another compiled program (the penalty's gradient fuses differently)
     assert float(metrics["d_loss"]) == pytest.approx(float(plain_metrics["d_loss"]))
-    changed = jax.tree.map(
+    changed = jax.tree.map(  # an update 10x the penalty's gradient moves params by >> 1e-5
         lambda a, b: not np.allclose(a, b),
         plain.discriminator.params,
         penalised.discriminator.params,
@@ -121,6 +129,8 @@ def test_the_ema_generator_follows_the_recursion_and_is_what_samples_use():
         expected = jax.tree.map(
             lambda e, p, d=decay: d * e + (1 - d) * p, expected, state.generator.params
         )
+    # three float32 blends each way (the compiled step's fused ones against numpy's): a few
+    # ulps; the wrong decay (e.g. 0.5 instead of (1 + t) / (10 + t)) moves them by > 1e-2
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
         state.ema["params"],
@@ -169,10 +179,12 @@ def features():
 
 def test_fid_of_a_set_with_itself_is_zero_and_grows_with_a_shift(features):
     a, b = features
+    # float64: the matrix square root of cov @ cov leaves ~1e-12 of a trace of ~16
     assert sample_quality.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
     shifted = [sample_quality.frechet_distance(a, b + s) for s in (0.0, 0.5, 1.0, 2.0)]
     assert shifted == sorted(shifted) and shifted[0] < 0.2 < shifted[1]
-    # the mean term alone: shifting by s in all 16 dimensions adds ~16 s^2
+    # the mean term alone: shifting by s in all 16 dimensions adds ~16 s^2, plus the cross term
+    # with the sample means' own difference (~0.1 of 64 for 2000 samples): within 5%
     assert shifted[3] - shifted[0] == pytest.approx(16 * 4, rel=0.05)
 
 
@@ -183,6 +195,8 @@ def test_fid_matches_scipy_matrix_square_root(features):
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     root = scipy.linalg.sqrtm(cov_a @ cov_b).real
     expected = np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a + cov_b - 2 * root)
+    # both in float64 (another square-root algorithm): ~1e-10 relative apart; a missing factor
+    # 2 or a transposed product is off by whole percents
     assert sample_quality.frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
 
 
@@ -190,6 +204,7 @@ def test_inception_score_is_one_for_uniform_and_the_class_count_for_confident_ba
     assert sample_quality.inception_score(np.full((100, 10), 0.1)) == pytest.approx(1.0)
     confident = np.full((1000, 10), 1e-6)
     confident[np.arange(1000), np.arange(1000) % 10] = 1 - 9e-6
+    # exp of the mean KL, which the 1e-6 probabilities keep ~1e-4 below log 10
     assert sample_quality.inception_score(confident) == pytest.approx(10.0, rel=1e-3)
     one_class = np.tile(confident[:1], (1000, 1))  # confident but collapsed: no diversity
     assert sample_quality.inception_score(one_class) == pytest.approx(1.0)
@@ -207,6 +222,8 @@ def test_a_generator_that_covers_half_the_real_set_has_full_precision_and_half_r
     half = clusters[:800] + rng.normal(size=(800, 8)) * 0.01  # samples of 4 of the 8 modes
     precision, recall = sample_quality.precision_recall(clusters, half)
     assert precision == 1.0
+    # half the modes: 0.5, less the few real points of the covered modes that fall outside the
+    # k-NN balls of the samples (~1% with 200 points a mode); a recall of all modes would be 1
     assert recall == pytest.approx(0.5, abs=0.02)
 
 
@@ -216,16 +233,10 @@ def test_class_histogram_counts_the_most_probable_class():
 
 
 # ----------------------------------------------------------------------------- a mocked run
-@pytest.fixture(scope="module")
-def classifier_run(tmp_path_factory):
-    """A tiny classifier run on mocked MNIST, the feature space for GAN metrics."""
-    from tests.mocked_cli import mock_mnist
-
-    root = tmp_path_factory.mktemp("classifier")
-    config = config_lib.load_experiment(write_experiment(root / "cls.py", "classifier"))
-    with mock_mnist():
-        train.run(config, root / "run")
-    return root / "run"
+@pytest.fixture
+def classifier_run(tiny_run):
+    """The session's tiny classifier run on mocked MNIST, the feature space for GAN metrics."""
+    return tiny_run("classifier")
 
 
 def test_a_classifier_run_that_has_not_finished_gives_no_features(classifier_run, tmp_path):
@@ -256,6 +267,7 @@ def test_a_mocked_run_with_a_classifier_reports_every_metric_and_conditional_pic
     metrics = train.run(config_lib.load_experiment(experiment), tmp_path / "run")
     for name in ("fid", "inception_score", "precision", "recall", "classes_covered"):
         assert np.isfinite(metrics[name]), name
+    # fractions of 64 samples, each a multiple of 1/64: their float sum is 1 to ~1e-16
     assert sum(metrics[f"class_{c}_fraction"] for c in range(10)) == pytest.approx(1.0)
     assert metrics["floor_fid"] >= 0 and 1.0 <= metrics["floor_inception_score"] <= 10.0
     assert metrics["fid_over_floor"] == pytest.approx(metrics["fid"] / metrics["floor_fid"])
@@ -268,9 +280,11 @@ def test_a_mocked_run_with_a_classifier_reports_every_metric_and_conditional_pic
 
 
 def test_a_run_without_a_classifier_trains_and_says_why_it_reports_no_scores(
-    tmp_path, mock_mnist, capsys
+    tiny_run, mock_mnist, capsys
 ):
-    experiment = write_experiment(tmp_path / "gan.py", "gan")
-    assert train.run(config_lib.load_experiment(experiment), tmp_path / "run") == {}
+    run = tiny_run("gan")  # no task.classifier_workdir
+    assert checkpoint.latest_step(run / "checkpoints") == 10
+    assert logged_metrics(run, 10, "test") == {}
+    tasks.build(config_lib.load(run / "config.json"))
     assert "classifier_workdir is empty" in capsys.readouterr().err
-    assert list((tmp_path / "run" / "samples").glob("samples_*.png"))
+    assert list((run / "samples").glob("samples_*.png"))

@@ -22,6 +22,8 @@ def test_interpolation_endpoints_decode_to_the_endpoints(decode, spherical):
     path = latent.interpolate(start, end, 7, spherical=spherical)
     assert path.shape == (7, 2)
     decoded = decode(path)
+    # probabilities in [0, 1] from the same decoder at the same latent, one computed in a batch
+    # of 7 and one alone: a few ulps (~1e-7); an endpoint off by one step of 7 moves them ~1e-2
     np.testing.assert_allclose(decoded[0], decode(start[None])[0], atol=1e-5)
     np.testing.assert_allclose(decoded[-1], decode(end[None])[0], atol=1e-5)
 
@@ -29,6 +31,8 @@ def test_interpolation_endpoints_decode_to_the_endpoints(decode, spherical):
 def test_spherical_interpolation_moves_the_norm_linearly_along_the_arc():
     start, end = np.array([3.0, 0.0, 0.0]), np.array([0.0, 0.0, 1.0])
     path = latent.interpolate(start, end, 5, spherical=True)
+    # float32 trigonometry on norms 1-3: ~1e-7 relative, ~1e-5 degrees; a linear path's middle
+    # has norm 1.58 instead of 2, a wrong angle is off by degrees
     np.testing.assert_allclose(np.linalg.norm(path, axis=1), np.linspace(3, 1, 5), rtol=1e-5)
     directions = path / np.linalg.norm(path, axis=1, keepdims=True)
     angles = np.degrees(np.arccos(directions @ np.array([1.0, 0.0, 0.0])))
@@ -59,6 +63,8 @@ def test_projection_keeps_2d_latents_and_finds_the_principal_axes():
 def test_manifold_grid_covers_the_prior_quantiles_symmetrically(decode):
     latents = latent.manifold_latents(5)
     assert latents.shape == (5, 5, 2)
+    # normal quantiles at 1/2 and at p, 1 - p: 0 and mirror images to float rounding (~1e-16);
+    # an off-centre grid (e.g. quantiles of i / n) is off by > 0.1
     np.testing.assert_allclose(latents[2, 2], 0, atol=1e-6)
     np.testing.assert_allclose(latents[0, 0], -latents[-1, -1], atol=1e-6)
     assert latent.manifold_grid(decode, 5).shape == (5, 5, 28, 28, 1)

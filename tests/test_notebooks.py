@@ -4,6 +4,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from gen_jax import config as config_lib
+from gen_jax import train
 from tests.conftest import REPO
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -20,18 +22,36 @@ def test_there_are_notebooks_and_they_are_stored_without_outputs():
                 assert cell.outputs == [] and cell.execution_count is None, path.name
 
 
+NOTEBOOK_RUNS = {  # the runs the notebooks load that the quick reproduction does not train
+    "mnist_vae_2d": [*config_lib.QUICK_VAE, "--config.train.num_steps=30"],
+    "mnist_cgan": ["--config.train.num_steps=30", "--config.task.classifier_workdir="],
+}
+
+
+@pytest.fixture(scope="module")
+def notebook_runs(real_data_dir, quick_runs, tmp_path_factory):
+    """A runs folder for the notebooks: the quick runs the session trains anyway (linked), and
+    30-step runs on the real MNIST of the others. A notebook only needs a finished run to load
+    (it trains a 300-step one where there is none, which its tests would wait for)."""
+    _, quick, _ = quick_runs
+    root = tmp_path_factory.mktemp("notebook_runs")
+    for run in quick.iterdir():
+        (root / run.name).symlink_to(run, target_is_directory=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TFDS_DATA_DIR", real_data_dir)
+        for name, overrides in NOTEBOOK_RUNS.items():
+            config = config_lib.load_experiment(REPO / "experiments" / f"{name}.py")
+            config_lib.apply_overrides(config, overrides)
+            train.run(config, root / name)
+    return root
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
-def test_the_notebook_executes_top_to_bottom(
-    path, real_data_dir, quick_runs, tmp_path, monkeypatch
-):
-    # the kernel inherits this environment: real MNIST, the quick runs the session has trained
-    # anyway (linked, so they are loaded, not retrained), and short runs of the rest in tmp_path
-    _, runs, _ = quick_runs
-    for run in runs.iterdir():
-        (tmp_path / run.name).symlink_to(run, target_is_directory=True)
+def test_the_notebook_executes_top_to_bottom(path, real_data_dir, notebook_runs, monkeypatch):
+    # the kernel inherits this environment: real MNIST and the runs to load
     monkeypatch.setenv("TFDS_DATA_DIR", real_data_dir)
-    monkeypatch.setenv("GEN_JAX_RUNS", str(tmp_path))
+    monkeypatch.setenv("GEN_JAX_RUNS", str(notebook_runs))
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(
         notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": path.parent}}
