@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,28 @@ from tests.mocked_cli import mock_mnist as _mock_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 MOCKED_CLI = Path(__file__).with_name("mocked_cli.py")
+
+
+def pytest_configure(config):
+    """Share compiled programs between this process and the ones it starts (mocked CLI runs,
+    notebook kernels) through JAX's persistent compilation cache, in a folder of this session:
+    most test runs compile the same few tiny programs, and compiling is most of their time. A
+    cached program is the one XLA compiled, so results are unchanged, bit for bit."""
+    import jax
+
+    folder = tempfile.mkdtemp(prefix="gen_jax_tests_xla_cache_")
+    config.stash[XLA_CACHE] = folder
+    settings = {"compilation_cache_dir": folder, "persistent_cache_min_compile_time_secs": 0}
+    for name, value in settings.items():
+        os.environ[f"JAX_{name.upper()}"] = str(value)  # for the processes the tests start
+        jax.config.update(f"jax_{name}", value)
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(config.stash.get(XLA_CACHE, ""), ignore_errors=True)
+
+
+XLA_CACHE = pytest.StashKey[str]()
 
 
 COMMON_SETTINGS = {
@@ -174,14 +197,14 @@ SCORED_FAMILIES = ["gan", "wgan_gp", "r1_gan"]  # scored in the classifier run's
 
 @pytest.fixture(scope="session")
 def device_runs(tmp_path_factory):
-    """Tiny runs of every family (12 steps, a checkpoint after each, the GANs scored with the
+    """Tiny runs of every family (10 steps, a checkpoint after each, the GANs scored with the
     classifier run), trained once per session: `one_device/FAMILY` in one single-device process,
     `eight_devices/FAMILY` in one process of 8 fake devices, which also writes a 16-sample grid of
     the vae and the gan to `eight_devices/FAMILY.png`. Returns the root folder, with the
     experiment files in `experiments/FAMILY.py`. Later runs that must meet these numbers
     (resumed, interrupted, loaded on one device) start from the same files."""
     root = tmp_path_factory.mktemp("device_runs")
-    settings = {"train.num_steps": 12, "train.checkpoint_every": 1, "train.keep_checkpoints": 3}
+    settings = {"train.checkpoint_every": 1, "train.keep_checkpoints": 3}  # 10 steps
     classifier = root / "one_device" / "classifier"
     (root / "experiments").mkdir()
     for family in DEVICE_RUN_FAMILIES:
