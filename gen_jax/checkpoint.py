@@ -14,13 +14,16 @@ moves it aside (`Checkpointer.move_aside`) and resumes from an older one (`train
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from gen_jax.errors import GenJaxError
 
@@ -166,7 +169,17 @@ class Checkpointer:
         return sorted(self.manager.all_steps())
 
     def wait(self) -> None:
-        """Block until pending asynchronous saves are finished."""
+        """Block until pending asynchronous saves are finished.
+
+        In a multi-process run the processes first poll each other every 50 ms with a
+        collective, which fails at once if one of them is gone; orbax's own wait would block on
+        a barrier until the heartbeat timeout and then abort the process.
+        """
+        while jax.process_count() > 1:
+            saving = np.int32(self.manager.is_saving_in_progress())
+            if not multihost_utils.process_allgather(saving).any():
+                break
+            time.sleep(0.05)
         self.manager.wait_until_finished()
 
     def close(self) -> None:
@@ -175,12 +188,9 @@ class Checkpointer:
 
 def latest_step(directory: Path) -> int | None:
     """The step of the newest finished checkpoint in `directory` (None if none), for callers
-    that only ask whether a run got that far."""
-    checkpointer = Checkpointer(directory)
-    try:
-        return checkpointer.latest_step()
-    finally:
-        checkpointer.close()
+    that only ask whether a run got that far. It reads the directory alone, with no checkpoint
+    manager: that would wait for the other processes of a run, which may be gone."""
+    return max(ocp.path.step.checkpoint_steps(directory), default=None)
 
 
 def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 from pathlib import Path
 
-from gen_jax.errors import GenJaxError
+from gen_jax.errors import GenJaxError, PeerLostError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,17 +53,32 @@ def _parser() -> argparse.ArgumentParser:
         )
         group.add_argument("--num_processes", type=int)
         group.add_argument("--process_id", type=int)
+        group.add_argument(
+            "--heartbeat_timeout",
+            type=int,
+            default=100,
+            help="seconds a process may stay silent (frozen, cut off) before the run stops; a "
+            "process that exits is noticed at once (default 100, jax's)",
+        )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `gen-jax` console script."""
+    argv = sys.argv[1:] if argv is None else argv
     parser = _parser()
     args, overrides = parser.parse_known_args(argv)
     try:
         if overrides and args.command != "train":
             raise GenJaxError(f"unrecognised arguments: {' '.join(overrides)}")
         return _run(args, overrides)
+    except PeerLostError as error:
+        command = shlex.join(["gen-jax", *argv])
+        print(f"gen-jax: error: {error} On this process:\n  {command}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # not sys.exit: jax.distributed's shutdown at exit would wait for the lost process and abort
+        os._exit(2)
     except GenJaxError as error:
         print(f"gen-jax: error: {error}", file=sys.stderr)
         return 2
@@ -113,8 +130,9 @@ def _sample(args: argparse.Namespace) -> dict:
     return {"out": str(path), "num": args.num, "seed": args.seed, "step": run.step}
 
 
-def _distributed_flags(args: argparse.Namespace) -> tuple[str, int, int] | None:
-    """(coordinator address, process count, process index) of a multi-process run, else None."""
+def _distributed_flags(args: argparse.Namespace) -> tuple[str, int, int, int] | None:
+    """(coordinator address, process count, process index, heartbeat timeout) of a
+    multi-process run, else None."""
     names = ("coordinator_address", "num_processes", "process_id")
     flags = tuple(getattr(args, name, None) for name in names)  # absent from other commands
     if all(flag is None for flag in flags):
@@ -126,7 +144,11 @@ def _distributed_flags(args: argparse.Namespace) -> tuple[str, int, int] | None:
             "from 0 to N - 1, all three (e.g. --coordinator_address 127.0.0.1:12345 "
             "--num_processes 2 --process_id 0)"
         )
-    return flags
+    if args.heartbeat_timeout < 1:
+        raise GenJaxError(
+            f"--heartbeat_timeout must be at least 1 second, not {args.heartbeat_timeout}"
+        )
+    return address, count, index, args.heartbeat_timeout
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """The one exception type users see: a message that says what went wrong and what to do."""
 
+from pathlib import Path
+
 
 class GenJaxError(Exception):
     """A user-facing error (bad config, missing data, unusable workdir, diverged run).
@@ -18,4 +20,21 @@ class NonFiniteLossError(GenJaxError):
             f"non-finite loss at step {step} ({shown}). The run stopped; the last checkpoint "
             "before it is intact. Lower the learning rate or check the data, then rerun the "
             "same command to resume from that checkpoint."
+        )
+
+
+class PeerLostError(GenJaxError):
+    """Another process of a multi-process run died or stopped answering, so this one stopped."""
+
+    def __init__(self, cause: str, index: int, count: int, checkpoints: Path, step: int | None):
+        gone = f"process {1 - index}" if count == 2 else f"one of the other {count - 1} processes"
+        if step is None:
+            saved = f"There is no complete checkpoint in {checkpoints} yet"
+        else:
+            saved = f"The last complete checkpoint in {checkpoints} is step {step}"
+        super().__init__(
+            f"{gone} of this {count}-process run is gone or stopped answering ({cause}), so "
+            f"process {index} stopped too. {saved} (a save under way when it stopped is "
+            "incomplete and is never restored). Run the same command again on every process to "
+            "resume."
         )

@@ -7,6 +7,7 @@ or several hosts joined by `jax.distributed`.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jax
@@ -18,14 +19,35 @@ from gen_jax.errors import GenJaxError
 DATA_AXIS = "data"
 
 
-def initialize_distributed(coordinator_address: str, num_processes: int, process_id: int) -> None:
-    """Join a multi-process run (CPU processes talk over gloo collectives)."""
+# A gloo (CPU) collective that fails has lost its connection to another process: they move
+# nothing but data between processes, and a program error would have stopped the compilation.
+GLOO_FAILURE = re.compile(r"Gloo [\w -]+ failed: ")
+
+
+def initialize_distributed(
+    coordinator_address: str, num_processes: int, process_id: int, heartbeat_timeout: int = 100
+) -> None:
+    """Join a multi-process run (CPU processes talk over gloo collectives).
+
+    A process that sends no heartbeat for `heartbeat_timeout` seconds (frozen, cut off) is
+    declared dead and every process ends; one that exits closes its connections, which the
+    others notice at their next collective.
+    """
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=coordinator_address,
         num_processes=num_processes,
         process_id=process_id,
+        heartbeat_timeout_seconds=heartbeat_timeout,
     )
+
+
+def lost_peer(error: Exception) -> str | None:
+    """The first line of `error` if it is a collective failing because another process of the
+    run is gone, else None. Its type varies (a JaxRuntimeError from a step, a ValueError from
+    the gloo all-gather of orbax's barriers), its message does not."""
+    message = str(error).strip().split("\n")[0]
+    return message if GLOO_FAILURE.search(message) else None
 
 
 def make_mesh() -> Mesh:

@@ -17,10 +17,10 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
+from gen_jax import checkpoint, data, parallel, tasks
 from gen_jax import config as config_lib
-from gen_jax import data, parallel, tasks
 from gen_jax.checkpoint import Checkpointer, DamagedCheckpointError
-from gen_jax.errors import GenJaxError, NonFiniteLossError
+from gen_jax.errors import GenJaxError, NonFiniteLossError, PeerLostError
 from gen_jax.metric_writer import MetricWriter, logged_metrics, progress_bar
 from gen_jax.tasks.base import Task
 
@@ -284,11 +284,23 @@ def run(
         device_split = jax.device_put(train_arrays, parallel.replicated(mesh))
     steps = compile_steps(task, config, mesh, eval_arrays, device_split)
     writer = MetricWriter(workdir, enabled=is_main, start_step=int(state.step))
+    peer_lost = False
     try:
-        return _loop(config, state, iterator, steps, checkpointer, writer, stop_at)
+        results = _loop(config, state, iterator, steps, checkpointer, writer, stop_at)
+        checkpointer.wait()  # in the try: a process lost in the last save is one lost in a step
+        return results
+    except Exception as error:  # only a lost process is caught; anything else goes on
+        cause = parallel.lost_peer(error)
+        if cause is None:
+            raise
+        peer_lost = True
+        checkpoints = workdir / "checkpoints"
+        step = checkpoint.latest_step(checkpoints)  # read from disk, with no other process
+        index, count = jax.process_index(), jax.process_count()
+        raise PeerLostError(cause, index, count, checkpoints, step) from error
     finally:
-        checkpointer.wait()
-        checkpointer.close()
+        if not peer_lost:  # closing waits for a save under way, which a lost process never ends
+            checkpointer.close()
         writer.close()
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -167,8 +170,14 @@ def mock_mnist():
         yield
 
 
-def run_mocked_cli(args: list[str], devices: int = 1, env: dict | None = None, **kwargs):
-    """Run `gen-jax ARGS` in a fresh process on mocked MNIST with `devices` fake CPU devices."""
+@contextlib.contextmanager
+def mocked_cli(
+    args: list[str], devices: int = 1, env: dict | None = None, **kwargs
+) -> Iterator[subprocess.Popen]:
+    """Run `gen-jax ARGS` in a fresh process on mocked MNIST with `devices` fake CPU devices.
+
+    The process leads its own process group, which is killed when the block ends, however it
+    ends (a failed assertion, a timeout): a test never leaves training processes behind."""
     full_env = {
         **os.environ,
         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
@@ -176,17 +185,25 @@ def run_mocked_cli(args: list[str], devices: int = 1, env: dict | None = None, *
         **(env or {}),
     }
     command = [sys.executable, str(MOCKED_CLI), *args]
-    return subprocess.Popen(command, env=full_env, cwd=REPO, **kwargs)
+    process = subprocess.Popen(command, env=full_env, cwd=REPO, start_new_session=True, **kwargs)
+    try:
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # none of the group is left
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
 
 
 def check_call_mocked_cli(
     args: list[str], devices: int = 1, env: dict | None = None, timeout: float = 300
 ) -> str:
     """Run `gen-jax ARGS` mocked to completion; fail the test with its output if it fails."""
-    process = run_mocked_cli(
-        args, devices, env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    output, _ = process.communicate(timeout=timeout)
+    piped = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+    with mocked_cli(args, devices, env, **piped) as process:
+        output, _ = process.communicate(timeout=timeout)
     assert process.returncode == 0, output
     return output
 

@@ -7,8 +7,8 @@ import jax
 import numpy as np
 import pytest
 
+from gen_jax import checkpoint, tasks, train
 from gen_jax import config as config_lib
-from gen_jax import tasks, train
 from gen_jax.checkpoint import Checkpointer
 from gen_jax.errors import GenJaxError, NonFiniteLossError
 from gen_jax.metric_writer import logged_metrics, read_metrics
@@ -167,6 +167,7 @@ def test_reading_a_run_leaves_a_save_in_progress_and_names_the_steps_it_has(
     shutil.copytree(workdir / "checkpoints" / "10", in_progress)  # as if a save were running
     assert load_run(workdir, step=5).step == 5  # what evaluate, sample and notebooks do
     assert in_progress.is_dir()
+    assert checkpoint.latest_step(workdir / "checkpoints") == 10  # never the unfinished save
     with pytest.raises(GenJaxError, match=r"no checkpoint at step 7 .* holds steps \[5, 10\]"):
         load_run(workdir, step=7)
     train.run(load(experiment(), "--config.train.num_steps=15"), workdir)  # the run's writer
