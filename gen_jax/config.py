@@ -277,7 +277,7 @@ def vae_config() -> ml_collections.ConfigDict:
             "kl_warmup_steps": 0,  # beta ramps linearly from 0 over these steps
             "eval_samples": 100,  # importance samples for the NLL of periodic evaluations
             "final_eval_samples": 1000,  # ... and of the final one (the reported number)
-            "eval_sample_chunk": 50,  # samples decoded at once (memory: chunk x eval batch)
+            "eval_sample_chunk": 50,  # decoded at once (memory: chunk x eval batch), same NLL
             "eval_seed": 0,  # fixes the test binarisation and the evaluation samples
         }
     )

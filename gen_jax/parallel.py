@@ -65,14 +65,18 @@ def data_sharded(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(*[None] * batch_axis, DATA_AXIS))
 
 
-def check_batch_size(batch_size: int, mesh: Mesh, key: str) -> None:
-    """A global batch must split evenly over devices (and so over processes)."""
+def check_batch_sizes(sizes: dict[str, int], mesh: Mesh) -> None:
+    """Global batches (config key -> size) must split evenly over the devices, and so over the
+    processes; one error names every size that does not."""
     devices = mesh.devices.size
-    if batch_size <= 0 or batch_size % devices:
+    bad = {key: size for key, size in sizes.items() if size <= 0 or size % devices}
+    if bad:
+        named = ", ".join(f"{key}={size}" for key, size in bad.items())
+        multiples = {key: max(devices, size - size % devices) for key, size in bad.items()}
+        fixes = ", ".join(f"{key}={size}" for key, size in multiples.items())
         raise GenJaxError(
-            f"{key}={batch_size} is not divisible by the {devices} devices of this run "
-            f"({jax.process_count()} process(es)); choose a multiple of {devices}, "
-            f"e.g. {max(devices, batch_size // devices * devices)}"
+            f"{named}: a batch must be a positive multiple of the {devices} devices of this run "
+            f"({jax.process_count()} process(es)), which share it equally; choose e.g. {fixes}"
         )
 
 

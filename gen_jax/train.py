@@ -118,11 +118,19 @@ def compile_steps(
     return Steps(train, evaluate, pictures)
 
 
-def check_speed_options(train: ml_collections.ConfigDict, device_batch: int) -> None:
-    """Positive `steps_per_call` and `batch_splits`, the splits dividing each device's batch."""
-    for key in ("steps_per_call", "batch_splits"):
+def check_train_settings(train: ml_collections.ConfigDict, device_batch: int) -> None:
+    """The train section's counts, before anything runs: at least one step, checkpoint kept,
+    step per call and batch slice; the slices dividing each device's batch; periods of 0 (only
+    at the end) or more."""
+    for key in ("num_steps", "keep_checkpoints", "steps_per_call", "batch_splits"):
         if not isinstance(train[key], int) or train[key] < 1:
             raise GenJaxError(f"train.{key} must be a positive integer, not {train[key]!r}")
+    for key in ("log_every", "eval_every", "checkpoint_every"):
+        if train[key] < 0:
+            raise GenJaxError(
+                f"train.{key} must be 0 (only at the end) or a positive number of steps, not "
+                f"{train[key]!r}"
+            )
     if device_batch % train.batch_splits:
         raise GenJaxError(
             f"train.batch_splits={train.batch_splits} does not divide the {device_batch} examples "
@@ -256,9 +264,9 @@ def run(
     workdir = Path(workdir)
     config = config_lib.with_absolute_paths(config)
     mesh = parallel.make_mesh()
-    parallel.check_batch_size(config.data.batch_size, mesh, "data.batch_size")
-    parallel.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
-    check_speed_options(config.train, config.data.batch_size // mesh.devices.size)
+    sizes = {f"data.{key}": config.data[key] for key in ("batch_size", "eval_batch_size")}
+    parallel.check_batch_sizes(sizes, mesh)
+    check_train_settings(config.train, config.data.batch_size // mesh.devices.size)
     task = tasks.build(config)
     is_main = jax.process_index() == 0
 
@@ -416,7 +424,7 @@ def load_state(workdir: str | Path, step: int | None = None):
     workdir = Path(workdir)
     config = config_lib.load(workdir / "config.json")
     mesh = parallel.make_mesh()
-    parallel.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
+    parallel.check_batch_sizes({"data.eval_batch_size": config.data.eval_batch_size}, mesh)
     task = tasks.build(config)
     arrays = data.load_split(config.data, config.data.eval_split)
     checkpointer = Checkpointer(workdir / "checkpoints")  # reads only: the run may be saving

@@ -1,12 +1,15 @@
 """`gen-jax reproduce`: runs experiments, checks their declared numbers, writes one table."""
 
+import functools
 import json
 
+import jax
+import numpy as np
 import pytest
 
-from gen_jax import cli, reproduce, train
+from gen_jax import cli, data, parallel, reproduce, tasks, train
 from gen_jax import config as config_lib
-from tests.conftest import QUICK_FAMILIES, write_experiment
+from tests.conftest import QUICK_FAMILIES, REPO, write_experiment
 
 
 def test_the_table_goes_between_the_markers_and_keeps_the_text_around_it(tmp_path):
@@ -123,3 +126,70 @@ def test_figures_are_each_runs_latest_pictures_and_a_2d_vaes_maps(tmp_path, mock
     assert drawn == [f"vae_{kind}.png" for kind in kinds]
     latest = sorted(run.glob("samples/prior_samples_*.png"))[-1]
     assert (tmp_path / "figures/vae_prior_samples.png").read_bytes() == latest.read_bytes()
+
+
+# ----------------------------------------------------------------------------- declared checks
+EXPERIMENTS = sorted((REPO / "experiments").glob("*.py"))
+SPLITS = ("train_split", "eval_split")
+
+
+def pixel_features(images):
+    """A stand-in for the classifier that scores a GAN: features and class probabilities."""
+    flat = images.reshape(len(images), -1)
+    return flat[:, :16], jax.nn.softmax(flat[:, 300:310])
+
+
+@pytest.fixture(scope="module")
+def reported_metrics(tmp_path_factory) -> dict[str, set[str]]:
+    """Task name -> the names its final evaluation reports: each family's `summarize` of outputs
+    shaped like its eval step's on one mocked batch (traced, not run: the names depend on no
+    value), a GAN scored by a stand-in classifier of 10 classes."""
+    from tests.mocked_cli import mock_mnist
+
+    root, mesh, reported = tmp_path_factory.mktemp("families"), parallel.make_mesh(), {}
+    values = np.random.default_rng(0)
+    with mock_mnist():
+        for family in ("classifier", "vae", "gan"):
+            config = config_lib.load_experiment(write_experiment(root / f"{family}.py", family))
+            task = tasks.build(config)
+            if family == "gan":  # as if task.classifier_workdir named a classifier run
+                task.__dict__["classifier"] = pixel_features
+            splits = {k: data.load_split(config.data, config.data[k]) for k in SPLITS}
+            example = train.example_batch(splits["train_split"], config, mesh)
+            state = jax.eval_shape(task.init, jax.random.PRNGKey(0), example)
+            batch = next(
+                data.eval_batches(
+                    splits["eval_split"],
+                    batch_size=config.data.eval_batch_size,
+                    preprocess=config.data.preprocess,
+                )
+            )
+            shapes = jax.eval_shape(functools.partial(task.eval_step, final=True), state, batch)
+            outputs = jax.tree.map(
+                lambda s: values.uniform(0.5, 1, s.shape).astype(s.dtype), shapes
+            )
+            reported[config.task.name] = set(task.summarize([outputs]))
+    return reported
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda path: path.stem)
+def test_an_experiment_declares_checks_of_metrics_its_task_reports(path, reported_metrics):
+    """EXPECTED and QUICK: metrics the task reports, each (value, tolerance > 0) or ('<=' | '>=',
+    bound); QUICK's overrides and the REQUIRES runs' paths apply to the config, whose task
+    builds; REQUIRES names experiments of the folder."""
+    module = config_lib.load_module(path)
+    for quick in (False, True):
+        overrides, expected, requires = reproduce.declared(module, path, quick)
+        assert all((path.parent / f"{name}.py").is_file() for name in requires.values()), requires
+        config = config_lib.experiment_config(module, path)
+        runs = [f"--config.{key}=runs/{name}" for key, name in requires.items()]
+        config_lib.apply_overrides(config, [*overrides, *runs])
+        reported = reported_metrics[config.task.name]
+        assert set(expected) <= reported, (sorted(set(expected) - reported), sorted(reported))
+        number = lambda value: isinstance(value, (int, float)) and not isinstance(value, bool)
+        for metric, (first, second) in expected.items():
+            goal = first in reproduce.GOALS
+            assert number(second) and (goal or (number(first) and second > 0)), (metric, first)
+        for key in requires:  # a run this test does not have: the task builds without it
+            config_lib.apply_overrides(config, [f"--config.{key}="])
+        tasks.build(config)

@@ -145,18 +145,28 @@ def test_checkpoint_that_does_not_fit_the_config_is_refused(
     assert (workdir / "config.json").read_text() == saved_config
 
 
+DIVERGING = {  # learning rates that make the next step's loss non-finite
+    "classifier": ["--config.optimizer.learning_rate=1e30"],
+    "gan": [
+        "--config.optimizer.generator.learning_rate=1e30",
+        "--config.optimizer.discriminator.learning_rate=1e30",
+    ],
+}
+
+
+@pytest.mark.parametrize("family", sorted(DIVERGING))
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
-    experiment, tmp_path, mock_mnist
+    experiment, tmp_path, mock_mnist, family
 ):
-    workdir = tmp_path / "run"
-    train.run(load(experiment(), "--config.train.num_steps=5"), workdir)
+    workdir, path = tmp_path / "run", experiment(family=family)
+    train.run(load(path, "--config.train.num_steps=5"), workdir)
     _, _, _, good = train.load_state(workdir)
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step (\d+)") as error:
-        train.run(load(experiment(), "--config.optimizer.learning_rate=1e30"), workdir)
+        train.run(load(path, *DIVERGING[family]), workdir)
     assert 5 < error.value.step <= 10
     assert Checkpointer(workdir / "checkpoints").latest_step() == 5
     _, _, _, kept = train.load_state(workdir)
-    assert jax.tree.all(jax.tree.map(np.array_equal, good.params, kept.params))
+    assert jax.tree.all(jax.tree.map(np.array_equal, good, kept))
 
 
 def test_reading_a_run_leaves_a_save_in_progress_and_names_the_steps_it_has(
@@ -179,10 +189,50 @@ def test_evaluate_without_a_checkpoint_is_a_clear_error(tmp_path):
         load_run(tmp_path).evaluate()
 
 
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("train.num_steps=0", "train.num_steps must be a positive integer, not 0"),
+        ("train.num_steps=-5", "train.num_steps must be a positive integer, not -5"),
+        ("train.keep_checkpoints=0", "train.keep_checkpoints must be a positive integer, not 0"),
+        ("train.log_every=-1", "train.log_every must be 0 (only at the end) or a positive"),
+    ],
+)
+def test_counts_that_would_train_or_keep_nothing_are_refused_before_anything_runs(
+    experiment, tmp_path, mock_mnist, capsys, setting, message
+):
+    from gen_jax import cli
+
+    path, workdir = experiment(**{"optimizer.warmup_steps": 0}), tmp_path / "run"  # no warm-up
+    code = cli.main(["train", str(path), "--workdir", str(workdir), f"--config.{setting}"])
+    assert code == 2
+    assert f"gen-jax: error: {message}" in capsys.readouterr().err
+    assert not workdir.exists()
+
+
+def test_an_eval_batch_size_below_one_is_refused_by_training_and_by_loading(
+    experiment, tmp_path, mock_mnist
+):
+    """One device here divides every positive size; the slow test below runs 8."""
+    config = load(experiment(), "--config.data.eval_batch_size=0")
+    message = r"^data.eval_batch_size=0: a batch must be a positive multiple of the 1 devices"
+    with pytest.raises(GenJaxError, match=message):
+        train.run(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "saved").mkdir()  # a run whose saved config has it, as evaluate and load_run read
+    config_lib.save(config, tmp_path / "saved" / "config.json")
+    with pytest.raises(GenJaxError, match=message):
+        load_run(tmp_path / "saved")
+
+
 @pytest.mark.slow
 def test_batch_not_divisible_by_the_devices_is_an_error_that_says_so(experiment, tmp_path):
-    path = experiment(**{"data.batch_size": 12})
+    path = experiment(**{"data.batch_size": 12, "data.eval_batch_size": 20})
     with pytest.raises(AssertionError) as failure:
         check_call_mocked_cli(["train", str(path), "--workdir", str(tmp_path / "run")], devices=8)
-    assert "data.batch_size=12 is not divisible by the 8 devices" in str(failure.value)
+    assert (
+        "data.batch_size=12, data.eval_batch_size=20: a batch must be a positive multiple of the "
+        "8 devices of this run (1 process(es)), which share it equally; choose e.g. "
+        "data.batch_size=8, data.eval_batch_size=16"
+    ) in str(failure.value)
     assert "Traceback" not in str(failure.value)

@@ -63,9 +63,11 @@ def reparameterize(noise: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.
     return mean + jnp.exp(0.5 * logvar) * noise
 
 
-def sample_latents(rng: jax.Array, mean: jax.Array, logvar: jax.Array, k: int) -> jax.Array:
-    """k reparameterised draws from q(z|x): shape (k, batch, latent)."""
-    return reparameterize(jax.random.normal(rng, (k, *mean.shape), mean.dtype), mean, logvar)
+def sample_latents(keys: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
+    """One reparameterised draw from q(z|x) per key: shape (keys, batch, latent). Draw i depends
+    only on keys[i], so the keys may be taken in chunks without changing the draws."""
+    noise = jax.vmap(lambda key: jax.random.normal(key, mean.shape, mean.dtype))(keys)
+    return reparameterize(noise, mean, logvar)
 
 
 def log_weights(decode, x: jax.Array, z: jax.Array, mean: jax.Array, logvar: jax.Array):
@@ -170,20 +172,20 @@ class VAETask:
         return {"recon": recon, "kl": gaussian_kl(mean, logvar)}
 
     def iw_bound(self, params, rng: jax.Array, x: jax.Array, k: int, chunk: int) -> jax.Array:
-        """Per-example importance-weighted bound with k samples, decoded `chunk` at a time."""
+        """Per-example importance-weighted bound with k samples, decoded `chunk` at a time. Sample
+        i comes from the i-th of k keys split from `rng`: the chunk changes memory, not numbers."""
         mean, logvar = self.encode(params, x)
-        decode = lambda z: self.decode(params, z)
+
+        def weights(keys: jax.Array) -> jax.Array:  # (keys, batch): one draw per key
+            z = sample_latents(keys, mean, logvar)
+            return log_weights(lambda z: self.decode(params, z), x, z, mean, logvar)
+
+        keys = jax.random.split(rng, k)
         if k <= chunk:
-            return iw_bound(
-                log_weights(decode, x, sample_latents(rng, mean, logvar, k), mean, logvar)
-            )
-
-        def one_chunk(_, key):
-            z = sample_latents(key, mean, logvar, chunk)
-            return None, log_weights(decode, x, z, mean, logvar)
-
-        _, weights = jax.lax.scan(one_chunk, None, jax.random.split(rng, k // chunk))
-        return iw_bound(weights.reshape(k, -1))
+            return iw_bound(weights(keys))
+        chunks = keys.reshape(k // chunk, chunk, *keys.shape[1:])
+        _, chunked = jax.lax.scan(lambda _, chunk_keys: (None, weights(chunk_keys)), None, chunks)
+        return iw_bound(chunked.reshape(k, -1))
 
     def train_step(self, state: VAEState, batch: Batch) -> tuple[VAEState, Metrics]:
         binarize_rng, sample_rng = jax.random.split(step_key(state.rng, state.step))
