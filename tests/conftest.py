@@ -19,17 +19,22 @@ from tests.mocked_cli import mock_mnist as _mock_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 MOCKED_CLI = Path(__file__).with_name("mocked_cli.py")
+XLA_CACHE = pytest.StashKey[str]()  # the session's folder of compiled programs
 
 
 def pytest_configure(config):
-    """Share compiled programs between this process and the ones it starts (mocked CLI runs,
-    notebook kernels) through JAX's persistent compilation cache, in a folder of this session:
-    most test runs compile the same few tiny programs, and compiling is most of their time. A
-    cached program is the one XLA compiled, so results are unchanged, bit for bit."""
+    """Share compiled programs between this process and the ones it starts (pytest-xdist
+    workers, mocked CLI runs, notebook kernels) through JAX's persistent compilation cache, in a
+    folder of this session: most test runs compile the same few tiny programs, and compiling is
+    most of their time. A cached program is the one XLA compiled, so results are unchanged, bit
+    for bit."""
     import jax
 
-    folder = tempfile.mkdtemp(prefix="gen_jax_tests_xla_cache_")
-    config.stash[XLA_CACHE] = folder
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker: the folder its controller made
+        folder = os.environ["JAX_COMPILATION_CACHE_DIR"]
+    else:
+        folder = tempfile.mkdtemp(prefix="gen_jax_tests_xla_cache_")
+        config.stash[XLA_CACHE] = folder
     settings = {"compilation_cache_dir": folder, "persistent_cache_min_compile_time_secs": 0}
     for name, value in settings.items():
         os.environ[f"JAX_{name.upper()}"] = str(value)  # for the processes the tests start
@@ -37,10 +42,16 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
-    shutil.rmtree(config.stash.get(XLA_CACHE, ""), ignore_errors=True)
+    """Remove the session's compiled programs (the controller's folder, not a worker's)."""
+    if XLA_CACHE in config.stash:
+        shutil.rmtree(config.stash[XLA_CACHE], ignore_errors=True)
 
 
-XLA_CACHE = pytest.StashKey[str]()
+# Tests that read one session's expensive runs go to one pytest-xdist worker (--dist loadgroup),
+# which trains them once; the other tests are spread over the workers.
+DEVICE_RUNS_GROUP = pytest.mark.xdist_group("device_runs")
+REAL_MNIST_GROUP = pytest.mark.xdist_group("real_mnist")
+TWO_HOSTS_GROUP = pytest.mark.xdist_group("two_hosts")
 
 
 COMMON_SETTINGS = {
@@ -223,32 +234,22 @@ def device_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("device_runs")
     settings = {"train.checkpoint_every": 1, "train.keep_checkpoints": 3}  # 10 steps
     classifier = root / "one_device" / "classifier"
+    experiment = lambda family: root / "experiments" / f"{family}.py"
     (root / "experiments").mkdir()
     for family in DEVICE_RUN_FAMILIES:
         scored = {"task.classifier_workdir": str(classifier)} if family in SCORED_FAMILIES else {}
-        write_experiment(root / "experiments" / f"{family}.py", family, **settings, **scored)
+        write_experiment(experiment(family), family, **settings, **scored)
 
-    def trainings(folder: str) -> list[str]:
-        return chained(  # the classifier first: the GANs read its features
-            [
-                "train",
-                str(root / "experiments" / f"{family}.py"),
-                "--workdir",
-                str(root / folder / family),
-            ]
+    def trainings(folder: str) -> list[str]:  # the classifier first: the GANs read its features
+        return chained(
+            ["train", str(experiment(family)), "--workdir", str(root / folder / family)]
             for family in DEVICE_RUN_FAMILIES
         )
 
     check_call_mocked_cli(trainings("one_device"), timeout=900)
+    eight = root / "eight_devices"
     grids = chained(
-        [
-            "sample",
-            str(root / "eight_devices" / family),
-            "--num",
-            "16",
-            "--out",
-            str(root / "eight_devices" / f"{family}.png"),
-        ]
+        ["sample", str(eight / family), "--num", "16", "--out", str(eight / f"{family}.png")]
         for family in ("vae", "gan")
     )
     check_call_mocked_cli([*trainings("eight_devices"), THEN, *grids], devices=8, timeout=900)

@@ -6,7 +6,7 @@ from nbclient import NotebookClient
 
 from gen_jax import config as config_lib
 from gen_jax import train
-from tests.conftest import REPO
+from tests.conftest import REAL_MNIST_GROUP, REPO
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
@@ -23,7 +23,11 @@ def test_there_are_notebooks_and_they_are_stored_without_outputs():
 
 
 NOTEBOOK_RUNS = {  # the runs the notebooks load that the quick reproduction does not train
-    "mnist_vae_2d": [*config_lib.QUICK_VAE, "--config.train.num_steps=30"],
+    "mnist_vae_2d": [  # a one-sample final NLL: the conv decoder over the test set once
+        "--config.train.num_steps=30",
+        *[f"--config.task.{key}=1" for key in ("eval_samples", "final_eval_samples")],
+        "--config.task.eval_sample_chunk=1",
+    ],
     "mnist_cgan": ["--config.train.num_steps=30", "--config.task.classifier_workdir="],
 }
 
@@ -46,6 +50,7 @@ def notebook_runs(real_data_dir, quick_runs, tmp_path_factory):
     return root
 
 
+@REAL_MNIST_GROUP
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
 def test_the_notebook_executes_top_to_bottom(path, real_data_dir, notebook_runs, monkeypatch):

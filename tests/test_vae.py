@@ -158,6 +158,7 @@ def test_a_short_mocked_run_reports_elbo_terms_and_nll(tmp_path, mock_mnist):
     config_lib.apply_overrides(
         config,
         [
+            "--config.model.name=mlp_vae",  # the same objective, compiled in a fraction
             "--config.train.num_steps=4",
             "--config.data.batch_size=16",
             "--config.data.eval_batch_size=64",
