@@ -23,18 +23,14 @@ XLA_CACHE = pytest.StashKey[str]()  # the session's folder of compiled programs
 
 
 def pytest_configure(config):
-    """Share compiled programs between this process and the ones it starts (pytest-xdist
-    workers, mocked CLI runs, notebook kernels) through JAX's persistent compilation cache, in a
-    folder of this session: most test runs compile the same few tiny programs, and compiling is
-    most of their time. A cached program is the one XLA compiled, so results are unchanged, bit
-    for bit."""
+    """Share compiled programs between this process and the ones it starts (mocked CLI runs,
+    notebook kernels) through JAX's persistent compilation cache, in a folder of this session:
+    most test runs compile the same few tiny programs, and compiling is most of their time. A
+    cached program is the one XLA compiled, so results are unchanged, bit for bit."""
     import jax
 
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker: the folder its controller made
-        folder = os.environ["JAX_COMPILATION_CACHE_DIR"]
-    else:
-        folder = tempfile.mkdtemp(prefix="gen_jax_tests_xla_cache_")
-        config.stash[XLA_CACHE] = folder
+    folder = tempfile.mkdtemp(prefix="gen_jax_tests_xla_cache_")
+    config.stash[XLA_CACHE] = folder
     settings = {"compilation_cache_dir": folder, "persistent_cache_min_compile_time_secs": 0}
     for name, value in settings.items():
         os.environ[f"JAX_{name.upper()}"] = str(value)  # for the processes the tests start
@@ -42,16 +38,8 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
-    """Remove the session's compiled programs (the controller's folder, not a worker's)."""
-    if XLA_CACHE in config.stash:
-        shutil.rmtree(config.stash[XLA_CACHE], ignore_errors=True)
-
-
-# Tests that read one session's expensive runs go to one pytest-xdist worker (--dist loadgroup),
-# which trains them once; the other tests are spread over the workers.
-DEVICE_RUNS_GROUP = pytest.mark.xdist_group("device_runs")
-REAL_MNIST_GROUP = pytest.mark.xdist_group("real_mnist")
-TWO_HOSTS_GROUP = pytest.mark.xdist_group("two_hosts")
+    """Remove the session's compiled programs."""
+    shutil.rmtree(config.stash[XLA_CACHE], ignore_errors=True)
 
 
 COMMON_SETTINGS = {

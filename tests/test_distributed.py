@@ -20,8 +20,6 @@ from gen_jax import config as config_lib
 from gen_jax.metric_writer import read_metrics
 from tests.conftest import (
     DEVICE_RUN_FAMILIES,
-    DEVICE_RUNS_GROUP,
-    TWO_HOSTS_GROUP,
     chained,
     check_call_mocked_cli,
     mocked_cli,
@@ -97,7 +95,6 @@ TRAJECTORY_RTOL = {  # all 10 steps' losses, and every state leaf after them
 }
 
 
-@DEVICE_RUNS_GROUP
 @pytest.mark.parametrize("family", DEVICE_RUN_FAMILIES)
 def test_one_device_and_eight_devices_agree_after_ten_steps(family, device_runs, mock_mnist):
     one_device, eight = device_runs / "one_device" / family, device_runs / "eight_devices" / family
@@ -154,7 +151,6 @@ def two_host_run(tmp_path_factory):
     return experiment, root / "run"
 
 
-@TWO_HOSTS_GROUP
 def test_two_hosts_end_with_identical_params_equal_to_one_process(two_host_run, tmp_path):
     experiment, multi = two_host_run
     single = tmp_path / "single"
@@ -165,7 +161,6 @@ def test_two_hosts_end_with_identical_params_equal_to_one_process(two_host_run, 
     assert_trees_close(first, dumped_params(single, 0, 10), rtol=TRAJECTORY_RTOL["classifier"])
 
 
-@TWO_HOSTS_GROUP
 def test_two_hosts_log_each_step_once_and_write_one_valid_config(two_host_run):
     experiment, workdir = two_host_run
     losses = [r for r in read_metrics(workdir) if r["split"] == "train" and r["name"] == "loss"]
@@ -175,7 +170,6 @@ def test_two_hosts_log_each_step_once_and_write_one_valid_config(two_host_run):
     )
 
 
-@TWO_HOSTS_GROUP
 def test_a_killed_host_stops_the_other_with_a_message_and_both_resume_bitwise(
     two_host_run, tmp_path
 ):
@@ -234,7 +228,6 @@ def resumed_runs(device_runs, tmp_path_factory):
     return root
 
 
-@DEVICE_RUNS_GROUP
 @pytest.mark.parametrize("family", DEVICE_RUN_FAMILIES)
 def test_a_run_stopped_halfway_and_resumed_in_a_new_process_is_bitwise_identical(
     family, device_runs, resumed_runs, mock_mnist
@@ -249,7 +242,6 @@ def test_a_run_stopped_halfway_and_resumed_in_a_new_process_is_bitwise_identical
     )
 
 
-@DEVICE_RUNS_GROUP
 def test_sigkill_mid_run_and_mid_save_leaves_a_workdir_that_resumes(
     device_runs, tmp_path, mock_mnist
 ):

@@ -6,7 +6,7 @@ from nbclient import NotebookClient
 
 from gen_jax import config as config_lib
 from gen_jax import train
-from tests.conftest import REAL_MNIST_GROUP, REPO
+from tests.conftest import REPO
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
@@ -50,7 +50,6 @@ def notebook_runs(real_data_dir, quick_runs, tmp_path_factory):
     return root
 
 
-@REAL_MNIST_GROUP
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
 def test_the_notebook_executes_top_to_bottom(path, real_data_dir, notebook_runs, monkeypatch):

@@ -12,9 +12,9 @@ from gen_jax import config as config_lib
 from gen_jax import data, parallel, tasks, train
 from gen_jax.metric_writer import read_metrics
 from gen_jax.run import load_run
-from tests.conftest import REAL_MNIST_GROUP, REPO
+from tests.conftest import REPO
 
-pytestmark = [pytest.mark.slow, REAL_MNIST_GROUP]
+pytestmark = pytest.mark.slow
 
 
 def last_evaluation(workdir) -> dict[str, float]:

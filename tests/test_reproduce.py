@@ -9,7 +9,7 @@ import pytest
 
 from gen_jax import cli, data, parallel, reproduce, tasks, train
 from gen_jax import config as config_lib
-from tests.conftest import QUICK_FAMILIES, REAL_MNIST_GROUP, REPO, write_experiment
+from tests.conftest import QUICK_FAMILIES, REPO, write_experiment
 
 
 def test_the_table_goes_between_the_markers_and_keeps_the_text_around_it(tmp_path):
@@ -108,7 +108,6 @@ def test_experiments_that_cannot_run_get_error_rows_and_the_rest_still_runs(tmp_
     assert "| tiny | accuracy |" in text and "| pass |" in text
 
 
-@REAL_MNIST_GROUP
 @pytest.mark.slow
 def test_quick_reproduction_of_one_experiment_per_family_passes(quick_runs):
     code, _, table = quick_runs

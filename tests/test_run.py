@@ -12,7 +12,6 @@ import gen_jax
 from gen_jax import cli, data
 from gen_jax.errors import GenJaxError
 from gen_jax.metric_writer import logged_metrics, read_metrics
-from tests.conftest import DEVICE_RUNS_GROUP
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +105,6 @@ def test_gen_jax_sample_writes_a_grid_and_refuses_a_classifier(runs, tmp_path, m
 EVAL_RTOL = {"vae": 1e-5, "gan": 1e-4}
 
 
-@DEVICE_RUNS_GROUP
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["vae", "gan"])
 def test_a_run_trained_on_eight_devices_loads_on_one_with_the_same_outputs(
