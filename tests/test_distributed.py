@@ -101,8 +101,14 @@ def test_one_device_and_eight_devices_agree_after_ten_steps(family, device_runs,
     losses = {run: train_losses(run) for run in (one_device, eight)}
     assert len(losses[one_device]) == 10
     first, trajectory = losses[one_device], losses[eight]
-    np.testing.assert_allclose(first[:FIRST_STEPS], trajectory[:FIRST_STEPS], rtol=FIRST_RTOL)
-    np.testing.assert_allclose(first, trajectory, rtol=TRAJECTORY_RTOL[family])
+    # relative to the size of the run's losses, not of each one: a WGAN's loss is a difference of
+    # critic scores and crosses zero (-0.0074 at step 1), where rounding is that of its terms
+    scale = np.abs(first).mean()
+    np.testing.assert_allclose(
+        first[:FIRST_STEPS], trajectory[:FIRST_STEPS], rtol=FIRST_RTOL, atol=FIRST_RTOL * scale
+    )
+    rtol = TRAJECTORY_RTOL[family]
+    np.testing.assert_allclose(first, trajectory, rtol=rtol, atol=rtol * scale)
     states = [train.load_state(run)[3] for run in (one_device, eight)]
     assert_trees_close(*states, rtol=TRAJECTORY_RTOL[family])  # params, statistics, Adam moments
 
