@@ -72,15 +72,14 @@ def main(argv: list[str] | None = None) -> int:
         if overrides and args.command != "train":
             raise GenJaxError(f"unrecognised arguments: {' '.join(overrides)}")
         return _run(args, overrides)
-    except PeerLostError as error:
-        command = shlex.join(["gen-jax", *argv])
-        print(f"gen-jax: error: {error} On this process:\n  {command}", file=sys.stderr)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # not sys.exit: jax.distributed's shutdown at exit would wait for the lost process and abort
-        os._exit(2)
     except GenJaxError as error:
-        print(f"gen-jax: error: {error}", file=sys.stderr)
+        lost = isinstance(error, PeerLostError)
+        rerun = f" On this process:\n  {shlex.join(['gen-jax', *argv])}" if lost else ""
+        print(f"gen-jax: error: {error}{rerun}", file=sys.stderr)
+        if lost:  # not a return: jax.distributed's shutdown at exit would wait for it and abort
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
         return 2
 
 
