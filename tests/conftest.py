@@ -156,6 +156,14 @@ def tiny_run(tmp_path_factory):
     return train_once
 
 
+def assert_trees_equal(a, b) -> None:
+    """Two pytrees of the same structure whose leaves are equal, bit for bit."""
+    import jax
+    import numpy as np
+
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+
+
 def copied_run(run: Path, destination: Path) -> Path:
     """A copy of the run in `run` at `destination`, for a test that changes it."""
     shutil.copytree(run, destination, symlinks=True)

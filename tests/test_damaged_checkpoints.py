@@ -2,11 +2,11 @@
 lost) loses nothing: readers name it and the steps to load instead; the training run moves it
 aside and resumes, bitwise, from the newest checkpoint that restores."""
 
+import gc
 import json
 import os
 import shutil
 
-import jax
 import numpy as np
 import pytest
 
@@ -16,7 +16,7 @@ from gen_jax.checkpoint import Checkpointer
 from gen_jax.errors import GenJaxError
 from gen_jax.metric_writer import read_metrics
 from gen_jax.run import load_run
-from tests.conftest import write_experiment
+from tests.conftest import assert_trees_equal, copied_run
 
 # when one array cannot be read, orbax cancels its other reads, whose coroutines raise again as
 # they are collected (Python reports it and carries on); the error the user sees is the first
@@ -24,21 +24,17 @@ pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptio
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """One tiny classifier run, trained once for the module: 6 steps, checkpoints 2, 4 and 6."""
-    from tests.mocked_cli import mock_mnist
-
-    root = tmp_path_factory.mktemp("finished")
-    settings = {"train.num_steps": 6, "train.checkpoint_every": 2}
-    with mock_mnist():
-        train.run(config_lib.load_experiment(write_experiment(root / "tiny.py", **settings)), root)
-    return root
+def finished(tiny_run):
+    """The session's tiny classifier run of 6 steps, with checkpoints at steps 2, 4 and 6."""
+    return tiny_run(**{"train.num_steps": 6, "train.checkpoint_every": 2})
 
 
 @pytest.fixture
 def workdir(finished, tmp_path):
-    """A copy of the finished run, to damage."""
-    return shutil.copytree(finished, tmp_path / "run")
+    """A copy of the finished run, to damage. Afterwards, the reads orbax cancelled are
+    collected here, under this module's warning filter, not in whichever test runs next."""
+    yield copied_run(finished, tmp_path / "run")
+    gc.collect()
 
 
 def files(folder):
@@ -73,11 +69,6 @@ def listing(folder):
     return {str(path.relative_to(folder)): path.stat().st_size for path in folder.rglob("*")}
 
 
-def leaves_equal(a, b):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
 @pytest.mark.parametrize(
     "damage", [truncate_state, overwrite_state, delete_an_array_file, truncate_data]
 )
@@ -100,7 +91,7 @@ def test_training_moves_a_damaged_checkpoint_aside_and_resumes_bitwise_before_it
     assert logged == [1, 2, 3, 4, 5, 6]  # steps 5 and 6 recorded once, by the resumed run
     # resuming is bitwise identical to not stopping (test_distributed), so steps 5 and 6
     # trained again from step 4 give exactly the state the undamaged run saved at step 6
-    leaves_equal(train.load_state(workdir)[3], train.load_state(finished)[3])
+    assert_trees_equal(train.load_state(workdir)[3], train.load_state(finished)[3])
 
 
 def test_training_moves_every_damaged_newer_checkpoint_aside(finished, workdir, mock_mnist):
@@ -110,7 +101,7 @@ def test_training_moves_every_damaged_newer_checkpoint_aside(finished, workdir, 
     records = [json.loads(line) for line in (workdir / "damaged_checkpoints.jsonl").open()]
     assert [(r["step"], r["resumes_at"]) for r in records] == [(6, 2), (4, 2)]
     assert all((workdir / r["moved_to"]).is_dir() for r in records)
-    leaves_equal(train.load_state(workdir)[3], train.load_state(finished)[3])  # as above
+    assert_trees_equal(train.load_state(workdir)[3], train.load_state(finished)[3])  # as above
 
 
 @pytest.mark.parametrize("damage", [truncate_state, delete_an_array_file, delete_metadata])

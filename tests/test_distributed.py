@@ -20,6 +20,7 @@ from gen_jax import config as config_lib
 from gen_jax.metric_writer import read_metrics
 from tests.conftest import (
     DEVICE_RUN_FAMILIES,
+    assert_trees_equal,
     chained,
     check_call_mocked_cli,
     mocked_cli,
@@ -62,10 +63,6 @@ def assert_trees_close(a, b, rtol):
     }
     too_far = {name: d for name, d in differences.items() if not d <= rtol}
     assert not too_far, f"leaves further apart than {rtol:g} (relative, L2): {too_far}"
-
-
-def assert_trees_equal(a, b):
-    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
 
 
 def free_port() -> int:

@@ -12,6 +12,7 @@ from gen_jax.errors import GenJaxError
 from gen_jax.metric_writer import read_metrics
 from gen_jax.run import load_run
 from gen_jax.tasks.classifier import ClassifierTask
+from tests.conftest import assert_trees_equal
 
 
 def load(path, *overrides, model: dict | None = None):
@@ -139,8 +140,7 @@ def test_a_stop_ends_after_the_call_that_reaches_it_so_the_resumed_run_is_the_sa
     assert Checkpointer(tmp_path / "stopped" / "checkpoints").latest_step() == 8
     train.run(load(path), tmp_path / "stopped")
     straight, resumed = (load_run(tmp_path / name).state for name in ("straight", "stopped"))
-    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed), strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert_trees_equal(straight, resumed)
 
 
 @pytest.mark.parametrize("calls", [1, 4])
@@ -196,5 +196,4 @@ def test_a_split_kept_on_device_trains_exactly_as_host_batches(
     assert config_lib.load(tiny_run(family) / "config.json").data.on_device
     train.run(load(experiment(family=family), "--config.data.on_device=False"), tmp_path / "run")
     on_host = load_run(tmp_path / "run").state.params
-    for a, b in zip(jax.tree.leaves(on_device), jax.tree.leaves(on_host), strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert_trees_equal(on_device, on_host)
