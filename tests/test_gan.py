@@ -1,7 +1,5 @@
 """The GAN objective and the sample-quality metrics, checked against hand-computed values."""
 
-import shutil
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +12,7 @@ from gen_jax.errors import GenJaxError
 from gen_jax.metric_writer import logged_metrics
 from gen_jax.run import load_run
 from gen_jax.tasks import gan_losses as losses
-from tests.conftest import write_experiment
+from tests.conftest import copied_run, write_experiment
 
 softplus = lambda x: np.log1p(np.exp(x))
 
@@ -241,7 +239,7 @@ def classifier_run(tiny_run):
 
 def test_a_classifier_run_that_has_not_finished_gives_no_features(classifier_run, tmp_path):
     unfinished = tmp_path / "unfinished"
-    shutil.copytree(classifier_run, unfinished)
+    copied_run(classifier_run, unfinished)
     config = config_lib.load(unfinished / "config.json")
     config.train.num_steps += 10  # as if it were still training
     config_lib.save(config, unfinished / "config.json")
