@@ -199,13 +199,13 @@ def gen_jax_cnn_eval(args) -> dict:
     config = _experiment("mnist_cnn", args)
     mesh = parallel.make_mesh()
     task = tasks.build(config)
-    eval_arrays = data.load_split(config.data, config.data.eval_split)
-    batch = train.example_batch(eval_arrays, config, mesh)
+    eval_split = data.get_split(config.data, config.data.eval_split)
+    batch = train.example_batch(eval_split, config, mesh)
     state = jax.jit(task.init)(jax.random.PRNGKey(0), batch)
-    steps = train.compile_steps(task, config, mesh, eval_arrays)
+    steps = train.compile_steps(task, config, mesh, eval_split)
     first = _seconds(lambda: steps.evaluate(state))
     seconds = statistics.median(_seconds(lambda: steps.evaluate(state)) for _ in range(5))
-    count = len(eval_arrays["label"])
+    count = len(eval_split)
     return {"examples_per_second": count / seconds, "first_step": first, "seconds": seconds}
 
 
@@ -257,9 +257,7 @@ def _experiment(name: str, args, *overrides: str):
 def _train_arrays(config) -> tuple[np.ndarray, np.ndarray]:
     from gen_jax import data
 
-    arrays = data.preprocessor(config.data.preprocess)(
-        data.load_split(config.data, config.data.train_split)
-    )
+    arrays = data.preprocessor(config.data)(data.load_split(config.data, config.data.train_split))
     return arrays["image"], arrays["label"]
 
 

@@ -35,7 +35,7 @@ VARIANTS = [  # (label, experiment, XLA_FLAGS, gen_jax's allocator setting, batc
 STEP = """
 import os, time
 import jax, numpy as np
-from gen_jax import config as config_lib, host, parallel, tasks, train
+from gen_jax import config as config_lib, data, host, parallel, tasks, train
 
 if os.environ["KEEP_FREED_MEMORY"] == "1":
     host.keep_freed_memory_in_heap()
@@ -48,7 +48,8 @@ batch = {
     "image": rng.random((128, 28, 28, 1), np.float32),
     "label": rng.integers(0, 10, 128).astype(np.int32),
 }
-steps = train.compile_steps(task, config, mesh, eval_arrays=batch)
+eval_split = data.InMemory(batch, data.DataSpec((28, 28, 1), tuple("0123456789"), True))
+steps = train.compile_steps(task, config, mesh, eval_split)
 init = jax.jit(task.init, out_shardings=parallel.replicated(mesh))
 state = init(jax.random.PRNGKey(0), parallel.global_batch(batch, mesh))
 for _ in range(10):

@@ -145,7 +145,12 @@ def _parse_like(old, raw: str, dotted: str):
     )
 
 
-PATH_KEYS = ("data.data_dir", "task.classifier_workdir")  # may be relative to where a run starts
+PATH_KEYS = (
+    "data.data_dir",
+    "data.folder",
+    "data.cache_dir",
+    "task.classifier_workdir",
+)  # may be relative to where a run starts
 
 
 def with_absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -224,14 +229,27 @@ def base_config() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict({"name": "cnn"})
     config.data = ml_collections.ConfigDict(
         {
-            "name": "mnist",
-            "data_dir": "",  # empty: $TFDS_DATA_DIR
+            "name": "mnist",  # a TFDS dataset prepared as array_record
+            "data_dir": "",  # its directory; empty: $TFDS_DATA_DIR
+            "folder": "",  # an image folder root/<split>/[<class>/]*.{png,jpg,jpeg} instead
+            "image_size": 0,  # >0: resize the shorter side, then centre-crop to this square
+            "channels": 0,  # >0: convert every image to 1 (gray) or 3 (color) channels
+            "skip_unreadable": False,  # train without a folder's unreadable images (logged)
+            "cache_dir": "",  # a folder's decoded cache; empty: ~/.cache/gen_jax
             "train_split": "train",
             "eval_split": "test",
             "max_examples": 0,  # 0: all; >0 keeps the first N of each split (quick runs)
             "batch_size": 128,
             "eval_batch_size": 1000,
-            "preprocess": ("scale_to_unit",),
+            "preprocess": ("scale_to_unit",),  # named steps, gen_jax/data/preprocess.py
+            "mean": (),  # per channel, in [0, 1] units: the "normalize" step's
+            "std": (),
+            "crop_padding": 4,  # the "random_crop" step's zero padding
+            # a training split of more decoded bytes (or any, with `streaming`) is read from
+            # disk by index through grain's `workers` processes instead of held in memory
+            "memory_budget": 2 * 2**30,
+            "streaming": False,
+            "workers": 2,
             # the training split in device memory, batches gathered in the compiled step (the
             # same batches as on the host); False for a dataset larger than device memory
             "on_device": True,

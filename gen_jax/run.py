@@ -6,6 +6,8 @@ return numpy arrays, in batches; `images`, `encode`, `classify` and `features` s
 input range, `decode` and `sample` return images in [0, 1]:
 
     run.images("test")            # a split's images (model input range) and labels
+    run.class_names               # the names of the labels, as the run recorded them
+    run.preprocess(uint8_images)  # your own pictures (any size, gray or color) -> model inputs
     run.to_unit(images)           # model input range -> [0, 1]
     run.encode(images)            # VAE: posterior means and log-variances
     run.decode(latents)           # VAE: pixel probabilities; GAN: generated images
@@ -19,14 +21,17 @@ input range, `decode` and `sample` return images in [0, 1]:
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import numpy as np
+from PIL import Image
 
 from gen_jax import checkpoint, data, train
 from gen_jax import config as config_lib
+from gen_jax.data.folder import CHANNEL_MODES, fit_image
 from gen_jax.errors import GenJaxError
 
 
@@ -38,7 +43,7 @@ class Run:
         self.config, self.task, self.mesh, self.state = train.load_state(self.workdir, step)
         self.step = int(self.state.step)
         self.kind = self.config.task.name
-        self.low, self.high = data.pixel_range(self.config.data.preprocess)
+        self.low, self.high = data.pixel_range(self.config.data)
         self._compiled: dict[str, Callable] = {}
 
     def __repr__(self) -> str:
@@ -65,7 +70,45 @@ class Run:
     def images(self, split: str | None = None) -> dict[str, np.ndarray]:
         """`{"image", "label"}` of a split (default: the eval split), in the model's input range."""
         arrays = data.load_split(self.config.data, split or self.config.data.eval_split)
-        return data.preprocessor(self.config.data.preprocess)(arrays)
+        return data.preprocessor(self.config.data)(arrays)
+
+    @functools.cached_property
+    def dataset(self) -> dict:
+        """What the run trained on, as it recorded it (`dataset.json`); runs from before that
+        record describe their data as it is now."""
+        path = self.workdir / "dataset.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        spec = data.describe(self.config.data)
+        return {"image_shape": list(spec.image_shape), "class_names": list(spec.class_names)}
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The names of labels 0, 1, ... (sorted class folders, or the TFDS label names)."""
+        return tuple(self.dataset["class_names"])
+
+    def preprocess(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images (N, H, W[, C]) of any size, gray or color, as model inputs: converted to
+        the run's channels, resized (shorter side) and centre-cropped to its size when they differ,
+        then preprocessed as its data were."""
+        height, width, channels = self.dataset["image_shape"]
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim not in (3, 4):
+            raise GenJaxError(
+                f"preprocess takes uint8 images (N, H, W) or (N, H, W, C), not {images.dtype} "
+                f"{images.shape}; e.g. np.asarray(PIL.Image.open(path))[None]"
+            )
+        if images.shape[1:] != (height, width, channels):
+            fitted = []
+            for image in images:
+                pil = Image.fromarray(
+                    image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
+                ).convert(CHANNEL_MODES[channels])
+                pil = pil if pil.size == (width, height) else fit_image(pil, height)
+                array = np.asarray(pil)
+                fitted.append(array[..., None] if array.ndim == 2 else array)
+            images = np.stack(fitted)
+        return data.preprocessor(self.config.data)({"image": images})["image"]
 
     # ------------------------------------------------------------------ generative models
     @property
@@ -124,8 +167,8 @@ class Run:
     # ------------------------------------------------------------------ metrics
     def evaluate(self, final: bool = True) -> dict[str, float]:
         """The task's metrics on its eval split (`final`: the run's reported evaluation)."""
-        arrays = data.load_split(self.config.data, self.config.data.eval_split)
-        steps = train.compile_steps(self.task, self.config, self.mesh, arrays)
+        split = data.get_split(self.config.data, self.config.data.eval_split)
+        steps = train.compile_steps(self.task, self.config, self.mesh, split)
         return {"step": self.step, **steps.evaluate(self.state, final=final)}
 
 

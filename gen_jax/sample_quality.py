@@ -122,11 +122,16 @@ def check_classifier_run(workdir: str | Path) -> ml_collections.ConfigDict:
 class FeatureClassifier:
     """A finished classifier run, frozen: images -> (features, class probabilities).
 
-    `input_preprocess` names the preprocessing of the images it will be given (e.g. a GAN's
-    `("scale_to_symmetric",)`); they are mapped to the pixel range the classifier was trained on.
+    `input_data` is the data section of the images it will be given (e.g. a GAN's, in [-1, 1]);
+    they are mapped to the pixel range the classifier was trained on.
     """
 
-    def __init__(self, workdir: str | Path, image_shape: tuple[int, ...], input_preprocess):
+    def __init__(
+        self,
+        workdir: str | Path,
+        image_shape: tuple[int, ...],
+        input_data: ml_collections.ConfigDict,
+    ):
         workdir = Path(workdir)
         config = check_classifier_run(workdir)
         task = ClassifierTask(config)
@@ -150,8 +155,8 @@ class FeatureClassifier:
             local, {"params": state.params, "batch_stats": state.batch_stats}
         )
         self.task, self.step = task, int(local(state.step))
-        low, high = data.pixel_range(input_preprocess)
-        self.target_low, self.target_high = data.pixel_range(config.data.preprocess)
+        low, high = data.pixel_range(input_data)
+        self.target_low, self.target_high = data.pixel_range(config.data)
         self.scale = (self.target_high - self.target_low) / (high - low)
         self.shift = self.target_low - low * self.scale
 

@@ -53,7 +53,7 @@ def compile_steps(
     task: Task,
     config: ml_collections.ConfigDict,
     mesh: Mesh,
-    eval_arrays: data.Batch,
+    eval_split: data.Split,
     device_split: data.Batch | None = None,
 ) -> Steps:
     """Jit the task's steps: batch sharded on `data`, state replicated (and donated to training).
@@ -65,7 +65,7 @@ def compile_steps(
     if device_split is None:
         prepare, device_split = (lambda split, batch: batch), {}
     else:
-        prepare = functools.partial(data.lookup, preprocess=config.data.preprocess)
+        prepare = functools.partial(data.lookup, data_config=config.data, seed=config.seed)
     train_steps = {  # by the number of batches a call takes; compiled when first used
         stacked: jax.jit(
             functools.partial(many_steps if stacked else one_step, task, prepare),
@@ -97,18 +97,16 @@ def compile_steps(
         """The task's numbers over the whole eval split (every example counted exactly once)."""
         outputs = []
         for local in data.eval_batches(
-            eval_arrays,
-            batch_size=config.data.eval_batch_size,
-            preprocess=config.data.preprocess,
+            eval_split,
+            config.data,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         ):
             outputs.append(eval_steps[final](state, parallel.global_batch(local, mesh)))
         return task.summarize(jax.device_get(outputs))
 
-    picture_inputs = data.preprocessor(config.data.preprocess)(
-        {"image": eval_arrays["image"][:PICTURE_INPUTS]}
-    )["image"]
+    first = eval_split.read(np.arange(min(PICTURE_INPUTS, len(eval_split))))
+    picture_inputs = data.preprocessor(config.data)(first)["image"]
     picture_inputs = jax.device_put(picture_inputs, replicated)
     pictures_step = jax.jit(task.pictures, in_shardings=replicated, out_shardings=replicated)
 
@@ -140,14 +138,14 @@ def check_train_settings(train: ml_collections.ConfigDict, device_batch: int) ->
 
 # ----------------------------------------------------------------------------- state
 def example_batch(
-    arrays: data.Batch, config: ml_collections.ConfigDict, mesh: Mesh
+    split: data.Split, config: ml_collections.ConfigDict, mesh: Mesh
 ) -> dict[str, jax.Array]:
     """One global training-shaped batch, used only for its shapes when building state."""
     local = next(
         data.eval_batches(
-            arrays,
+            split,
+            config.data,
             batch_size=config.data.batch_size,
-            preprocess=config.data.preprocess,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         )
@@ -251,6 +249,24 @@ def record_config(config: ml_collections.ConfigDict, workdir: Path, step: int) -
     config_lib.save(config, path)
 
 
+def record_dataset(workdir: Path, data_config: ml_collections.ConfigDict, splits: dict) -> None:
+    """Write `dataset.json`: what the run trained on (source, image shape, class names, examples
+    per split, images skipped as unreadable, in memory or streamed), so a loaded run can name its
+    classes even where the data are gone."""
+    train_split = splits["train"]
+    record = {
+        "source": data_config.folder or f"tfds:{data_config.name}",
+        "image_shape": list(train_split.spec.image_shape),
+        "class_names": list(train_split.spec.class_names),
+        "examples": {data_config[f"{k}_split"]: len(v) for k, v in splits.items()},
+        "skipped_unreadable": {
+            data_config[f"{k}_split"]: v.spec.skipped for k, v in splits.items()
+        },
+        "streamed": not isinstance(train_split, data.InMemory),
+    }
+    (workdir / "dataset.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
 # ----------------------------------------------------------------------------- loop
 def run(
     config: ml_collections.ConfigDict, workdir: str | Path, stop_at: int | None = None
@@ -267,30 +283,33 @@ def run(
     sizes = {f"data.{key}": config.data[key] for key in ("batch_size", "eval_batch_size")}
     parallel.check_batch_sizes(sizes, mesh)
     check_train_settings(config.train, config.data.batch_size // mesh.devices.size)
+    spec = data.describe(config.data)
+    tasks.fit_to_data(config, spec)
     task = tasks.build(config)
     is_main = jax.process_index() == 0
 
-    train_arrays = data.load_split(config.data, config.data.train_split)
-    eval_arrays = data.load_split(config.data, config.data.eval_split)
+    train_split = data.get_split(config.data, config.data.train_split)
+    eval_split = data.get_split(config.data, config.data.eval_split)
+    on_device = config.data.on_device and isinstance(train_split, data.InMemory)
     iterator = data.train_iterator(
-        train_arrays,
-        batch_size=config.data.batch_size,
+        train_split,
+        config.data,
         seed=config.seed,
-        preprocess=config.data.preprocess,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
-        indices_only=config.data.on_device,
+        indices_only=on_device,
     )
     workdir.mkdir(parents=True, exist_ok=True)
     checkpointer = Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
-    batch = example_batch(train_arrays, config, mesh)
+    batch = example_batch(train_split, config, mesh)
     state, iterator = resume(task, config, mesh, batch, checkpointer, iterator, workdir)
     if is_main:  # only now: a workdir refused above keeps the config it was made with
         record_config(config, workdir, int(state.step))
+        record_dataset(workdir, config.data, {"train": train_split, "eval": eval_split})
     device_split = None
-    if config.data.on_device:
-        device_split = jax.device_put(train_arrays, parallel.replicated(mesh))
-    steps = compile_steps(task, config, mesh, eval_arrays, device_split)
+    if on_device:
+        device_split = jax.device_put(train_split.arrays, parallel.replicated(mesh))
+    steps = compile_steps(task, config, mesh, eval_split, device_split)
     writer = MetricWriter(workdir, enabled=is_main, start_step=int(state.step))
     peer_lost = False
     try:
@@ -426,10 +445,10 @@ def load_state(workdir: str | Path, step: int | None = None):
     mesh = parallel.make_mesh()
     parallel.check_batch_sizes({"data.eval_batch_size": config.data.eval_batch_size}, mesh)
     task = tasks.build(config)
-    arrays = data.load_split(config.data, config.data.eval_split)
+    split = data.get_split(config.data, config.data.eval_split)
     checkpointer = Checkpointer(workdir / "checkpoints")  # reads only: the run may be saving
     try:
-        batch = example_batch(arrays, config, mesh)
+        batch = example_batch(split, config, mesh)
         state, _ = initial_state(task, config, mesh, batch, checkpointer, step=step, require=True)
     finally:
         checkpointer.close()

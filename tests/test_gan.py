@@ -244,7 +244,7 @@ def test_a_classifier_run_that_has_not_finished_gives_no_features(classifier_run
     config.train.num_steps += 10  # as if it were still training
     config_lib.save(config, unfinished / "config.json")
     tiny_gan(**{"task.classifier_workdir": str(unfinished)})  # loading a GAN run still works
-    image, preprocess = (28, 28, 1), ("scale_to_symmetric",)
+    image, preprocess = (28, 28, 1), config_lib.gan_config().data  # images in [-1, 1]
     with pytest.raises(GenJaxError, match=r"has not finished \(latest checkpoint: step 10 of 20\)"):
         sample_quality.FeatureClassifier(unfinished, image, preprocess)
     assert sample_quality.FeatureClassifier(classifier_run, image, preprocess).step == 10

@@ -28,10 +28,10 @@ def at_initialisation(experiment: str, data_dir: str, *overrides: str) -> dict[s
     config_lib.apply_overrides(config, [f"--config.data.data_dir={data_dir}", *overrides])
     config = config_lib.with_absolute_paths(config)
     mesh, task = parallel.make_mesh(), tasks.build(config)
-    batch = train.example_batch(data.load_split(config.data, config.data.train_split), config, mesh)
+    batch = train.example_batch(data.get_split(config.data, config.data.train_split), config, mesh)
     state = jax.jit(task.init)(jax.random.PRNGKey(config.seed), batch)
-    eval_arrays = data.load_split(config.data, config.data.eval_split)
-    return train.compile_steps(task, config, mesh, eval_arrays).evaluate(state, final=True)
+    eval_split = data.get_split(config.data, config.data.eval_split)
+    return train.compile_steps(task, config, mesh, eval_split).evaluate(state, final=True)
 
 
 def test_three_hundred_steps_of_the_baseline_reach_95_percent(quick_runs):

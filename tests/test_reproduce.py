@@ -154,16 +154,10 @@ def reported_metrics(tmp_path_factory) -> dict[str, set[str]]:
             task = tasks.build(config)
             if family == "gan":  # as if task.classifier_workdir named a classifier run
                 task.__dict__["classifier"] = pixel_features
-            splits = {k: data.load_split(config.data, config.data[k]) for k in SPLITS}
+            splits = {k: data.get_split(config.data, config.data[k]) for k in SPLITS}
             example = train.example_batch(splits["train_split"], config, mesh)
             state = jax.eval_shape(task.init, jax.random.PRNGKey(0), example)
-            batch = next(
-                data.eval_batches(
-                    splits["eval_split"],
-                    batch_size=config.data.eval_batch_size,
-                    preprocess=config.data.preprocess,
-                )
-            )
+            batch = next(data.eval_batches(splits["eval_split"], config.data))
             shapes = jax.eval_shape(functools.partial(task.eval_step, final=True), state, batch)
             outputs = jax.tree.map(
                 lambda s: values.uniform(0.5, 1, s.shape).astype(s.dtype), shapes

@@ -119,7 +119,7 @@ class GANTask:
         shape = (generator.image_size, generator.image_size, generator.channels)
         with jax.ensure_compile_time_eval():
             return sample_quality.FeatureClassifier(
-                self.classifier_workdir, shape, self.data_config.preprocess
+                self.classifier_workdir, shape, self.data_config
             )
 
     def _check(self, config: ml_collections.ConfigDict) -> None:
@@ -142,7 +142,8 @@ class GANTask:
                 f"task.neighbours {self.neighbours} must be at least 1 and below task.eval_samples "
                 f"{self.eval_samples}: the k-NN manifolds of precision and recall need k + 1 points"
             )
-        if data.pixel_range(config.data.preprocess) != (-1.0, 1.0):
+        low, high = data.pixel_range(config.data)
+        if np.any(low != -1.0) or np.any(high != 1.0):
             raise GenJaxError(
                 "a GAN's images must be in [-1, 1]: data.preprocess=('scale_to_symmetric',)"
             )
@@ -346,10 +347,9 @@ class GANTask:
 
     def _real_floor(self, test_features, test_probs) -> dict[str, float]:
         """The scores of `eval_samples` real training images (a fixed random subset)."""
-        train = data.load_split(self.data_config, self.data_config.train_split)
-        rows = np.random.default_rng(self.eval_seed).permutation(len(train["label"]))
-        rows = np.sort(rows[: self.eval_samples])
-        images = data.preprocessor(self.data_config.preprocess)({"image": train["image"][rows]})
+        train = data.open_split(self.data_config, self.data_config.train_split)
+        rows = np.random.default_rng(self.eval_seed).permutation(len(train))
+        images = data.preprocessor(self.data_config)(train.read(np.sort(rows[: self.eval_samples])))
         train_features, train_probs = data.map_batches(jax.jit(self.classifier), images["image"])
         scores = sample_quality.score(
             test_features, test_probs, train_features, train_probs, self.neighbours

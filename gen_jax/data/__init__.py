@@ -1,0 +1,39 @@
+"""Data: sources (TFDS by name, image folders), named preprocessing, and the pipelines that turn
+a split into this process's share of each global batch. See `sources`, `preprocess`, `pipeline`.
+"""
+
+from gen_jax.data.pipeline import eval_batches, lookup, map_batches, train_iterator
+from gen_jax.data.preprocess import pixel_range, preprocessor
+from gen_jax.data.sources import (
+    Batch,
+    DataSpec,
+    InMemory,
+    Split,
+    channel_stats,
+    clear_cache,
+    data_dir,
+    describe,
+    get_split,
+    load_split,
+    open_split,
+)
+
+__all__ = [
+    "Batch",
+    "DataSpec",
+    "InMemory",
+    "Split",
+    "channel_stats",
+    "clear_cache",
+    "data_dir",
+    "describe",
+    "eval_batches",
+    "get_split",
+    "load_split",
+    "lookup",
+    "map_batches",
+    "open_split",
+    "pixel_range",
+    "preprocessor",
+    "train_iterator",
+]

@@ -1,0 +1,144 @@
+"""Pipelines: a split's examples to this process's share of shuffled global batches.
+
+A training pipeline shuffles example indices with a seed (a new permutation each epoch), batches
+them at the *global* batch size and gives each process its own contiguous slice of every global
+batch. A run therefore sees the same global batches whatever the number of processes or devices,
+and its position is a grain iterator state that checkpoints save and restore. A split in memory
+is indexed in this process; a split read from disk (`sources.training_split`) is read, decoded and
+preprocessed by grain worker processes, ahead of the step: the same batches either way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from gen_jax.data.preprocess import preprocessor
+from gen_jax.data.sources import InMemory, Split
+from gen_jax.errors import GenJaxError
+
+Batch = dict[str, np.ndarray]
+PREFETCH = 4  # batches read ahead (per worker process when streaming)
+
+
+def _process_slice(batch_size: int, process_index: int, process_count: int) -> slice:
+    local = batch_size // process_count
+    return slice(process_index * local, (process_index + 1) * local)
+
+
+class _ReadBatch:
+    """A global batch's example indices to this process's rows: their indices and step only
+    (`indices_only`), or the examples read and preprocessed. A class, so worker processes can
+    unpickle it."""
+
+    def __init__(self, split: Split, rows: slice, transform: Callable, indices_only: bool):
+        self.split, self.rows, self.transform = split, rows, transform
+        self.indices_only = indices_only
+
+    def __call__(self, step: int, indices: np.ndarray) -> Batch:
+        indices = indices[self.rows]
+        keys = {"index": indices.astype(np.int32), "step": np.full(len(indices), step, np.int32)}
+        if self.indices_only:
+            return keys
+        batch = self.transform({**self.split.read(indices), **keys})
+        return {k: v for k, v in batch.items() if k not in keys}
+
+
+def train_iterator(
+    split: Split,
+    data_config: ml_collections.ConfigDict,
+    *,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    indices_only: bool = False,
+) -> grain.DatasetIterator:
+    """An endless, checkpointable iterator over this process's share of shuffled global batches
+    of `data_config.batch_size` examples, preprocessed with the random steps keyed by `seed`.
+
+    With `indices_only`, batches hold only each row's example `index` and `step`, for a split kept
+    in device memory (`lookup` fetches and preprocesses the rows inside the compiled step).
+    """
+    batch_size = data_config.batch_size
+    if batch_size > len(split):
+        raise GenJaxError(
+            f"data.batch_size {batch_size} exceeds the {len(split)} training examples"
+        )
+    transform = preprocessor(data_config, seed=seed, train=True)
+    read = _ReadBatch(
+        split, _process_slice(batch_size, process_index, process_count), transform, indices_only
+    )
+    dataset = (
+        grain.MapDataset.range(len(split))
+        .shuffle(seed=seed)
+        .repeat(None)
+        .batch(batch_size, drop_remainder=True)
+        .map_with_index(read)
+    )
+    options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=PREFETCH)
+    dataset = dataset.to_iter_dataset(read_options=options)
+    if not isinstance(split, InMemory) and not indices_only and data_config.workers:
+        workers = grain.MultiprocessingOptions(
+            num_workers=data_config.workers, per_worker_buffer_size=PREFETCH
+        )
+        dataset = dataset.mp_prefetch(workers)
+    return iter(dataset)
+
+
+def lookup(split: Batch, batch: Batch, data_config: ml_collections.ConfigDict, seed: int) -> Batch:
+    """The examples `batch["index"]` of a split held in device memory, preprocessed (in jit),
+    with the random steps of training batch `batch["step"]`.
+
+    Gathered and scaled as (examples, values) rows: XLA's CPU backend does not vectorise
+    elementwise ops over an image's trailing axis of size 1 (7x slower; benchmarks/README.md).
+    """
+    rows = {k: v.reshape(len(v), -1)[batch["index"]] for k, v in split.items()}
+    image_shape = split["image"].shape[1:]
+    transform = preprocessor(data_config, image_shape=image_shape, seed=seed, train=True)
+    rows = transform({**rows, "index": batch["index"], "step": batch["step"]})
+    return {k: rows[k].reshape(-1, *v.shape[1:]) for k, v in split.items()}
+
+
+def eval_batches(
+    split: Split,
+    data_config: ml_collections.ConfigDict,
+    *,
+    batch_size: int | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[Batch]:
+    """This process's share of every global batch of a split, in order, padded to full batches
+    (of `batch_size`, default `data.eval_batch_size`), preprocessed without the random steps.
+
+    Padded rows repeat example 0 and carry `mask` 0, so sums over `mask` count each example once.
+    `index` is each row's position in the split: a per-example key for evaluations that sample
+    (e.g. a fixed binarisation), independent of batch size and device count.
+    """
+    batch_size = batch_size or data_config.eval_batch_size
+    transform = preprocessor(data_config)
+    rows = _process_slice(batch_size, process_index, process_count)
+    for start in range(0, len(split), batch_size):
+        indices = np.arange(start, start + batch_size)[rows]
+        mask = indices < len(split)
+        indices = np.where(mask, indices, 0)
+        batch = transform(split.read(indices))
+        yield {**batch, "mask": mask.astype(np.float32), "index": indices.astype(np.int32)}
+
+
+def map_batches(function: Callable, *arrays: np.ndarray, batch_size: int = 500):
+    """`function` over aligned leading-axis slices of `arrays`, outputs concatenated as numpy
+    (a tuple of arrays when `function` returns a tuple)."""
+    if not len(arrays[0]) or any(len(a) != len(arrays[0]) for a in arrays):
+        shapes = [np.shape(a) for a in arrays]
+        raise GenJaxError(f"expected one or more examples, the same number in each input: {shapes}")
+    parts = [
+        jax.device_get(function(*(a[i : i + batch_size] for a in arrays)))
+        for i in range(0, len(arrays[0]), batch_size)
+    ]
+    if isinstance(parts[0], tuple):
+        return tuple(np.concatenate(column) for column in zip(*parts, strict=True))
+    return np.concatenate(parts)

@@ -1,0 +1,246 @@
+"""Sources: a dataset split as random-access uint8 images and labels, whatever it is stored as.
+
+`data.folder` set: an image folder, through its array_record cache (`folder.py`). Otherwise
+`data.name`: a TFDS dataset prepared as array_record, read with `tfds.data_source`. Both give a
+`Split`: its examples by index, and a `DataSpec` (image shape, class names) that every model
+takes its shape from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from gen_jax.data import folder as folder_lib
+from gen_jax.errors import GenJaxError
+
+Batch = dict[str, np.ndarray]
+DECODE_CHUNK = 4096  # examples read per call while decoding a split into memory
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """What a model needs to know of its data: the image shape and the class names (none for
+    unlabelled data)."""
+
+    image_shape: tuple[int, int, int]
+    class_names: tuple[str, ...]
+    labelled: bool
+    skipped: int = 0  # unreadable images left out (data.skip_unreadable)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+class Split:
+    """A split's examples by index: `read(indices)` gives uint8 `image` (N, H, W, C) and, for
+    labelled data, int32 `label`. Picklable, so grain's worker processes can read it."""
+
+    def __init__(self, records, decode, size: int, spec: DataSpec):
+        self.records, self.decode, self.size, self.spec = records, decode, size, spec
+
+    def __len__(self) -> int:
+        return self.size
+
+    def read(self, indices: np.ndarray) -> Batch:
+        examples = [self.decode(r) for r in self.records.__getitems__([int(i) for i in indices])]
+        batch = {"image": np.stack([image for image, _ in examples])}
+        if self.spec.labelled:
+            batch["label"] = np.asarray([label for _, label in examples], np.int32)
+        return batch
+
+    def nbytes(self) -> int:
+        """Bytes of all its decoded images."""
+        return self.size * int(np.prod(self.spec.image_shape))
+
+
+class InMemory(Split):
+    """A split decoded into host arrays: `read` is indexing."""
+
+    def __init__(self, arrays: Batch, spec: DataSpec):
+        super().__init__(None, None, len(arrays["image"]), spec)
+        self.arrays = arrays
+
+    def read(self, indices: np.ndarray) -> Batch:
+        return {k: v[indices] for k, v in self.arrays.items()}
+
+
+# ----------------------------------------------------------------------------- TFDS
+def data_dir(data_config: ml_collections.ConfigDict) -> str | None:
+    """The TFDS directory: `data.data_dir` if set, else $TFDS_DATA_DIR, else tfds' default."""
+    return data_config.data_dir or os.environ.get("TFDS_DATA_DIR") or None
+
+
+def _tfds_source(name: str, split: str, directory: str | None):
+    import tensorflow_datasets as tfds  # heavy import, only when data is needed
+
+    searched = directory or "tfds' default directory (~/tensorflow_datasets)"
+    remedy = (
+        f"Point config.data.data_dir or $TFDS_DATA_DIR at a directory holding {name}/ in "
+        "array_record format (MNIST: ../shared/data/tensorflow_datasets), or build it with "
+        f"`pip install -e .[prepare]` and `tfds build {name} --file_format=array_record`; "
+        "for a folder of images set config.data.folder instead."
+    )
+    if directory and not (Path(directory) / name).is_dir():
+        raise GenJaxError(
+            f"dataset '{name}' not found: {searched} has no {name}/ folder.\n{remedy}"
+        )
+    try:
+        source = tfds.data_source(name, split=split, data_dir=directory, download=False)
+        features = tfds.builder(name, data_dir=directory).info.features
+    except Exception as error:  # tfds raises several types for "not prepared here"
+        reason = str(error).splitlines()[0] if str(error) else ""
+        raise GenJaxError(
+            f"dataset '{name}' (split '{split}') cannot be read from {searched}: "
+            f"{type(error).__name__}: {reason}\n{remedy}"
+        ) from None
+    return source, features
+
+
+class _TFDSDecode:
+    """A TFDS record to (uint8 HWC image, label), resized to data.image_size if set."""
+
+    def __init__(self, labelled: bool, size: int, channels: int):
+        self.labelled, self.size, self.channels = labelled, size, channels
+
+    def __call__(self, record: dict) -> tuple[np.ndarray, int]:
+        image = record["image"]
+        if self.size or (self.channels and image.shape[-1] != self.channels):
+            pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+            if self.channels:
+                pil = pil.convert(folder_lib.CHANNEL_MODES[self.channels])
+            pil = folder_lib.fit_image(pil, self.size) if self.size else pil
+            image = np.asarray(pil)
+            image = image[..., None] if image.ndim == 2 else image
+        return image, int(record["label"]) if self.labelled else 0
+
+
+def _tfds_split(data_config: ml_collections.ConfigDict, split: str) -> Split:
+    name = data_config.name
+    source, features = _tfds_source(name, split, data_dir(data_config))
+    if "image" not in features:
+        raise GenJaxError(
+            f"TFDS dataset '{name}' has no 'image' feature (its features: "
+            f"{', '.join(sorted(features))}); gen_jax reads images from 'image'"
+        )
+    shape = tuple(features["image"].shape)
+    channels = data_config.channels or shape[-1]
+    if data_config.image_size:
+        shape = (data_config.image_size, data_config.image_size, channels)
+    elif None in shape[:2]:
+        raise GenJaxError(
+            f"TFDS dataset '{name}' has images of varying size {shape}; set data.image_size to "
+            "resize the shorter side and centre-crop them to one square size"
+        )
+    labelled = "label" in features
+    names = tuple(getattr(features["label"], "names", ())) if labelled else ()
+    spec = DataSpec((*shape[:2], channels), names, labelled)
+    decode = _TFDSDecode(labelled, data_config.image_size, data_config.channels)
+    return Split(source, decode, _count(len(source), data_config), spec)
+
+
+def _count(available: int, data_config: ml_collections.ConfigDict) -> int:
+    return min(available, data_config.max_examples) if data_config.max_examples else available
+
+
+# ----------------------------------------------------------------------------- folders
+def _decode_record(shape: tuple[int, ...], record: bytes) -> tuple[np.ndarray, int]:
+    label = int.from_bytes(record[:4], "little", signed=True)
+    return np.frombuffer(record, np.uint8, offset=4).reshape(shape), label
+
+
+def _folder_split(data_config: ml_collections.ConfigDict, split: str) -> Split:
+    import grain
+
+    path, meta = folder_lib.cached(data_config, split)
+    shape = tuple(meta["shape"])
+    spec = DataSpec(shape, tuple(meta["class_names"]), meta["labelled"], len(meta["skipped"]))
+    records = grain.sources.ArrayRecordDataSource([str(path)])
+    if len(records) != meta["count"]:
+        raise GenJaxError(f"the image cache {path.parent} is damaged; delete it to rebuild it")
+    decode = functools.partial(_decode_record, shape)
+    return Split(records, decode, _count(meta["count"], data_config), spec)
+
+
+# ----------------------------------------------------------------------------- splits
+SOURCE_KEYS = (
+    "name",
+    "folder",
+    "image_size",
+    "channels",
+    "skip_unreadable",
+    "cache_dir",
+    "max_examples",
+)
+
+
+def _key(data_config: ml_collections.ConfigDict) -> str:
+    """The settings that decide a split's examples (the cache key of the opened splits)."""
+    settings = {key: data_config[key] for key in SOURCE_KEYS}
+    return json.dumps({**settings, "data_dir": data_dir(data_config)}, sort_keys=True)
+
+
+@functools.lru_cache(maxsize=8)
+def _open(key: str, split: str) -> Split:
+    data_config = ml_collections.ConfigDict(json.loads(key))
+    if data_config.folder:
+        return _folder_split(data_config, split)
+    return _tfds_split(data_config, split)
+
+
+def open_split(data_config: ml_collections.ConfigDict, split: str) -> Split:
+    """A split read from disk by index (opened once per process)."""
+    return _open(_key(data_config), split)
+
+
+@functools.lru_cache(maxsize=4)
+def _load(key: str, split: str) -> InMemory:
+    source = _open(key, split)
+    parts = [
+        source.read(np.arange(start, min(start + DECODE_CHUNK, len(source))))
+        for start in range(0, len(source), DECODE_CHUNK)
+    ]
+    arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return InMemory(arrays, source.spec)
+
+
+def load_split(data_config: ml_collections.ConfigDict, split: str) -> Batch:
+    """All examples of `split` as in-memory arrays (decoded once per process, then kept)."""
+    return _load(_key(data_config), split).arrays
+
+
+def get_split(data_config: ml_collections.ConfigDict, split: str) -> Split:
+    """The split in memory, or read from disk by index when its decoded images exceed
+    `data.memory_budget` bytes or `data.streaming` is set."""
+    source = open_split(data_config, split)
+    if data_config.streaming or source.nbytes() > data_config.memory_budget:
+        return source
+    return _load(_key(data_config), split)
+
+
+def describe(data_config: ml_collections.ConfigDict) -> DataSpec:
+    """The image shape and class names of the training split."""
+    return open_split(data_config, data_config.train_split).spec
+
+
+def clear_cache() -> None:
+    """Forget the opened and decoded splits kept in memory (they are reread on next use)."""
+    _open.cache_clear()
+    _load.cache_clear()
+
+
+def channel_stats(data_config: ml_collections.ConfigDict, limit: int = 10_000) -> dict:
+    """Per-channel mean and std of the first `limit` training images, in [0, 1] units: the
+    values of data.mean and data.std for the 'normalize' step."""
+    split = open_split(data_config, data_config.train_split)
+    images = split.read(np.arange(min(limit, len(split))))["image"] / 255.0
+    axes = tuple(range(images.ndim - 1))
+    return {"mean": tuple(images.mean(axes).round(4)), "std": tuple(images.std(axes).round(4))}
