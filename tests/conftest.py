@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.mocked_cli import THEN
@@ -296,3 +297,32 @@ def quick_runs(real_data_dir, tmp_path_factory):
         out = ["--out", str(root / "RESULTS.md")]
         code = cli.main(["reproduce", *QUICK_FAMILIES, "--quick", *folders, *out])
     return code, root / "quick", (root / "RESULTS.md").read_text()
+
+
+def make_image_folder(
+    root: Path,
+    splits: dict[str, int],
+    shape: tuple[int, int, int] = (12, 12, 3),
+    classes: tuple[str, ...] = ("cat", "dog", "owl"),
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """`root/<split>/<class>/NNN.png` (unlabelled `root/<split>/NNN.png` when `classes` is
+    empty) of random uint8 images, `count` per split dealt round-robin to the classes; returns
+    each split's images in the order a labelled listing sorts them (class, then file name)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    written = {}
+    for split, count in splits.items():
+        images = rng.integers(0, 256, (count, *shape), dtype=np.uint8)
+        for i, image in enumerate(images):
+            folder = root / split / classes[i % len(classes)] if classes else root / split
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image[..., 0] if shape[-1] == 1 else image).save(
+                folder / f"{i:03d}.png"
+            )
+        order = (
+            sorted(range(count), key=lambda i: (i % len(classes), i)) if classes else range(count)
+        )
+        written[split] = images[list(order)]
+    return written

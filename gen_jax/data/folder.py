@@ -213,9 +213,7 @@ def build(listing: Listing, data_config: ml_collections.ConfigDict, folder: Path
     workers = min(32, os.cpu_count() or 1)
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         headers = dict(zip(listing.files, pool.map(_header, listing.files), strict=True))
-        bad = [path for path, header in headers.items() if header is None]
-        if bad and not data_config.skip_unreadable:
-            raise _unreadable_error(bad)
+        bad = [path for path, header in headers.items() if header is None]  # and more below
         mode = _check_uniform({p: h for p, h in headers.items() if h}, data_config)
         folder.parent.mkdir(parents=True, exist_ok=True)
         temporary = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))

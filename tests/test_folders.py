@@ -1,0 +1,213 @@
+"""Image folders: listing and labels, the decoded cache (reuse, rebuild, never inside the data),
+resizing and channels, and a clear error for every kind of bad folder."""
+
+import json
+import os
+import stat
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gen_jax import config as config_lib
+from gen_jax import data, tasks
+from gen_jax.data import folder as folder_lib
+from gen_jax.errors import GenJaxError
+from tests.conftest import make_image_folder
+
+
+def folder_config(root, cache, **settings):
+    config = config_lib.base_config().data
+    config.update({"folder": str(root), "cache_dir": str(cache), **settings})
+    return config
+
+
+@pytest.fixture
+def open_split(tmp_path, capfd):
+    """open_split(root, split, **settings) -> (Split, stderr), forgetting opened splits first."""
+
+    def opened(root, split="train", **settings):
+        data.clear_cache()
+        split = data.open_split(folder_config(root, tmp_path / "cache", **settings), split)
+        return split, capfd.readouterr().err
+
+    yield opened
+    data.clear_cache()
+
+
+def test_a_labelled_folder_decodes_exactly_with_labels_from_sorted_class_names(
+    tmp_path, open_split
+):
+    written = make_image_folder(tmp_path / "images", {"train": 7, "test": 3})
+    split, _ = open_split(tmp_path / "images")
+    assert split.spec == data.DataSpec((12, 12, 3), ("cat", "dog", "owl"), True)
+    arrays = split.read(np.arange(len(split)))
+    np.testing.assert_array_equal(arrays["image"], written["train"])  # PNG: lossless
+    np.testing.assert_array_equal(arrays["label"], [0, 0, 0, 1, 1, 2, 2])
+    assert len(open_split(tmp_path / "images", "test")[0]) == 3
+
+
+def test_an_unlabelled_folder_has_images_and_no_labels(tmp_path, open_split):
+    written = make_image_folder(tmp_path / "images", {"train": 5}, shape=(8, 8, 1), classes=())
+    split, _ = open_split(tmp_path / "images")
+    assert split.spec == data.DataSpec((8, 8, 1), (), False)
+    arrays = split.read(np.arange(5))
+    assert set(arrays) == {"image"}
+    np.testing.assert_array_equal(arrays["image"], written["train"])
+
+
+def test_the_cache_is_reused_rebuilt_when_the_folder_changes_and_never_written_inside_it(
+    tmp_path, open_split
+):
+    root = tmp_path / "images"
+    make_image_folder(root, {"train": 6})
+    for path in [root, *root.rglob("*")]:  # read-only, as ../shared is in CI
+        path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    try:
+        _, built = open_split(root)
+        assert "decoding 6 images" in built
+        _, again = open_split(root)
+        assert again == ""  # reused: nothing decoded
+        assert not [p for p in root.rglob("*") if p.suffix not in (".png", "")]
+        root.chmod(0o755)
+        (root / "train" / "cat").chmod(0o755)
+        Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(root / "train" / "cat" / "new.png")
+        changed, rebuilt = open_split(root)
+        assert len(changed) == 7 and "decoding 7 images" in rebuilt
+    finally:
+        for path in [root, *root.rglob("*")]:
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+
+
+@pytest.mark.parametrize("damage", ["records", "metadata", "version"])
+def test_a_damaged_or_outdated_cache_is_rebuilt_not_reused(tmp_path, open_split, damage):
+    written = make_image_folder(tmp_path / "images", {"train": 4})
+    open_split(tmp_path / "images")
+    (cache,) = (tmp_path / "cache" / "folders").iterdir()
+    if damage == "records":
+        records = cache / "images.array_record"
+        damaged = bytearray(records.read_bytes())
+        damaged[len(damaged) // 2] ^= 0xFF  # one flipped byte in the pixels
+        records.write_bytes(bytes(damaged))
+    elif damage == "metadata":
+        (cache / "meta.json").write_text("{not json")
+    else:
+        meta = json.loads((cache / "meta.json").read_text())
+        (cache / "meta.json").write_text(json.dumps({**meta, "version": 0}))
+    split, message = open_split(tmp_path / "images")
+    assert "damaged or outdated; rebuilding" in message
+    np.testing.assert_array_equal(split.read(np.arange(4))["image"], written["train"])
+
+
+def test_image_size_resizes_the_shorter_side_and_crops_the_centre(tmp_path, open_split):
+    folder = tmp_path / "images" / "train" / "a"
+    folder.mkdir(parents=True)
+    wide = np.zeros((20, 40, 3), np.uint8)
+    wide[:, 10:30] = 255  # the centre half is white: after the crop, all of it
+    Image.fromarray(wide).save(folder / "wide.png")
+    Image.fromarray(np.full((10, 10, 3), 7, np.uint8)).save(folder / "small.png")
+    split, _ = open_split(tmp_path / "images", image_size=8)
+    images = split.read(np.arange(2))["image"]
+    assert images.shape == (2, 8, 8, 3)
+    np.testing.assert_array_equal(images[0], 7)  # small.png sorts first; upsampled flat
+    assert images[1][:, 1:-1].min() == 255  # bilinear edges may blend the black border
+
+
+def test_mixed_gray_and_color_convert_with_channels_and_are_an_error_without(tmp_path, open_split):
+    folder = tmp_path / "images" / "train"
+    folder.mkdir(parents=True)
+    Image.fromarray(np.full((4, 4), 200, np.uint8)).save(folder / "gray.png")
+    Image.fromarray(np.full((4, 4, 3), 100, np.uint8)).save(folder / "color.png")
+    with pytest.raises(GenJaxError, match=r"mix channel counts: .*color\.png.*gray\.png.*channels"):
+        open_split(tmp_path / "images")
+    split, _ = open_split(tmp_path / "images", channels=3)
+    images = split.read(np.arange(2))["image"]
+    assert images.shape == (2, 4, 4, 3) and images[1].min() == 200  # gray.png, as RGB
+    gray, _ = open_split(tmp_path / "images", channels=1)
+    assert gray.spec.image_shape == (4, 4, 1)
+
+
+def test_unreadable_images_are_named_and_counted_or_skipped_and_logged(tmp_path, open_split):
+    make_image_folder(tmp_path / "images", {"train": 4})
+    (tmp_path / "images" / "train" / "cat" / "broken.png").write_bytes(b"not a png")
+    truncated = tmp_path / "images" / "train" / "dog" / "cut.png"
+    truncated.write_bytes((tmp_path / "images" / "train" / "dog" / "001.png").read_bytes()[:60])
+    with pytest.raises(
+        GenJaxError, match=r"2 image file\(s\) cannot be read, e\.g\. .*broken\.png"
+    ):
+        open_split(tmp_path / "images")
+    split, message = open_split(tmp_path / "images", skip_unreadable=True)
+    assert len(split) == 4 and split.spec.skipped == 2
+    assert "skipped 2 unreadable image(s)" in message
+
+
+def test_images_of_different_sizes_name_two_files_and_their_sizes(tmp_path, open_split):
+    folder = tmp_path / "images" / "train"
+    folder.mkdir(parents=True)
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(folder / "a.png")
+    Image.fromarray(np.zeros((5, 5, 3), np.uint8)).save(folder / "b.png")
+    with pytest.raises(GenJaxError, match=r"a\.png is 6x4, .*b\.png is 5x5.*data\.image_size"):
+        open_split(tmp_path / "images")
+
+
+def test_bad_folders_are_clear_errors(tmp_path, open_split):
+    with pytest.raises(GenJaxError, match=r"data\.folder .*missing does not exist"):
+        open_split(tmp_path / "missing")
+    root = tmp_path / "images"
+    (root / "train").mkdir(parents=True)
+    (root / "train" / "notes.txt").write_text("no images here")
+    with pytest.raises(
+        GenJaxError, match=r"no 'test' split folder \(split folders there: \['train'"
+    ):
+        open_split(root, "test")
+    with pytest.raises(GenJaxError, match=r"train has no images .* and no class folders"):
+        open_split(root)
+    make_image_folder(root, {"train": 2}, classes=("a", "b"))
+    (root / "train" / "empty").mkdir()
+    with pytest.raises(GenJaxError, match=r"class folder .*empty has no images"):
+        open_split(root)
+    os.rmdir(root / "train" / "empty")
+    Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(root / "train" / "loose.png")
+    with pytest.raises(GenJaxError, match=r"class folders and also images outside them.*loose"):
+        open_split(root)
+
+
+def test_a_tfds_dataset_without_an_image_feature_lists_the_features_it_has(monkeypatch):
+    from gen_jax.data import sources
+
+    features = {"audio": None, "speaker_id": None}
+    monkeypatch.setattr(sources, "_tfds_source", lambda name, split, directory: ([], features))
+    config = config_lib.base_config().data
+    config.name = "speech"
+    with pytest.raises(GenJaxError, match=r"'speech' has no 'image' feature .*audio, speaker_id"):
+        sources._tfds_split(config, "train")
+
+
+@pytest.mark.parametrize(
+    ("task", "model"), [("classifier", {}), ("gan", {"name": "dcgan", "num_classes": 10})]
+)
+def test_a_labelled_task_on_unlabelled_data_is_refused(task, model):
+    config = config_lib.gan_config() if task == "gan" else config_lib.base_config()
+    config.model.update(model)
+    spec = data.DataSpec((28, 28, 1), (), False)
+    with pytest.raises(GenJaxError, match=r"needs labelled data, but the training split has no"):
+        tasks.fit_to_data(config, spec)
+
+
+def test_models_take_the_data_shape_unless_the_experiment_contradicts_it():
+    spec = data.DataSpec((32, 32, 3), tuple("abcde"), True)
+    classifier, gan = config_lib.base_config(), config_lib.gan_config()
+    tasks.fit_to_data(classifier, spec)
+    tasks.fit_to_data(gan, spec)
+    assert classifier.model.num_classes == 5
+    assert (gan.model.image_size, gan.model.channels, gan.model.num_classes) == (32, 3, 0)
+    gan.model.channels = 1
+    with pytest.raises(GenJaxError, match=r"config\.model\.channels is 1 but the data give 3"):
+        tasks.fit_to_data(gan, spec)
+    with pytest.raises(GenJaxError, match=r"square images; the data are 32x24"):
+        tasks.fit_to_data(config_lib.gan_config(), data.DataSpec((32, 24, 3), (), False))
+
+
+def test_the_default_cache_lives_in_the_user_cache_directory(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert folder_lib.cache_root(config_lib.base_config().data) == tmp_path / "gen_jax"
