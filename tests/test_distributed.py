@@ -111,16 +111,17 @@ def test_one_device_and_eight_devices_agree_after_ten_steps(family, device_runs,
 
 
 @contextlib.contextmanager
-def two_hosts(experiment, workdir) -> Iterator[list[subprocess.Popen]]:
-    """Both processes of a two-process run on 127.0.0.1 (two fake devices each), output piped,
-    each dumping its own params at every checkpoint; killed when the block ends."""
+def two_hosts(experiment, workdir, *extra: str) -> Iterator[list[subprocess.Popen]]:
+    """Both processes of a two-process run on 127.0.0.1 (two fake devices each, `extra` train
+    arguments), output piped, each dumping its own params at every checkpoint; killed when the
+    block ends."""
     address = f"127.0.0.1:{free_port()}"
     piped = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
     with contextlib.ExitStack() as stack:
         yield [
             stack.enter_context(
                 mocked_cli(
-                    train_args(experiment, workdir, *host_flags(address, process)),
+                    train_args(experiment, workdir, *host_flags(address, process), *extra),
                     devices=2,
                     env=DUMP_PARAMS,
                     **piped,

@@ -82,11 +82,21 @@ def train_iterator(
     options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=PREFETCH)
     dataset = dataset.to_iter_dataset(read_options=options)
     if not isinstance(split, InMemory) and not indices_only and data_config.workers:
+        _allow_unparsed_flags()
         workers = grain.MultiprocessingOptions(
             num_workers=data_config.workers, per_worker_buffer_size=PREFETCH
         )
         dataset = dataset.mp_prefetch(workers)
     return iter(dataset)
+
+
+def _allow_unparsed_flags() -> None:
+    """grain 0.2.18's worker processes read an absl flag, which raises in a program that never
+    parsed absl flags (google/grain#1355, fixed after 0.2.18): mark them parsed, at defaults."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 def lookup(split: Batch, batch: Batch, data_config: ml_collections.ConfigDict, seed: int) -> Batch:

@@ -243,4 +243,6 @@ def channel_stats(data_config: ml_collections.ConfigDict, limit: int = 10_000) -
     split = open_split(data_config, data_config.train_split)
     images = split.read(np.arange(min(limit, len(split))))["image"] / 255.0
     axes = tuple(range(images.ndim - 1))
-    return {key: tuple(float(v) for v in getattr(images, key)(axes).round(4)) for key in ("mean", "std")}
+    return {
+        key: tuple(float(v) for v in getattr(images, key)(axes).round(4)) for key in ("mean", "std")
+    }

@@ -1,0 +1,87 @@
+"""The streamed pipeline (a split read from disk by grain workers) trains exactly as the
+in-memory one: the same batches and augmentation, bitwise; resumed; on 8 devices and 2 processes
+as the in-memory path is (tests/test_distributed.py's tolerances)."""
+
+import numpy as np
+import pytest
+
+from gen_jax import config as config_lib
+from gen_jax import train
+from gen_jax.run import load_run
+from tests.conftest import (
+    assert_trees_equal,
+    check_call_mocked_cli,
+    make_image_folder,
+    write_experiment,
+)
+from tests.test_distributed import (
+    TRAJECTORY_RTOL,
+    assert_trees_close,
+    dumped_params,
+    finish,
+    train_args,
+    train_losses,
+    two_hosts,
+)
+
+pytestmark = pytest.mark.slow
+STEPS = 10
+
+
+@pytest.fixture(scope="module")
+def folder_runs(tmp_path_factory):
+    """An experiment on a tiny color image folder (random crop, flip, normalize), and its run
+    held in memory, trained here in one go."""
+    root = tmp_path_factory.mktemp("streaming")
+    make_image_folder(root / "images", {"train": 96, "test": 32}, shape=(12, 12, 3))
+    settings = {
+        "data.folder": str(root / "images"),
+        "data.cache_dir": str(root / "cache"),
+        "data.preprocess": ("random_crop", "horizontal_flip", "normalize"),
+        "data.mean": (0.5, 0.5, 0.5),
+        "data.std": (0.29, 0.29, 0.29),
+        "data.crop_padding": 2,
+        "data.batch_size": 16,
+        "data.eval_batch_size": 16,
+        "train.num_steps": STEPS,
+        "train.checkpoint_every": 5,
+    }
+    experiment = write_experiment(root / "folder.py", **settings)
+    train.run(config_lib.load_experiment(experiment), root / "in_memory")
+    return experiment, root
+
+
+def streamed(experiment, *overrides):
+    config = config_lib.load_experiment(experiment)
+    config_lib.apply_overrides(config, ["--config.data.streaming=true", *overrides])
+    return config
+
+
+def test_streamed_batches_train_bitwise_as_in_memory_and_resume_exactly(folder_runs):
+    experiment, root = folder_runs
+    workdir = root / "streamed"
+    train.run(streamed(experiment), workdir, stop_at=5)
+    train.run(streamed(experiment), workdir)  # a new iterator, restored from the checkpoint
+    in_memory = root / "in_memory"
+    np.testing.assert_array_equal(train_losses(workdir), train_losses(in_memory))
+    assert_trees_equal(load_run(workdir).state, load_run(in_memory).state)
+    assert load_run(workdir).dataset["streamed"] and not load_run(in_memory).dataset["streamed"]
+    assert load_run(in_memory).class_names == ("cat", "dog", "owl")
+
+
+def test_streamed_on_eight_devices_and_two_processes_as_in_memory_on_one(folder_runs):
+    experiment, root = folder_runs
+    eight = root / "eight_devices"
+    args = train_args(experiment, eight, "--config.data.streaming=true")
+    check_call_mocked_cli(args, devices=8)
+    one = train_losses(root / "in_memory")
+    rtol = TRAJECTORY_RTOL["classifier"]
+    np.testing.assert_allclose(train_losses(eight), one, rtol=rtol)
+    assert_trees_close(load_run(root / "in_memory").state, load_run(eight).state, rtol=rtol)
+    with two_hosts(experiment, root / "two_processes", "--config.data.streaming=true") as hosts:
+        finish(hosts)
+    first, second = (dumped_params(root / "two_processes", p, STEPS) for p in range(2))
+    assert_trees_equal(first, second)
+    np.testing.assert_allclose(train_losses(root / "two_processes"), one, rtol=rtol)
+    two = load_run(root / "two_processes").state
+    assert_trees_close(load_run(root / "in_memory").state, two, rtol=rtol)
