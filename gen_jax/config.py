@@ -289,6 +289,7 @@ def vae_config() -> ml_collections.ConfigDict:
     config.task = ml_collections.ConfigDict(
         {
             "name": "vae",
+            "likelihood": "bernoulli",  # or "logistic": 256-level discretized logistic, unbinarised
             "objective": "elbo",  # or "iwae": the importance-weighted bound
             "train_samples": 1,  # k of the IWAE objective
             "beta": 1.0,  # weight of the KL term (beta-VAE); applies to the "elbo" objective

@@ -10,7 +10,7 @@ input range, `decode` and `sample` return images in [0, 1]:
     run.preprocess(uint8_images)  # your own pictures (any size, gray or color) -> model inputs
     run.to_unit(images)           # model input range -> [0, 1]
     run.encode(images)            # VAE: posterior means and log-variances
-    run.decode(latents)           # VAE: pixel probabilities; GAN: generated images
+    run.decode(latents)           # VAE: decoded images; GAN: generated images
     run.prior(num, seed)          # latents from the prior (VAE) or the noise distribution (GAN)
     run.sample(num, seed)         # decode(prior(num, seed))
     run.classify(images)          # classifier: class probabilities
@@ -127,12 +127,12 @@ class Run:
         return self._apply("encode", lambda state, x: self.task.encode(state.params, x), images)
 
     def decode(self, latents: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
-        """Images (N, H, W, C) in [0, 1]: a VAE's pixel probabilities, a GAN's (EMA) generator
-        output; a conditional GAN takes one label per latent."""
+        """Images (N, H, W, C) in [0, 1]: a VAE's decoded images (`task.decoded_images`), a GAN's
+        (EMA) generator output; a conditional GAN takes one label per latent."""
         self._require("vae", "gan", what="decode")
         latents = np.asarray(latents, np.float32)
         if self.kind == "vae":
-            decode = lambda state, z: jax.nn.sigmoid(self.task.decode(state.params, z))
+            decode = lambda state, z: self.task.decoded_images(state.params, z)
             return self._apply("decode", decode, latents)
         if not self.task.num_classes:
             generate = lambda state, z: self.task.sample(state, z)

@@ -1,5 +1,7 @@
 """Model shapes and sizes."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -55,14 +57,71 @@ def test_depth_to_space_puts_each_channel_block_in_its_pixel():
             assert jnp.array_equal(y[:, a::2, b::2, :], x[..., 2 * block : 2 * block + 2])
 
 
+@pytest.mark.parametrize("outputs_per_channel", [1, 2])  # bernoulli: a logit; logistic: 2
+@pytest.mark.parametrize("image_shape", [(28, 28, 1), (32, 32, 3), (64, 64, 3), (20, 36, 2)])
 @pytest.mark.parametrize("name, latent", [("conv_vae", 32), ("mlp_vae", 20)])
-def test_vae_encodes_to_a_gaussian_and_decodes_to_image_logits(name, latent):
-    model = models.build(ml_collections.ConfigDict({"name": name, "latent_dim": latent}))
-    x = jnp.zeros((3, 28, 28, 1))
-    variables = model.init(jax.random.PRNGKey(0), x)
-    mean, logvar = model.apply(variables, x, method="encode")
+def test_vae_encodes_to_a_gaussian_and_decodes_outputs_per_channel_at_the_image_shape(
+    name, latent, image_shape, outputs_per_channel
+):
+    settings = {"image_shape": image_shape, "outputs_per_channel": outputs_per_channel}
+    model = models.build(
+        ml_collections.ConfigDict({"name": name, "latent_dim": latent, **settings})
+    )
+    x = jnp.zeros((3, *image_shape))
+    # shapes only: jax.eval_shape traces every layer without computing (0.3 s, not 10 s, a case)
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+    mean, logvar = jax.eval_shape(functools.partial(model.apply, method="encode"), variables, x)
     assert mean.shape == logvar.shape == (3, latent)
-    assert model.apply(variables, mean, method="decode").shape == (3, 28, 28, 1)
+    height, width, channels = image_shape
+    decoded = jax.eval_shape(functools.partial(model.apply, method="decode"), variables, mean)
+    assert decoded.shape == (3, height, width, outputs_per_channel * channels)
+
+
+@pytest.mark.parametrize("name, size", [("conv_vae", 1_305_393), ("mlp_vae", 815_824)])
+def test_the_default_vaes_model_mnist_with_the_parameters_of_runs_saved_before_image_shape(
+    name, size
+):
+    model = models.build(ml_collections.ConfigDict({"name": name}))
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+    assert count(variables["params"]) == size
+    assert variables["params"]["decoder"]["Dense_1"]["kernel"].shape[1] == (
+        7 * 7 * 32 if name == "conv_vae" else 784
+    )
+
+
+@pytest.mark.parametrize(
+    "name, image_shape, message",
+    [
+        (
+            "conv_vae",
+            (30, 30, 3),
+            r"conv_vae cannot decode 30x30 images \(model.image_shape \(30, 30, 3\)\): it "
+            r"supports a height and width divisible by 4",
+        ),
+        ("conv_vae", (32, 30, 3), r"cannot decode 32x30 images"),
+        ("mlp_vae", (28, 28), r"model.image_shape \(28, 28\) is not \(height, width, channels\)"),
+        ("conv_vae", (28, 28, 0), r"model.image_shape \(28, 28, 0\) is not \(height, width, ch"),
+    ],
+)
+def test_image_shapes_a_vae_cannot_model_are_refused_when_it_is_built(name, image_shape, message):
+    with pytest.raises(GenJaxError, match=message):
+        models.build(ml_collections.ConfigDict({"name": name, "image_shape": image_shape}))
+
+
+def test_mlp_vae_takes_any_image_size():
+    model = models.build(ml_collections.ConfigDict({"name": "mlp_vae", "image_shape": (30, 30, 3)}))
+    assert model.decoder.output_shape == (30, 30, 3)
+
+
+def test_an_option_the_task_decides_may_be_repeated_but_not_contradicted():
+    def build(**settings):
+        config = ml_collections.ConfigDict({"name": "mlp_vae", **settings})
+        return models.build(config, outputs_per_channel=2)
+
+    assert build().decoder.output_shape == (28, 28, 2)
+    assert build(outputs_per_channel=2).decoder.output_shape == (28, 28, 2)
+    with pytest.raises(GenJaxError, match=r"config.model.outputs_per_channel=1, but the task's"):
+        build(outputs_per_channel=1)
 
 
 @pytest.mark.parametrize(

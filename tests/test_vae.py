@@ -1,23 +1,31 @@
-"""The VAE objective checked against independent computations, and a short mocked run."""
+"""The VAE objective and its likelihoods checked against independent computations, and short
+mocked runs."""
+
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.special
+import scipy.stats
 from PIL import Image
 
 from gen_jax import config as config_lib
-from gen_jax import tasks, train
+from gen_jax import data, tasks, train
 from gen_jax.errors import GenJaxError
 from gen_jax.run import load_run
-from gen_jax.tasks import vae
+from gen_jax.tasks import likelihoods, vae
+
+EPS32 = np.finfo(np.float32).eps
 
 
-def tiny_task(**task_options):
+def tiny_task(image_shape=(28, 28, 1), preprocess=("scale_to_unit",), **task_options):
     config = config_lib.vae_config()
     config.model = config_lib.ml_collections.ConfigDict(
-        {"name": "mlp_vae", "latent_dim": 2, "hidden": 3}
+        {"name": "mlp_vae", "latent_dim": 2, "hidden": 3, "image_shape": image_shape}
     )
+    config.data.preprocess = preprocess
     config.task.update(task_options)
     return tasks.build(config)
 
@@ -31,22 +39,34 @@ def setup():
     return task, state, x
 
 
-def numpy_elbo_terms(params, x, noise):
-    """Reconstruction and KL of the MLP VAE written out in numpy."""
-    p = jax.tree.map(np.asarray, params)
-    flat = x.reshape(len(x), -1)
-    hidden = np.maximum(
-        flat @ p["encoder"]["Dense_0"]["kernel"] + p["encoder"]["Dense_0"]["bias"], 0
+def dense(layer, x):
+    return x @ np.asarray(layer["kernel"], np.float64) + np.asarray(layer["bias"], np.float64)
+
+
+def numpy_encode(params, x):
+    """Mean and log-variance of the MLP VAE's q(z|x), in float64 numpy."""
+    hidden = np.maximum(dense(params["encoder"]["Dense_0"], x.reshape(len(x), -1)), 0)
+    return dense(params["encoder"]["Dense_1"], hidden), dense(params["encoder"]["Dense_2"], hidden)
+
+
+def numpy_decode(params, z):
+    """The MLP VAE's decoder outputs, flat (batch, outputs), in float64 numpy."""
+    return dense(
+        params["decoder"]["Dense_1"], np.maximum(dense(params["decoder"]["Dense_0"], z), 0)
     )
-    mean = hidden @ p["encoder"]["Dense_1"]["kernel"] + p["encoder"]["Dense_1"]["bias"]
-    logvar = hidden @ p["encoder"]["Dense_2"]["kernel"] + p["encoder"]["Dense_2"]["bias"]
-    z = mean + np.exp(0.5 * logvar) * noise
-    hidden = np.maximum(z @ p["decoder"]["Dense_0"]["kernel"] + p["decoder"]["Dense_0"]["bias"], 0)
-    logits = hidden @ p["decoder"]["Dense_1"]["kernel"] + p["decoder"]["Dense_1"]["bias"]
-    probs = 1 / (1 + np.exp(-logits))
+
+
+def numpy_kl(mean, logvar):
+    return 0.5 * np.sum(mean**2 + np.exp(logvar) - 1 - logvar, axis=-1)
+
+
+def numpy_elbo_terms(params, x, noise):
+    """Bernoulli reconstruction and KL of the MLP VAE written out in numpy."""
+    flat = x.reshape(len(x), -1)
+    mean, logvar = numpy_encode(params, x)
+    probs = 1 / (1 + np.exp(-numpy_decode(params, mean + np.exp(0.5 * logvar) * noise)))
     recon = -np.sum(flat * np.log(probs) + (1 - flat) * np.log(1 - probs), axis=1)
-    kl = 0.5 * np.sum(mean**2 + np.exp(logvar) - 1 - logvar, axis=1)
-    return recon, kl
+    return recon, numpy_kl(mean, logvar)
 
 
 def test_elbo_terms_match_an_independent_numpy_computation(setup):
@@ -74,7 +94,7 @@ def test_iw_bound_with_one_sample_is_the_single_sample_elbo_estimate(setup):
     mean, logvar = task.encode(state.params, x)
     z = vae.sample_latents(jax.random.split(rng, 1), mean, logvar)  # the bound's one draw
     logits = task.decode(state.params, z[0])
-    log_px_z = vae.bernoulli_log_likelihood(logits, x)
+    log_px_z = likelihoods.bernoulli_log_likelihood(logits, x)
     log_prior = vae.gaussian_log_density(z[0], jnp.zeros_like(mean), jnp.zeros_like(mean))
     estimate = log_px_z + log_prior - vae.gaussian_log_density(z[0], mean, logvar)
     # Both sides are the same float32 operations on the same z, in the same order (the bound of
@@ -140,10 +160,10 @@ def test_binarisation_draws_each_pixel_as_a_bernoulli_of_its_intensity_on_any_ba
     # binarize works on a (batch, pixels) view for speed; the draw must stay the image-shaped one
     intensities = jnp.asarray(np.random.default_rng(1).random((8, 28, 28, 1), np.float32))
     key = jax.random.PRNGKey(3)
-    drawn = vae.binarize(key, intensities)
+    drawn = likelihoods.binarize(key, intensities)
     assert drawn.shape == intensities.shape and drawn.dtype == intensities.dtype
     np.testing.assert_array_equal(drawn, jax.random.bernoulli(key, intensities))
-    np.testing.assert_array_equal(vae.binarize(key, jnp.ones((8, 28, 28, 1))), 1)
+    np.testing.assert_array_equal(likelihoods.binarize(key, jnp.ones((8, 28, 28, 1))), 1)
 
 
 def test_sample_counts_that_do_not_split_into_chunks_are_refused_at_once():
@@ -171,8 +191,10 @@ def test_a_short_mocked_run_reports_elbo_terms_and_nll(tmp_path, mock_mnist):
         ],
     )
     metrics = train.run(config, tmp_path / "run")
-    assert set(metrics) == {"neg_elbo", "recon", "kl", "nll"}
+    assert set(metrics) == {"neg_elbo", "recon", "kl", "nll", "bits_per_dim"}
     assert metrics["nll"] <= metrics["neg_elbo"] + 1.0
+    # the sums of one float32 division by a constant: a few ulps apart
+    assert metrics["bits_per_dim"] == pytest.approx(metrics["nll"] / (784 * math.log(2)), 1e-6)
     assert load_run(tmp_path / "run").evaluate() == {"step": 4, **metrics}
     recon = np.asarray(Image.open(tmp_path / "run/samples/reconstructions_0000004.png"))
     prior = np.asarray(Image.open(tmp_path / "run/samples/prior_samples_0000004.png"))
@@ -198,6 +220,7 @@ def test_pictures_show_as_many_rows_of_eight_inputs_as_the_images_fill(setup):
         ({"train_samples": 5}, "task.train_samples 5 is the k of the 'iwae' objective"),
         ({"objective": "iwae", "beta": 4.0}, "^task.beta=4.0: beta and kl_warmup_steps weight"),
         ({"objective": "iwae", "kl_warmup_steps": 10}, "^task.kl_warmup_steps=10: beta and"),
+        ({"likelihood": "gaussian"}, r"unknown task.likelihood 'gaussian'; use one of \("),
     ],
 )
 def test_settings_the_objective_would_ignore_are_refused(options, message):
@@ -207,5 +230,244 @@ def test_settings_the_objective_would_ignore_are_refused(options, message):
 
 def test_data_the_vae_cannot_decode_is_a_clear_error():
     task = tiny_task()
-    with pytest.raises(GenJaxError, match=r"decodes \(28, 28, 1\) images but the data are \(32"):
-        task.init(jax.random.PRNGKey(0), {"image": jnp.zeros((2, 32, 32, 1))})
+    message = r"decodes \(28, 28, 1\) images but the data are \(32, 32, 3\); set config.model.im"
+    with pytest.raises(GenJaxError, match=message):
+        task.init(jax.random.PRNGKey(0), {"image": jnp.zeros((2, 32, 32, 3))})
+
+
+def test_bernoulli_likelihood_refuses_images_outside_the_unit_range():
+    with pytest.raises(GenJaxError, match=r"'bernoulli' binarises intensities in \[0, 1\]"):
+        tiny_task(preprocess=("scale_to_symmetric",))
+    tiny_task(preprocess=("scale_to_symmetric",), likelihood="logistic")  # takes any range
+
+
+# ----------------------------------------------------------------------------- logistic
+PREPROCESSINGS = ("scale_to_unit", "scale_to_symmetric")
+
+
+def all_levels(preprocess):
+    """The 256 levels of an 8-bit pixel as the data reach the task, and their range."""
+    images = data.preprocessor((preprocess,))({"image": np.arange(256, dtype=np.uint8)})
+    return images["image"], data.pixel_range((preprocess,))
+
+
+def scipy_discretized_logistic_log_prob(levels, mean, log_scale, low, high):
+    """log P(level k) in float64 from scipy's logistic CDF between the bin's edges low + (k +-
+    1/2) (high - low) / 255 (the end bins open), each difference taken in its smaller tail (the
+    CDFs below the mean, the survival functions above), where it keeps its digits."""
+    width = (high - low) / 255
+    centre = low + levels * width
+    lower = np.where(levels == 0, -np.inf, centre - width / 2)
+    upper = np.where(levels == 255, np.inf, centre + width / 2)
+    logistic = scipy.stats.logistic(loc=mean, scale=np.exp(log_scale))
+    with np.errstate(divide="ignore"):  # log(1 - 0) of the end bins' infinite edge
+        by_cdf = logistic.logcdf(upper) + np.log(
+            -np.expm1(logistic.logcdf(lower) - logistic.logcdf(upper))
+        )
+        by_sf = logistic.logsf(lower) + np.log(
+            -np.expm1(logistic.logsf(upper) - logistic.logsf(lower))
+        )
+    return np.where(centre <= mean, by_cdf, by_sf)
+
+
+def level_log_probs(preprocess, mean_fractions, log_scales):
+    """log P of every level (256, means, scales), means placed at fractions of the range."""
+    x, (low, high) = all_levels(preprocess)
+    means = np.float32(low + np.asarray(mean_fractions) * (high - low))
+    log_probs = likelihoods.discretized_logistic_log_prob(
+        jnp.asarray(x)[:, None, None],
+        jnp.asarray(means)[None, :, None],
+        jnp.asarray(log_scales, jnp.float32)[None, None, :],
+        low,
+        high,
+    )
+    return np.asarray(log_probs, np.float64), means, (low, high)
+
+
+# Means (as fractions of the range) below it, at its ends, inside it (0.37: 94.35 levels up, off
+# the bin edges; 0.5: on the edge between levels 127 and 128) and above it; log-scales from -20
+# (one or two bins hold all the mass) to 100 (the end bins do; exp(-100) underflows float32)
+MEAN_FRACTIONS = (-3.0, 0.0, 0.37, 0.5, 1.0, 6.0)
+
+
+@pytest.mark.parametrize("preprocess", PREPROCESSINGS)
+def test_discretized_logistic_probabilities_of_the_256_levels_sum_to_one(preprocess):
+    log_scales = (-20, -9, -6, -4, -2, 0, 3, 10, 14, 30, 100)
+    log_probs, _, _ = level_log_probs(preprocess, MEAN_FRACTIONS, log_scales)
+    assert np.all(np.isfinite(log_probs))
+    # Measured within 7e-6 of 1 (float32): a bin edge shared by two levels is computed from each
+    # level's centre, ulps of the range apart, and the scale magnifies that in the mass moved; a
+    # closed end bin or an edge off by a bin loses or doubles up to the whole mass
+    np.testing.assert_allclose(np.exp(log_probs).sum(0), 1.0, atol=2e-5)
+
+
+@pytest.mark.parametrize("preprocess", PREPROCESSINGS)
+def test_discretized_logistic_matches_the_logistic_cdf_computed_in_float64(preprocess):
+    # (scales past e^14 leave bins too narrow for float64 CDF differences; see the sum test)
+    log_scales = np.array([-9, -6, -4, -2, 0, 3, 10, 14], np.float64)
+    log_probs, means, (low, high) = level_log_probs(preprocess, MEAN_FRACTIONS, log_scales)
+    levels = np.arange(256)[:, None, None]
+    expected = scipy_discretized_logistic_log_prob(
+        levels, means[None, :, None].astype(np.float64), log_scales[None, None, :], low, high
+    )
+    # float32 rounds each term to its ulp (|log P| and the O(1) terms), and the level and the mean
+    # (up to |mean|, |low|, |high|) to theirs, which the scale magnifies in the bin's edges (the
+    # log-sigmoids' slopes are at most 1): 4 ulps of each. For an O(1) mean and scale that is
+    # ~1e-6 nats; an edge half a bin off or a tail taken for the other costs tenths of a nat
+    size = np.maximum(np.abs(means), max(abs(low), abs(high)))[None, :, None]
+    tolerance = 4 * EPS32 * (np.abs(expected) + 1 + size * np.exp(-log_scales))
+    np.testing.assert_array_less(np.abs(log_probs - expected), tolerance)
+
+
+def logistic_setup(preprocess=("scale_to_unit",), image_shape=(8, 8, 3)):
+    """A tiny logistic MLP VAE, its decoder's log-scales lowered by 3 (to -7...0.4) and means
+    moved by the middle of the range (to about the range +-3), so that scales near a bin's width
+    and far beyond it both count, and a batch of random 8-bit images as the data bring them."""
+    task = tiny_task(image_shape, preprocess, likelihood="logistic")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, *image_shape), dtype=np.uint8)
+    x = data.preprocessor(preprocess)({"image": images})["image"]
+    state = task.init(jax.random.PRNGKey(0), {"image": jnp.asarray(x)})
+    low, high = task.low, task.high
+    channels = image_shape[-1]
+    shift = np.concatenate([np.full(channels, (low + high) / 2), np.full(channels, -3.0)])
+    out = state.params["decoder"]["Dense_1"]
+    bias = out["bias"] + jnp.tile(
+        jnp.asarray(shift, jnp.float32), out["bias"].size // (2 * channels)
+    )
+    params = {
+        **state.params,
+        "decoder": {**state.params["decoder"], "Dense_1": {**out, "bias": bias}},
+    }
+    return task, state.replace(params=params), x
+
+
+def numpy_logistic_log_px_z(params, z, x, low, high):
+    """log p(x|z) of the logistic MLP VAE: its decoder in numpy, the probabilities from scipy."""
+    outputs = numpy_decode(params, z).reshape(*x.shape[:-1], 2, x.shape[-1])
+    levels = np.round((x - low) / (high - low) * 255)
+    log_probs = scipy_discretized_logistic_log_prob(
+        levels, outputs[..., 0, :], outputs[..., 1, :], low, high
+    )
+    return log_probs.reshape(len(x), -1).sum(1)
+
+
+def numpy_gaussian_log_density(z, mean, logvar):
+    return -0.5 * np.sum(np.log(2 * np.pi) + logvar + (z - mean) ** 2 / np.exp(logvar), axis=-1)
+
+
+def test_logistic_elbo_terms_and_iw_bound_match_an_independent_numpy_computation():
+    task, state, x = logistic_setup()
+    params = jax.tree.map(np.asarray, state.params)
+    noise = np.asarray(jax.random.normal(jax.random.PRNGKey(7), (4, 2)))
+    terms = jax.jit(task.elbo_terms)(state.params, jnp.asarray(noise), jnp.asarray(x))
+    mean, logvar = numpy_encode(params, x)
+    z = mean + np.exp(0.5 * logvar) * noise
+    recon = -numpy_logistic_log_px_z(params, z, x, task.low, task.high)
+    # float32 against float64: measured within 1.1e-6 relative, on sums of 1,600 to 20,000 nats
+    # over 192 values whose inverse scales (up to e^7) magnify the ~1e-7 rounding of the means;
+    # rtol 1e-5 is ten times that. A bin of the wrong width, or means and log-scales swapped,
+    # move each sum by tens of nats or more (> 1e-3 relative)
+    np.testing.assert_allclose(terms["recon"], recon, rtol=1e-5)
+    np.testing.assert_allclose(terms["kl"], numpy_kl(mean, logvar), rtol=1e-5, atol=1e-6)
+
+    rng, k = jax.random.PRNGKey(3), 5
+    z = np.asarray(vae.sample_latents(jax.random.split(rng, k), *task.encode(state.params, x)))
+    weights = np.stack(
+        [
+            numpy_logistic_log_px_z(params, z_i, x, task.low, task.high)
+            + numpy_gaussian_log_density(z_i, 0.0, 0.0)
+            - numpy_gaussian_log_density(z_i, mean, logvar)
+            for z_i in z
+        ]
+    )
+    expected = scipy.special.logsumexp(weights, axis=0) - np.log(k)
+    # the same latents (drawn by the bound's documented keys), the same 1e-5 margin as above
+    bound = jax.jit(task.iw_bound, static_argnums=(3, 4))(state.params, rng, x, k, k)
+    np.testing.assert_allclose(bound, expected, rtol=1e-5)
+
+
+def ignoring_latents(params):
+    """The params with q(z|x) = N(0, I) = p(z) exactly and a decoder that ignores z: every
+    importance weight is p(x), so ELBO and IW bound are both log p(x) whatever is drawn."""
+    zeroed = lambda layer: jax.tree.map(jnp.zeros_like, layer)
+    encoder = {**params["encoder"], "Dense_1": zeroed(params["encoder"]["Dense_1"])}
+    encoder["Dense_2"] = zeroed(params["encoder"]["Dense_2"])
+    out = params["decoder"]["Dense_1"]
+    decoder = {**params["decoder"], "Dense_1": {**out, "kernel": jnp.zeros_like(out["kernel"])}}
+    return {**params, "encoder": encoder, "decoder": decoder}
+
+
+@pytest.mark.parametrize("preprocess", PREPROCESSINGS)
+def test_logistic_eval_reports_the_nll_of_the_images_as_they_are_in_nats_and_bits(preprocess):
+    task, state, x = logistic_setup((preprocess,))
+    state = state.replace(params=ignoring_latents(state.params))
+    batch = {"image": jnp.asarray(x), "index": jnp.arange(4), "mask": jnp.array([1, 1, 1, 0.0])}
+    sums = jax.device_get(jax.jit(task.eval_step)(state, batch))
+    params = jax.tree.map(np.asarray, state.params)
+    nll = -numpy_logistic_log_px_z(params, np.zeros((4, 2)), x, task.low, task.high)[:3].sum()
+    # the 1e-5 of the ELBO test; binarised images (levels 0 and 255 only) are ~400 nats off
+    for name in ("recon", "neg_elbo", "nll"):
+        np.testing.assert_allclose(sums[name], nll, rtol=1e-5, err_msg=name)
+    assert sums["kl"] == 0 and sums["count"] == 3
+    # one float32 division of the sum by a constant: an ulp or two
+    dims = math.prod(x.shape[1:])
+    np.testing.assert_allclose(sums["bits_per_dim"], sums["nll"] / (dims * np.log(2)), rtol=1e-6)
+
+
+def test_logistic_decoder_outputs_means_and_log_scales_and_pictures_show_the_means_in_0_1():
+    task, state, x = logistic_setup(("scale_to_symmetric",))
+    z = jax.random.normal(jax.random.PRNGKey(0), (5, 2)) * 50  # far out: means beyond [-1, 1]
+    outputs = task.decode(state.params, z)
+    assert outputs.shape == (5, 8, 8, 6)  # 3 means, then 3 log-scales
+    images = task.decoded_images(state.params, z)
+    np.testing.assert_allclose(images, (np.clip(outputs[..., :3], -1, 1) + 1) / 2, atol=1e-7)
+    assert images.min() == 0 and images.max() == 1  # clipped at both ends
+    x = jnp.concatenate([jnp.asarray(x)] * 2)  # a row of 8
+    layouts = task.pictures(state, x)
+    np.testing.assert_array_equal(layouts["reconstructions"][0], (x + 1) / 2)  # inputs in [0, 1]
+    for layout in layouts.values():
+        assert layout.min() >= 0 and layout.max() <= 1
+
+
+def uint8_split(shape, count):
+    """`count` random 8-bit images of `shape` with labels, as `data.load_split` returns them."""
+    rng = np.random.default_rng(count)
+    image = rng.integers(0, 256, (count, *shape), dtype=np.uint8)
+    return {"image": image, "label": rng.integers(0, 10, count).astype(np.int32)}
+
+
+def test_a_short_mocked_run_of_a_logistic_vae_on_32x32x3_images_reports_nll_and_bits(
+    tmp_path, monkeypatch
+):
+    splits = {"train": uint8_split((32, 32, 3), 64), "test": uint8_split((32, 32, 3), 32)}
+    monkeypatch.setattr(data, "load_split", lambda config, split: splits[split])
+    config = config_lib.vae_config()
+    config_lib.apply_overrides(
+        config,
+        [
+            "--config.task.likelihood=logistic",
+            "--config.model.name=mlp_vae",
+            "--config.model.image_shape=(32, 32, 3)",
+            "--config.model.hidden=16",
+            "--config.model.latent_dim=4",
+            "--config.train.num_steps=3",
+            "--config.data.batch_size=16",
+            "--config.data.eval_batch_size=32",
+            "--config.task.eval_samples=2",
+            "--config.task.final_eval_samples=4",
+            "--config.task.eval_sample_chunk=2",
+        ],
+    )
+    metrics = train.run(config, tmp_path / "run")
+    assert set(metrics) == {"neg_elbo", "recon", "kl", "nll", "bits_per_dim"}
+    assert all(np.isfinite(value) for value in metrics.values())
+    # the sums of one float32 division by a constant: a few ulps apart
+    dims = 32 * 32 * 3
+    assert metrics["bits_per_dim"] == pytest.approx(metrics["nll"] / (dims * math.log(2)), 1e-6)
+    assert 0 < metrics["bits_per_dim"] < 16  # random pixels: ~8 bits for a model that learnt them
+    prior = np.asarray(Image.open(tmp_path / "run/samples/prior_samples_0000003.png"))
+    assert prior.shape == (8 * 34 + 2, 8 * 34 + 2, 3)
+    run = load_run(tmp_path / "run")
+    samples = run.sample(3)
+    assert samples.shape == (3, 32, 32, 3) and samples.min() >= 0 and samples.max() <= 1

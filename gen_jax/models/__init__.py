@@ -34,17 +34,25 @@ def options(name: str) -> dict[str, Any]:
     return {k: p.default for k, p in parameters.items() if k not in ("parent", "name")}
 
 
-def build(model_config: ml_collections.ConfigDict) -> nn.Module | GANModels:
-    """Instantiate the module named by `model_config.name` with the section's other keys."""
+def build(model_config: ml_collections.ConfigDict, **decided: Any) -> nn.Module | GANModels:
+    """Instantiate the module named by `model_config.name` with the section's other keys and the
+    options `decided` by the caller (a task, e.g. a VAE decoder's outputs per pixel and channel
+    from the task's likelihood), which the section may repeat but not contradict."""
     kwargs = model_config.to_dict()
     name = kwargs.pop("name")
     fields = options(name)
-    unknown = sorted(set(kwargs) - set(fields))
+    unknown = sorted((set(kwargs) | set(decided)) - set(fields))
     if unknown:
         raise GenJaxError(
             f"model '{name}' takes no option(s) {unknown}; "
             f"allowed in config.model: {sorted(fields)}"
         )
+    for key, value in decided.items():
+        if kwargs.setdefault(key, value) != value:
+            raise GenJaxError(
+                f"config.model.{key}={kwargs[key]!r}, but the task's settings (config.task) "
+                f"make it {value!r}; leave model.{key} unset"
+            )
     if kwargs.get("dtype", DTYPES[0]) not in DTYPES:
         raise GenJaxError(f"unknown model.dtype '{kwargs['dtype']}'; use one of {DTYPES}")
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}

@@ -1,10 +1,14 @@
-"""Variational autoencoders on dynamically binarised images: ELBO (with beta and KL warm-up) or
-the importance-weighted bound (IWAE) as the objective; test ELBO and importance-sampled NLL in nats.
+"""Variational autoencoders: ELBO (with beta and KL warm-up) or the importance-weighted bound
+(IWAE) as the objective, under a pixel likelihood (`likelihoods`: Bernoulli on dynamically
+binarised images, or a discretized logistic on 8-bit ones); test ELBO and importance-sampled NLL
+in nats, and the NLL in bits per dimension.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -13,8 +17,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from gen_jax import models, optim
+from gen_jax import data, models, optim
 from gen_jax.errors import GenJaxError
+from gen_jax.tasks import likelihoods
 from gen_jax.tasks.base import (
     Batch,
     Metrics,
@@ -29,23 +34,6 @@ OBJECTIVES = ("elbo", "iwae")
 
 
 # ----------------------------------------------------------------------------- the math
-# Per-pixel math runs on (batch, pixels) views: XLA's CPU backend does not vectorise elementwise
-# ops over an image-shaped array's trailing axis of size 1 (5x slower; benchmarks/README.md).
-def flat(images: jax.Array) -> jax.Array:
-    """(batch, height, width, channels) -> (batch, pixels), a free reshape."""
-    return images.reshape(images.shape[0], -1)
-
-
-def binarize(rng: jax.Array, images: jax.Array) -> jax.Array:
-    """Each pixel drawn as Bernoulli(intensity), intensities in [0, 1]."""
-    return jax.random.bernoulli(rng, flat(images)).astype(images.dtype).reshape(images.shape)
-
-
-def bernoulli_log_likelihood(logits: jax.Array, x: jax.Array) -> jax.Array:
-    """log p(x | logits), summed over all but the leading axis."""
-    return -optax.sigmoid_binary_cross_entropy(flat(logits), flat(x)).sum(-1)
-
-
 def gaussian_kl(mean: jax.Array, logvar: jax.Array) -> jax.Array:
     """KL(N(mean, exp(logvar)) || N(0, I)), summed over the last axis."""
     return 0.5 * jnp.sum(jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar, axis=-1)
@@ -70,14 +58,20 @@ def sample_latents(keys: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.A
     return reparameterize(noise, mean, logvar)
 
 
-def log_weights(decode, x: jax.Array, z: jax.Array, mean: jax.Array, logvar: jax.Array):
-    """log p(x, z) - log q(z|x) for each of the k latents z (k, batch): importance log-weights."""
+def log_weights(
+    log_px_z: Callable[[jax.Array, jax.Array], jax.Array],
+    x: jax.Array,
+    z: jax.Array,
+    mean: jax.Array,
+    logvar: jax.Array,
+) -> jax.Array:
+    """log p(x, z) - log q(z|x) for each of the k latents z (k, batch): importance log-weights.
+    `log_px_z(z, x)` is the per-example log-likelihood of images `x` decoded from latents `z`."""
     k, batch = z.shape[:2]
-    logits = decode(z.reshape(k * batch, -1))
     repeated_x = jnp.broadcast_to(x, (k, *x.shape)).reshape(k * batch, *x.shape[1:])
-    log_px_z = bernoulli_log_likelihood(logits, repeated_x).reshape(k, batch)
+    log_px = log_px_z(z.reshape(k * batch, -1), repeated_x).reshape(k, batch)
     zeros = jnp.zeros_like(mean)
-    return log_px_z + gaussian_log_density(z, zeros, zeros) - gaussian_log_density(z, mean, logvar)
+    return log_px + gaussian_log_density(z, zeros, zeros) - gaussian_log_density(z, mean, logvar)
 
 
 def iw_bound(weights: jax.Array) -> jax.Array:
@@ -117,12 +111,16 @@ def _check_objective(task: ml_collections.ConfigDict) -> None:
 
 
 class VAETask:
-    """Trains `config.model` (a VAE) on `batch['image']` binarised anew each step."""
+    """Trains `config.model` (a VAE) on `batch['image']` under `task.likelihood`: binarised anew
+    each step ("bernoulli") or as they are ("logistic")."""
 
     def __init__(self, config: ml_collections.ConfigDict):
         task = config.task
         _check_objective(task)
-        self.model = models.build(config.model)
+        self.low, self.high = data.pixel_range(config.data.preprocess)
+        self.likelihood = likelihoods.build(task.likelihood, (self.low, self.high))
+        outputs_per_channel = self.likelihood.outputs_per_channel
+        self.model = models.build(config.model, outputs_per_channel=outputs_per_channel)
         self.optimizer = optim.build(config.optimizer, config.train.num_steps)
         self.latent_dim = config.model.latent_dim
         self.objective, self.train_samples = task.objective, task.train_samples
@@ -140,12 +138,13 @@ class VAETask:
     def init(self, rng: jax.Array, batch: Batch) -> VAEState:
         params_rng, run_rng = jax.random.split(rng)
         params = self.model.init(params_rng, batch["image"])["params"]
-        made = jax.eval_shape(self.model.apply, {"params": params}, batch["image"]).shape[1:]
+        latents = jnp.zeros((1, self.latent_dim))
+        made = jax.eval_shape(self.decoded_images, params, latents).shape[1:]
         check_image_shape(
             made,
             batch["image"],
             "the VAE decodes",
-            "conv_vae and mlp_vae model 28x28x1 images such as MNIST's",
+            "set config.model.image_shape to the data's (height, width, channels)",
         )
         return VAEState(jnp.zeros((), jnp.int32), params, self.optimizer.init(params), run_rng)
 
@@ -154,8 +153,20 @@ class VAETask:
         return self.model.apply({"params": params}, x, method="encode")
 
     def decode(self, params, z: jax.Array) -> jax.Array:
-        """Pixel logits of p(x|z)."""
+        """The decoder's outputs, the parameters of p(x|z) that `task.likelihood` reads."""
         return self.model.apply({"params": params}, z, method="decode")
+
+    def decoded_images(self, params, z: jax.Array) -> jax.Array:
+        """Images in [0, 1] decoded from latents `z` (pixel probabilities, or logistic means)."""
+        return self.likelihood.images(self.decode(params, z))
+
+    def log_px_z(self, params, z: jax.Array, x: jax.Array) -> jax.Array:
+        """log p(x|z) per example, in nats."""
+        return self.likelihood.log_likelihood(self.decode(params, z), x)
+
+    def to_unit(self, images: jax.Array) -> jax.Array:
+        """Preprocessed images mapped to [0, 1], for pictures."""
+        return (images - self.low) / (self.high - self.low)
 
     def kl_weight(self, step: jax.Array) -> jax.Array:
         """beta, ramped linearly from 0 over the first `kl_warmup_steps` steps."""
@@ -168,7 +179,7 @@ class VAETask:
         latent)) and analytic KL, in nats."""
         mean, logvar = self.encode(params, x)
         z = reparameterize(noise, mean, logvar)
-        recon = -bernoulli_log_likelihood(self.decode(params, z), x)
+        recon = -self.log_px_z(params, z, x)
         return {"recon": recon, "kl": gaussian_kl(mean, logvar)}
 
     def iw_bound(self, params, rng: jax.Array, x: jax.Array, k: int, chunk: int) -> jax.Array:
@@ -178,7 +189,7 @@ class VAETask:
 
         def weights(keys: jax.Array) -> jax.Array:  # (keys, batch): one draw per key
             z = sample_latents(keys, mean, logvar)
-            return log_weights(lambda z: self.decode(params, z), x, z, mean, logvar)
+            return log_weights(functools.partial(self.log_px_z, params), x, z, mean, logvar)
 
         keys = jax.random.split(rng, k)
         if k <= chunk:
@@ -188,8 +199,8 @@ class VAETask:
         return iw_bound(chunked.reshape(k, -1))
 
     def train_step(self, state: VAEState, batch: Batch) -> tuple[VAEState, Metrics]:
-        binarize_rng, sample_rng = jax.random.split(step_key(state.rng, state.step))
-        x = binarize(binarize_rng, batch["image"])
+        observe_rng, sample_rng = jax.random.split(step_key(state.rng, state.step))
+        x = self.likelihood.observed(observe_rng, batch["image"])
         kl_weight = self.kl_weight(state.step)
         # Noise drawn for the whole batch, examples on axis 0, so split batches draw the same.
         shape = (len(x), self.latent_dim)
@@ -204,8 +215,8 @@ class VAETask:
                 return terms["recon"] + kl_weight * terms["kl"], terms
             mean, logvar = self.encode(params, x)
             z = reparameterize(jnp.swapaxes(iw_noise, 0, 1), mean, logvar)
-            decode = lambda z: self.decode(params, z)
-            return -iw_bound(log_weights(decode, x, z, mean, logvar)).mean(), terms
+            log_px_z = functools.partial(self.log_px_z, params)
+            return -iw_bound(log_weights(log_px_z, x, z, mean, logvar)).mean(), terms
 
         value_and_grad = split_value_and_grad(loss_fn, self.batch_splits)
         (loss, terms), grads = value_and_grad(state.params, x, noise, iw_noise)
@@ -225,30 +236,32 @@ class VAETask:
         return new_state, metrics
 
     def pictures(self, state: VAEState, images: jax.Array) -> dict[str, jax.Array]:
-        """Inputs above their reconstructions (pixel probabilities at the posterior mean), in
-        rows of 8 (as many as `images` fill), and decoded prior samples at 64 latents fixed by
+        """Inputs above their reconstructions (`decoded_images` at the posterior mean), in rows of
+        8 (as many as `images` fill), and decoded prior samples at 64 latents fixed by
         `eval_seed`."""
         prior = jax.random.normal(jax.random.PRNGKey(self.eval_seed), (64, self.latent_dim))
-        samples = jax.nn.sigmoid(self.decode(state.params, prior))
+        samples = self.decoded_images(state.params, prior)
         layouts = {"prior_samples": samples.reshape(8, 8, *samples.shape[1:])}
         images = images[: len(images) // 8 * 8]
         if len(images):
             mean, _ = self.encode(state.params, images)
-            reconstructions = jax.nn.sigmoid(self.decode(state.params, mean))
+            reconstructions = self.decoded_images(state.params, mean)
+            images = self.to_unit(images)
             pairs = jnp.stack([images, reconstructions]).reshape(2, -1, 8, *images.shape[1:])
             layouts["reconstructions"] = jnp.swapaxes(pairs, 0, 1).reshape(-1, 8, *images.shape[1:])
         return layouts
 
     def eval_step(self, state: VAEState, batch: Batch, final: bool = False) -> Metrics:
         """Sums of negative ELBO, its terms, and NLL (IW bound, `final_eval_samples` samples when
-        `final`, else `eval_samples`) on a fixed binarisation: example i always draws from
-        fold_in(key(eval_seed), i), whatever the batch size or device count."""
+        `final`, else `eval_samples`) in nats and in bits per dimension, on a fixed binarisation
+        (bernoulli): example i always draws from fold_in(key(eval_seed), i), whatever the batch
+        size or device count."""
         k = self.final_eval_samples if final else self.eval_samples
         keys = example_keys(self.eval_seed, batch["index"])
 
         def one_example(key, image):
-            binarize_rng, elbo_rng, iw_rng = jax.random.split(key, 3)
-            x = binarize(binarize_rng, image[None])
+            observe_rng, elbo_rng, iw_rng = jax.random.split(key, 3)
+            x = self.likelihood.observed(observe_rng, image[None])
             noise = jax.random.normal(elbo_rng, (1, 1, self.latent_dim))[0]
             terms = self.elbo_terms(state.params, noise, x)
             nll = -self.iw_bound(state.params, iw_rng, x, k, min(k, self.sample_chunk))
@@ -258,6 +271,7 @@ class VAETask:
         per_example["neg_elbo"] = per_example["recon"] + per_example["kl"]
         mask = batch["mask"]
         sums = {name: jnp.sum(value * mask) for name, value in per_example.items()}
+        sums["bits_per_dim"] = sums["nll"] / (math.prod(batch["image"].shape[1:]) * math.log(2))
         return {**sums, "count": jnp.sum(mask)}
 
     def summarize(self, outputs: list[Metrics]) -> dict[str, float]:
