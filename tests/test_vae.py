@@ -16,6 +16,7 @@ from gen_jax import data, tasks, train
 from gen_jax.errors import GenJaxError
 from gen_jax.run import load_run
 from gen_jax.tasks import likelihoods, vae
+from tests.conftest import make_image_folder
 
 EPS32 = np.finfo(np.float32).eps
 
@@ -430,25 +431,16 @@ def test_logistic_decoder_outputs_means_and_log_scales_and_pictures_show_the_mea
         assert layout.min() >= 0 and layout.max() <= 1
 
 
-def uint8_split(shape, count):
-    """`count` random 8-bit images of `shape` with labels, as `data.load_split` returns them."""
-    rng = np.random.default_rng(count)
-    image = rng.integers(0, 256, (count, *shape), dtype=np.uint8)
-    return {"image": image, "label": rng.integers(0, 10, count).astype(np.int32)}
-
-
-def test_a_short_mocked_run_of_a_logistic_vae_on_32x32x3_images_reports_nll_and_bits(
-    tmp_path, monkeypatch
-):
-    splits = {"train": uint8_split((32, 32, 3), 64), "test": uint8_split((32, 32, 3), 32)}
-    monkeypatch.setattr(data, "load_split", lambda config, split: splits[split])
+def test_a_short_run_of_a_logistic_vae_on_a_32x32x3_folder_reports_nll_and_bits(tmp_path):
+    make_image_folder(tmp_path / "images", {"train": 64, "test": 32}, shape=(32, 32, 3))
     config = config_lib.vae_config()
     config_lib.apply_overrides(
         config,
         [
             "--config.task.likelihood=logistic",
-            "--config.model.name=mlp_vae",
-            "--config.model.image_shape=(32, 32, 3)",
+            f"--config.data.folder={tmp_path / 'images'}",
+            f"--config.data.cache_dir={tmp_path / 'cache'}",
+            "--config.model.name=mlp_vae",  # image_shape from the data
             "--config.model.hidden=16",
             "--config.model.latent_dim=4",
             "--config.train.num_steps=3",

@@ -117,7 +117,7 @@ class VAETask:
     def __init__(self, config: ml_collections.ConfigDict):
         task = config.task
         _check_objective(task)
-        self.low, self.high = data.pixel_range(config.data.preprocess)
+        self.low, self.high = data.pixel_range(config.data)
         self.likelihood = likelihoods.build(task.likelihood, (self.low, self.high))
         outputs_per_channel = self.likelihood.outputs_per_channel
         self.model = models.build(config.model, outputs_per_channel=outputs_per_channel)
