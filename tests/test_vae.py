@@ -21,6 +21,13 @@ from tests.conftest import make_image_folder
 EPS32 = np.finfo(np.float32).eps
 
 
+def data_section(preprocess: tuple[str, ...]):
+    """A data config with these preprocessing steps (what data.preprocessor reads)."""
+    section = config_lib.base_config().data
+    section.preprocess = preprocess
+    return section
+
+
 def tiny_task(image_shape=(28, 28, 1), preprocess=("scale_to_unit",), **task_options):
     config = config_lib.vae_config()
     config.model = config_lib.ml_collections.ConfigDict(
@@ -248,8 +255,10 @@ PREPROCESSINGS = ("scale_to_unit", "scale_to_symmetric")
 
 def all_levels(preprocess):
     """The 256 levels of an 8-bit pixel as the data reach the task, and their range."""
-    images = data.preprocessor((preprocess,))({"image": np.arange(256, dtype=np.uint8)})
-    return images["image"], data.pixel_range((preprocess,))
+    images = data.preprocessor(data_section((preprocess,)))(
+        {"image": np.arange(256, dtype=np.uint8)}
+    )
+    return images["image"], data.pixel_range(data_section((preprocess,)))
 
 
 def scipy_discretized_logistic_log_prob(levels, mean, log_scale, low, high):
@@ -327,7 +336,7 @@ def logistic_setup(preprocess=("scale_to_unit",), image_shape=(8, 8, 3)):
     task = tiny_task(image_shape, preprocess, likelihood="logistic")
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (4, *image_shape), dtype=np.uint8)
-    x = data.preprocessor(preprocess)({"image": images})["image"]
+    x = data.preprocessor(data_section(preprocess))({"image": images})["image"]
     state = task.init(jax.random.PRNGKey(0), {"image": jnp.asarray(x)})
     low, high = task.low, task.high
     channels = image_shape[-1]
