@@ -27,11 +27,10 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from PIL import Image
 
 from gen_jax import checkpoint, data, train
 from gen_jax import config as config_lib
-from gen_jax.data.folder import CHANNEL_MODES, fit_image
+from gen_jax.data.folder import CHANNEL_MODES, conform, from_array
 from gen_jax.errors import GenJaxError
 
 
@@ -99,15 +98,9 @@ class Run:
                 f"{images.shape}; e.g. np.asarray(PIL.Image.open(path))[None]"
             )
         if images.shape[1:] != (height, width, channels):
-            fitted = []
-            for image in images:
-                pil = Image.fromarray(
-                    image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
-                ).convert(CHANNEL_MODES[channels])
-                pil = pil if pil.size == (width, height) else fit_image(pil, height)
-                array = np.asarray(pil)
-                fitted.append(array[..., None] if array.ndim == 2 else array)
-            images = np.stack(fitted)
+            size = lambda image: 0 if image.shape[:2] == (height, width) else height
+            mode = CHANNEL_MODES[channels]
+            images = np.stack([conform(from_array(image), mode, size(image)) for image in images])
         return data.preprocessor(self.config.data)({"image": images})["image"]
 
     # ------------------------------------------------------------------ generative models

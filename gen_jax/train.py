@@ -445,7 +445,7 @@ def load_state(workdir: str | Path, step: int | None = None):
     mesh = parallel.make_mesh()
     parallel.check_batch_sizes({"data.eval_batch_size": config.data.eval_batch_size}, mesh)
     task = tasks.build(config)
-    split = data.get_split(config.data, config.data.eval_split)
+    split = data.open_split(config.data, config.data.eval_split)  # one batch read, for shapes
     checkpointer = Checkpointer(workdir / "checkpoints")  # reads only: the run may be saving
     try:
         batch = example_batch(split, config, mesh)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from gen_jax import config as config_lib
-from gen_jax import train
+from gen_jax import data, train
+from gen_jax.errors import GenJaxError
 from gen_jax.run import load_run
 from tests.conftest import (
     assert_trees_equal,
@@ -67,6 +68,19 @@ def test_streamed_batches_train_bitwise_as_in_memory_and_resume_exactly(folder_r
     assert_trees_equal(load_run(workdir).state, load_run(in_memory).state)
     assert load_run(workdir).dataset["streamed"] and not load_run(in_memory).dataset["streamed"]
     assert load_run(in_memory).class_names == ("cat", "dog", "owl")
+
+
+def test_a_loaded_run_preprocesses_pictures_of_any_size_and_channels_as_its_data(folder_runs):
+    _, root = folder_runs
+    run = load_run(root / "in_memory")
+    raw = data.open_split(run.config.data, "test").read(np.arange(4))["image"]
+    np.testing.assert_array_equal(run.preprocess(raw), run.images("test")["image"][:4])
+    gray = np.random.default_rng(0).integers(0, 256, (2, 30, 20), dtype=np.uint8)
+    fitted = run.preprocess(gray)  # gray to RGB, shorter side 20 -> 12, centre crop
+    assert fitted.shape == (2, 12, 12, 3)
+    np.testing.assert_array_equal(fitted[..., 0], fitted[..., 2])  # gray: equal channels
+    with pytest.raises(GenJaxError, match=r"preprocess takes uint8 images"):
+        run.preprocess(gray.astype(np.float32))
 
 
 def test_streamed_on_eight_devices_and_two_processes_as_in_memory_on_one(folder_runs):

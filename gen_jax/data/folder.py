@@ -94,6 +94,19 @@ def fit_image(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
+def from_array(array: np.ndarray) -> Image.Image:
+    """A uint8 (H, W) or (H, W, C) array as a Pillow image."""
+    return Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array)
+
+
+def conform(image: Image.Image, mode: str, size: int) -> np.ndarray:
+    """`image` converted to `mode` and, if `size`, fitted to that square (`fit_image`), as uint8
+    (H, W, C): how every image is decoded, from a folder, a TFDS record or a user's array."""
+    image = image.convert(mode)
+    array = np.asarray(fit_image(image, size) if size else image, np.uint8)
+    return array[..., None] if array.ndim == 2 else array
+
+
 # ----------------------------------------------------------------------------- checks
 def _header(path: Path) -> tuple[tuple[int, int], str] | None:
     """(width, height) and mode from the file's header, or None if it cannot be read."""
@@ -146,13 +159,9 @@ def _decode(path: Path, mode: str, size: int) -> np.ndarray | None:
     """The image as uint8 (H, W, C), or None if its data cannot be decoded."""
     try:
         with Image.open(path) as image:
-            image = image.convert(mode)
-            if size:
-                image = fit_image(image, size)
-            array = np.asarray(image, np.uint8)
+            return conform(image, mode, size)
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
-    return array[..., None] if array.ndim == 2 else array
 
 
 def _unreadable_error(bad: list[Path]) -> GenJaxError:
@@ -220,15 +229,16 @@ def build(listing: Listing, data_config: ml_collections.ConfigDict, folder: Path
         try:
             writer = ArrayRecordWriter(str(temporary / "images.array_record"), "group_size:1")
             labels = listing.labels or (0,) * len(listing.files)
+            readable = [
+                (p, label) for p, label in zip(listing.files, labels, strict=True) if headers[p]
+            ]
+            decode = lambda item: _decode(item[0], mode, data_config.image_size)
             shape, count = None, 0
-            for start in range(0, len(listing.files), CHUNK):
-                paths = listing.files[start : start + CHUNK]
-                decode = lambda p: _decode(p, mode, data_config.image_size) if headers[p] else None
-                for path, label, array in zip(
-                    paths, labels[start : start + CHUNK], pool.map(decode, paths), strict=True
-                ):
-                    if array is None:
-                        bad += [] if headers[path] is None else [path]
+            for start in range(0, len(readable), CHUNK):
+                chunk = readable[start : start + CHUNK]
+                for (path, label), array in zip(chunk, pool.map(decode, chunk), strict=True):
+                    if array is None:  # a readable header, but data that do not decode
+                        bad.append(path)
                         continue
                     shape = shape or array.shape
                     writer.write(np.int32(label).astype("<i4").tobytes() + array.tobytes())

@@ -4,7 +4,7 @@ A training pipeline shuffles example indices with a seed (a new permutation each
 them at the *global* batch size and gives each process its own contiguous slice of every global
 batch. A run therefore sees the same global batches whatever the number of processes or devices,
 and its position is a grain iterator state that checkpoints save and restore. A split in memory
-is indexed in this process; a split read from disk (`sources.training_split`) is read, decoded and
+is indexed in this process; a split read from disk (`sources.get_split`) is read, decoded and
 preprocessed by grain worker processes, ahead of the step: the same batches either way.
 """
 

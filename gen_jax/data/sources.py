@@ -16,7 +16,6 @@ from pathlib import Path
 
 import ml_collections
 import numpy as np
-from PIL import Image
 
 from gen_jax.data import folder as folder_lib
 from gen_jax.errors import GenJaxError
@@ -114,12 +113,9 @@ class _TFDSDecode:
     def __call__(self, record: dict) -> tuple[np.ndarray, int]:
         image = record["image"]
         if self.size or (self.channels and image.shape[-1] != self.channels):
-            pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-            if self.channels:
-                pil = pil.convert(folder_lib.CHANNEL_MODES[self.channels])
-            pil = folder_lib.fit_image(pil, self.size) if self.size else pil
-            image = np.asarray(pil)
-            image = image[..., None] if image.ndim == 2 else image
+            pil = folder_lib.from_array(image)
+            mode = folder_lib.CHANNEL_MODES[self.channels] if self.channels else pil.mode
+            image = folder_lib.conform(pil, mode, self.size)
         return image, int(record["label"]) if self.labelled else 0
 
 
