@@ -170,7 +170,7 @@ def pytorch_cnn(args) -> dict:
 
 
 def gen_jax_cnn(args) -> dict:
-    return _gen_jax_run("mnist_cnn", args)
+    return gen_jax_training("mnist_cnn", args)
 
 
 def gen_jax_cnn_fixed_batch(args) -> dict:
@@ -189,7 +189,7 @@ def gen_jax_cnn_fixed_batch(args) -> dict:
 
     pipeline = data.train_iterator
     data.train_iterator = lambda *arguments, **options: FixedBatch(pipeline(*arguments, **options))
-    return _gen_jax_run("mnist_cnn", args, "--config.data.on_device=False")
+    return gen_jax_training("mnist_cnn", args, "--config.data.on_device=False")
 
 
 def gen_jax_cnn_eval(args) -> dict:
@@ -211,11 +211,11 @@ def gen_jax_cnn_eval(args) -> dict:
 
 def gen_jax_vae(args) -> dict:
     quick_eval = ["--config.task.final_eval_samples=10", "--config.task.eval_sample_chunk=10"]
-    return _gen_jax_run("mnist_vae_mlp", args, "--config.train.eval_every=0", *quick_eval)
+    return gen_jax_training("mnist_vae_mlp", args, "--config.train.eval_every=0", *quick_eval)
 
 
 def gen_jax_dcgan(args) -> dict:
-    return _gen_jax_run(
+    return gen_jax_training(
         "mnist_dcgan", args, "--config.task.classifier_workdir=", "--config.train.eval_every=0"
     )
 
@@ -261,8 +261,10 @@ def _train_arrays(config) -> tuple[np.ndarray, np.ndarray]:
     return arrays["image"], arrays["label"]
 
 
-def _gen_jax_run(name: str, args, *overrides: str) -> dict:
-    """`train.run` of an experiment for `window` + `steps` steps, as `gen-jax train` sets up."""
+def gen_jax_training(name: str, args, *overrides: str) -> dict:
+    """`train.run` of an experiment for `window` + `steps` steps, as `gen-jax train` sets up:
+    mean examples/s over the windows after the first, and the first step's seconds (also the
+    timing of benchmarks/streaming.py)."""
     from gen_jax import host, train
     from gen_jax.metric_writer import read_metrics
 

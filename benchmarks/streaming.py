@@ -1,6 +1,6 @@
 """Streamed against in-memory training: examples/s and peak RSS of the same run both ways.
 
-    python benchmarks/streaming.py [--experiment experiments/cifar10_cnn.py] [--rounds 2]
+    python benchmarks/streaming.py [--experiment cifar10_cnn] [--rounds 2]
 
 Each row trains `--window` + `--steps` steps of the experiment in a fresh process: "in memory"
 holds the decoded training split in (device) memory and preprocesses inside the compiled step;
@@ -18,47 +18,25 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from speed import gen_jax_training  # this folder; run as a script
+
 ROWS = {"in memory": [], "streamed": ["--config.data.streaming=true"]}
 
 
 def train_row(args, overrides: list[str]) -> dict:
-    """Train in this process; examples/s after the first window and peak RSS in MiB."""
-    from gen_jax import config as config_lib
-    from gen_jax import host, train
-    from gen_jax.metric_writer import read_metrics
-
-    host.keep_freed_memory_in_heap()
-    total = args.window + args.steps
-    config = config_lib.load_experiment(args.experiment)
-    settings = [
-        f"--config.train.num_steps={total}",
-        f"--config.train.log_every={args.window}",
-        f"--config.train.checkpoint_every={total}",
-        "--config.train.eval_every=0",
-        "--config.optimizer.warmup_steps=0",  # a warm-up longer than the timed run is refused
-        *overrides,
-    ]
-    config_lib.apply_overrides(config, settings)
-    with tempfile.TemporaryDirectory() as workdir:
-        train.run(config, workdir)
-        records = read_metrics(workdir)
-    rates = [
-        r["value"]
-        for r in records
-        if r["name"] == "examples_per_second" and r["step"] > args.window
-    ]
+    """Train in this process (speed.py's timed run); examples/s and peak RSS in MiB."""
+    quiet = ["--config.train.eval_every=0", "--config.optimizer.warmup_steps=0"]  # timed: steps
+    result = gen_jax_training(args.experiment, args, *quiet, *overrides)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return {"examples_per_second": statistics.fmean(rates), "peak_mib": (peak + workers) / 1024}
+    return {**result, "peak_mib": (peak + workers) / 1024}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--experiment", default=str(REPO / "experiments" / "cifar10_cnn.py"))
+    parser.add_argument("--experiment", default="cifar10_cnn", help="a name in experiments/")
+    parser.add_argument("--data_dir", default="", help="TFDS directory (default $TFDS_DATA_DIR)")
     parser.add_argument("--window", type=int, default=20, help="steps per logged window")
     parser.add_argument("--steps", type=int, default=60, help="timed steps after the first window")
     parser.add_argument("--rounds", type=int, default=2)
@@ -76,7 +54,7 @@ def main() -> None:
                 sys.exit(f"{row} failed:\n{output.stderr[-3000:]}")
             results[row].append(json.loads(output.stdout.strip().splitlines()[-1]))
     base = statistics.median(r["examples_per_second"] for r in results["in memory"])
-    print(f"{Path(args.experiment).name}, {args.steps} timed steps, {args.rounds} rounds")
+    print(f"{args.experiment}, {args.steps} timed steps, {args.rounds} rounds")
     print("| row | examples/s (median) | each round | vs in memory | peak RSS (MiB) |")
     print("|---|---|---|---|---|")
     for row, runs in results.items():

@@ -24,7 +24,7 @@ def get_config():
     config.data.mean = (0.4913, 0.4821, 0.4465)
     config.data.std = (0.2452, 0.2428, 0.2606)
     config.model.name = "bn_cnn"
-    config.model.features = (64, 128, 256)
+    config.model.features = (32, 64, 128)
     config.model.pool_after = (0, 1, 2)
     config.model.dropout_rate = 0.3
     config.task.label_smoothing = 0.1
