@@ -89,6 +89,8 @@ def test_streamed_on_eight_devices_and_two_processes_as_in_memory_on_one(folder_
     args = train_args(experiment, eight, "--config.data.streaming=true")
     check_call_mocked_cli(args, devices=8)
     one = train_losses(root / "in_memory")
+    # the 1-vs-8-device bound of test_distributed, whose reasons stand there: the classifier's
+    # reductions run in another order over 8 devices (or 2 processes), whatever feeds the batches
     rtol = TRAJECTORY_RTOL["classifier"]
     np.testing.assert_allclose(train_losses(eight), one, rtol=rtol)
     assert_trees_close(load_run(root / "in_memory").state, load_run(eight).state, rtol=rtol)
