@@ -4,6 +4,7 @@ resizing and channels, and a clear error for every kind of bad folder."""
 import json
 import os
 import stat
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -181,6 +182,36 @@ def test_a_tfds_dataset_without_an_image_feature_lists_the_features_it_has(monke
     config.name = "speech"
     with pytest.raises(GenJaxError, match=r"'speech' has no 'image' feature .*audio, speaker_id"):
         sources._tfds_split(config, "train")
+
+
+def test_a_tfds_dataset_of_varying_image_sizes_needs_and_takes_image_size(monkeypatch):
+    from gen_jax.data import sources
+
+    rng = np.random.default_rng(0)
+    records = [
+        {"image": rng.integers(0, 256, shape, dtype=np.uint8), "label": i}
+        for i, shape in enumerate([(30, 20, 1), (16, 40, 1)])
+    ]
+
+    class Records(list):
+        def __getitems__(self, keys):
+            return [self[k] for k in keys]
+
+    features = {
+        "image": SimpleNamespace(shape=(None, None, 1)),
+        "label": SimpleNamespace(names=["a", "b"]),
+    }
+    monkeypatch.setattr(sources, "_tfds_source", lambda *_: (Records(records), features))
+    config = config_lib.base_config().data
+    with pytest.raises(GenJaxError, match=r"images of varying size \(None, None, 1\); set data"):
+        sources._tfds_split(config, "train")
+    config.update({"image_size": 12, "channels": 3})
+    split = sources._tfds_split(config, "train")
+    assert split.spec == data.DataSpec((12, 12, 3), ("a", "b"), True)
+    batch = split.read(np.arange(2))
+    assert batch["image"].shape == (2, 12, 12, 3) and list(batch["label"]) == [0, 1]
+    expected = folder_lib.conform(folder_lib.from_array(records[0]["image"]), "RGB", 12)
+    np.testing.assert_array_equal(batch["image"][0], expected)
 
 
 @pytest.mark.parametrize(
