@@ -8,7 +8,9 @@ is the speed issue's.
 The folder is decoded once into a cache (~/.cache/gen_jax, or --config.data.cache_dir=...).
 data.mean and data.std are the training split's, measured with
 `gen_jax.data.channel_stats(config.data, limit=50_000)`.
-Reproduces: not yet measured; EXPECTED below is the goal, not a result.
+Reproduces: the full run is not yet measured (EXPECTED below is a goal, not a result); its QUICK
+run (200 steps) gave 59.17% in 5:46 for the command, at ~200 examples/s on a 2-core Intel Xeon VM
+(20 epochs would take ~80 min there: slice with --stop_at).
 """
 
 from gen_jax.config import base_config
@@ -40,4 +42,6 @@ def get_config():
 
 # `gen-jax reproduce` checks: metric -> (value, tolerance) or a goal ('<=' | '>=', bound).
 EXPECTED = {"accuracy": (">=", 0.85)}
-QUICK = {"overrides": ["--config.train.num_steps=200"], "expected": {"accuracy": (">=", 0.4)}}
+# QUICK: measured once (Intel Xeon VM); 200 steps end inside the warm-up, where another CPU's
+# rounding moves a young network by points, not tenths: hence 0.03
+QUICK = {"overrides": ["--config.train.num_steps=200"], "expected": {"accuracy": (0.5917, 0.03)}}
