@@ -224,7 +224,12 @@ def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.task = ml_collections.ConfigDict(
-        {"name": "classifier", "label_smoothing": 0.0, "max_shift": 0}  # max_shift: random shifts
+        {
+            "name": "classifier",
+            "label_smoothing": 0.0,
+            "max_shift": 0,  # random shifts of up to this many pixels
+            "test_flips": False,  # evaluate each image and its mirror image (horizontal flip)
+        }
     )
     config.model = ml_collections.ConfigDict({"name": "cnn"})
     config.data = ml_collections.ConfigDict(

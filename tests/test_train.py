@@ -42,6 +42,19 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(experiment):
     assert losses[-1] < 0.5 * losses[0]
 
 
+def test_test_flips_score_the_mean_log_probabilities_of_an_image_and_its_mirror(experiment):
+    images = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
+    plain = tasks.build(load(experiment()))
+    state = plain.init(jax.random.PRNGKey(0), {"image": images})
+    flips = tasks.build(load(experiment(), "--config.task.test_flips=true"))
+    scores = np.asarray(flips.logits(state, images))
+    log_p = lambda x: np.asarray(jax.nn.log_softmax(plain.logits(state, x)))
+    # float32 sums of 10 classes: rounding at ~1e-6 of magnitudes around 2
+    np.testing.assert_allclose(scores, (log_p(images) + log_p(images[:, :, ::-1])) / 2, atol=1e-5)
+    np.testing.assert_allclose(scores, flips.logits(state, images[:, :, ::-1]), atol=1e-5)
+    assert np.abs(scores - log_p(images)).max() > 1e-3  # a random network is not symmetric
+
+
 def test_a_run_writes_config_metrics_tensorboard_and_checkpoints(experiment, tmp_path, mock_mnist):
     workdir = tmp_path / "run"
     final = train.run(load(experiment(), "--config.train.eval_every=5"), workdir)

@@ -1,4 +1,5 @@
-"""Image classification: softmax cross-entropy, optional label smoothing and random shifts."""
+"""Image classification: softmax cross-entropy, optional label smoothing and random shifts, and
+optional test-time flips."""
 
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ class ClassifierTask:
         self.num_classes = config.model.get("num_classes", 10)
         self.label_smoothing = config.task.label_smoothing
         self.max_shift = config.task.max_shift
+        self.test_flips = config.task.test_flips
         self.batch_splits = config.train.batch_splits
 
     def init(self, rng: jax.Array, batch: Batch) -> ClassifierState:
@@ -113,9 +115,14 @@ class ClassifierTask:
         return new_state, metrics
 
     def logits(self, state: ClassifierState, images: jax.Array) -> jax.Array:
-        """Class logits in inference mode (running batch statistics, no dropout)."""
+        """Class logits in inference mode (running batch statistics, no dropout); with
+        `task.test_flips`, the mean log-probabilities of each image and its mirror image."""
         variables = {"params": state.params, "batch_stats": state.batch_stats}
-        return self.model.apply(variables, images, train=False)
+        logits = self.model.apply(variables, images, train=False)
+        if not self.test_flips:
+            return logits
+        mirrored = self.model.apply(variables, images[:, :, ::-1], train=False)
+        return (jax.nn.log_softmax(logits) + jax.nn.log_softmax(mirrored)) / 2
 
     def features_and_logits(self, variables: dict, images: jax.Array) -> tuple[jax.Array, ...]:
         """Penultimate activations (the feature space of FID) and logits, in inference mode."""
