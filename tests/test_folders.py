@@ -100,6 +100,28 @@ def test_a_damaged_or_outdated_cache_is_rebuilt_not_reused(tmp_path, open_split,
     np.testing.assert_array_equal(split.read(np.arange(4))["image"], written["train"])
 
 
+def test_a_cache_another_process_finished_meanwhile_is_kept_not_replaced(
+    tmp_path, open_split, monkeypatch
+):
+    """Hosts of one run that share a cache directory decode the same folder at once: the first
+    to finish keeps its cache, which it may already read, and the others discard theirs."""
+    written = make_image_folder(tmp_path / "images", {"train": 4})
+    build, finished = folder_lib.build, []
+
+    def racing(listing, data_config, folder, key):
+        if not finished:  # the other process finishes first, while this one decodes
+            finished.append(build(listing, data_config, folder, key))
+            finished.append((folder / "meta.json").stat().st_ino)
+        return build(listing, data_config, folder, key)
+
+    monkeypatch.setattr(folder_lib, "build", racing)
+    split, _ = open_split(tmp_path / "images")
+    (cache,) = (tmp_path / "cache" / "folders").iterdir()
+    assert (cache / "meta.json").stat().st_ino == finished[1]  # the first one's, untouched
+    assert not [p for p in cache.parent.iterdir() if p != cache]  # no temporary left behind
+    np.testing.assert_array_equal(split.read(np.arange(4))["image"], written["train"])
+
+
 def test_image_size_resizes_the_shorter_side_and_crops_the_centre(tmp_path, open_split):
     folder = tmp_path / "images" / "train" / "a"
     folder.mkdir(parents=True)

@@ -259,12 +259,16 @@ def build(listing: Listing, data_config: ml_collections.ConfigDict, folder: Path
                 "sha256": _file_sha256(temporary / "images.array_record"),
             }
             (temporary / "meta.json").write_text(json.dumps(meta))
-            shutil.rmtree(folder, ignore_errors=True)  # an outdated or damaged cache
-            try:
-                temporary.rename(folder)
-            except OSError:  # another process finished the same cache first
-                if read_meta(folder, key) is None:
-                    raise
+            # Another process (a host of the same run) may have finished the same cache while
+            # this one decoded: keep it, which that process may already be reading, and remove
+            # only an outdated or damaged one.
+            if read_meta(folder, key) is None:
+                shutil.rmtree(folder, ignore_errors=True)
+                try:
+                    temporary.rename(folder)
+                except OSError:  # ... or finished it just now
+                    if read_meta(folder, key) is None:
+                        raise
         finally:
             shutil.rmtree(temporary, ignore_errors=True)
     if bad:
