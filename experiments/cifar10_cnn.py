@@ -1,6 +1,6 @@
 """Baseline CNN on CIFAR-10 (JPEG copy), an image folder: batch norm, max pooling, dropout; random
 crops (4-pixel padding) and flips, per-channel normalisation; Adam with warm-up and cosine decay,
-20 epochs. It proves the classifier trains on 32x32x3 folder data; the strong, fast CIFAR-10 recipe
+6 epochs. It proves the classifier trains on 32x32x3 folder data; the strong, fast CIFAR-10 recipe
 is the speed issue's.
 
     gen-jax train experiments/cifar10_cnn.py --workdir runs/cifar10_cnn
@@ -8,9 +8,8 @@ is the speed issue's.
 The folder is decoded once into a cache (~/.cache/gen_jax, or --config.data.cache_dir=...).
 data.mean and data.std are the training split's, measured with
 `gen_jax.data.channel_stats(config.data, limit=50_000)`.
-Reproduces: the full run is not yet measured (EXPECTED below is a goal, not a result); its QUICK
-run (200 steps) gave 59.17% in 5:46 for the command, at ~200 examples/s on a 2-core Intel Xeon VM
-(20 epochs would take ~80 min there: slice with --stop_at).
+Reproduces: test accuracy 76.01% after 6 epochs (1,170 steps, 23:46 for the command, ~220
+examples/s) on a 2-core Intel Xeon VM; its QUICK run (200 steps) 59.17% (RESULTS.md).
 """
 
 from gen_jax.config import base_config
@@ -34,14 +33,15 @@ def get_config():
     config.optimizer.learning_rate = 2e-3
     config.optimizer.schedule = "cosine"
     config.optimizer.warmup_steps = EPOCH
-    config.train.num_steps = 20 * EPOCH
+    config.train.num_steps = 6 * EPOCH
     config.train.eval_every = 2 * EPOCH
     config.train.checkpoint_every = EPOCH
     return config
 
 
 # `gen-jax reproduce` checks: metric -> (value, tolerance) or a goal ('<=' | '>=', bound).
-EXPECTED = {"accuracy": (">=", 0.85)}
+# measured once (Intel Xeon VM); another CPU's rounding moves a 6-epoch run by a few tenths
+EXPECTED = {"accuracy": (0.7601, 0.015)}
 # QUICK: measured once (Intel Xeon VM); 200 steps end inside the warm-up, where another CPU's
 # rounding moves a young network by points, not tenths: hence 0.03
 QUICK = {"overrides": ["--config.train.num_steps=200"], "expected": {"accuracy": (0.5917, 0.03)}}
