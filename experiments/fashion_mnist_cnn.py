@@ -1,12 +1,14 @@
 """CNN on Fashion-MNIST: batch norm, max pooling, dropout; random crops (2-pixel padding) and
-horizontal flips; label smoothing, Adam with warm-up and cosine decay, 12 epochs.
+horizontal flips; label smoothing, Adam with warm-up and cosine decay, 12 epochs; each test image
+is scored with its mirror image (test-time flips).
 
     gen-jax train experiments/fashion_mnist_cnn.py --workdir runs/fashion_mnist_cnn
 
 Reads the TFDS dataset `fashion_mnist` ($TFDS_DATA_DIR or --config.data.data_dir). Anchors
 (zalandoresearch/fashion-mnist's benchmark): 2 conv + pooling 87.6%, 5 conv + BN + pooling
-93.1%, ResNet-18 94.9%. Reproduces: test accuracy 93.42% in 25.9 min of training (26:12 for the
-command) on a 2-core Intel Xeon VM, short of the 93.5% goal (RESULTS.md).
+93.1%, ResNet-18 94.9%. Reproduces: test accuracy 93.63% (goal >= 93.5%) in 29.0 min of
+training (29:21 for the command) on a 2-core Intel Xeon VM; without the test-time flips the same
+run scores 93.42% (RESULTS.md).
 """
 
 from gen_jax.config import base_config
@@ -24,6 +26,7 @@ def get_config():
     config.model.pool_after = (0, 1)
     config.model.dropout_rate = 0.3
     config.task.label_smoothing = 0.1
+    config.task.test_flips = True
     config.optimizer.name = "adam"
     config.optimizer.learning_rate = 3e-3
     config.optimizer.schedule = "cosine"
@@ -35,5 +38,5 @@ def get_config():
 
 
 # `gen-jax reproduce` checks: metric -> (value, tolerance) or a goal ('<=' | '>=', bound).
-EXPECTED = {"accuracy": (0.9342, 0.003)}  # the goal, >= 0.935, is not met yet
-QUICK = {"overrides": ["--config.train.num_steps=300"], "expected": {"accuracy": (0.8791, 0.01)}}
+EXPECTED = {"accuracy": (0.9363, 0.003)}  # the goal: >= 0.935
+QUICK = {"overrides": ["--config.train.num_steps=300"], "expected": {"accuracy": (0.8824, 0.01)}}

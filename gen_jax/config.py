@@ -175,7 +175,8 @@ def load(path: Path) -> ml_collections.ConfigDict:
         raise GenJaxError(f"{path} not found: is {path.parent} a gen-jax workdir?")
     saved = _tuples(json.loads(path.read_text()))
     # keys added since the run was written get the defaults of its task family
-    family = {"vae": vae_config, "gan": gan_config}.get(saved["task"]["name"], base_config)
+    families = {"vae": vae_config, "gan": gan_config, "diffusion": diffusion_config}
+    family = families.get(saved["task"]["name"], base_config)
     defaults = family().to_dict()
     for section in ("data", "train", "task", "optimizer"):
         saved[section] = _with_defaults(saved[section], defaults[section])
@@ -337,6 +338,39 @@ def gan_config() -> ml_collections.ConfigDict:
     config.optimizer = ml_collections.ConfigDict(
         {"generator": dict(adam), "discriminator": dict(adam)}
     )
+    return config
+
+
+def diffusion_config() -> ml_collections.ConfigDict:
+    """`base_config()` set up for diffusion on MNIST in [-1, 1]: a DDPM (cosine schedule, noise
+    prediction) U-Net, Adam 2e-4, an EMA, DDIM sampling."""
+    config = base_config()
+    config.task = ml_collections.ConfigDict(
+        {
+            "name": "diffusion",
+            "objective": "ddpm",  # or "flow": rectified flow / conditional flow matching
+            "schedule": "cosine",  # ddpm's noise schedule, or "linear"
+            "prediction": "epsilon",  # ddpm: or "v"; flow: "velocity"
+            "label_dropout": 0.1,  # class-conditional: labels replaced by "no label" (guidance)
+            "ema_decay": 0.999,
+            "sampler": "ddim",  # or "ddpm", "euler", "heun" (gen_jax/tasks/samplers.py)
+            "sample_steps": 50,  # of samples and the final evaluation
+            "eta": 0.0,  # ddim's noise: 0 deterministic
+            "guidance_scale": 1.0,  # classifier-free guidance; 1: the conditional model alone
+            "clip_denoised": True,  # clip the x_0 estimate to [-1, 1] at every step
+            "classifier_workdir": "",  # a finished classifier run: FID, IS, precision, recall
+            "eval_samples": 1_000,  # images scored by periodic evaluations ...
+            "eval_steps": 20,  # ... drawn in this many steps
+            "final_eval_samples": 10_000,  # images scored by the final one (<= eval split size)
+            "neighbours": 3,  # k of the k-NN manifolds of precision and recall
+            "eval_seed": 0,  # fixes the evaluation noise and the picture noise
+        }
+    )
+    config.model = ml_collections.ConfigDict({"name": "unet"})
+    config.data.preprocess = ("scale_to_symmetric",)
+    config.data.eval_batch_size = 500
+    config.optimizer.name = "adam"
+    config.optimizer.learning_rate = 2e-4
     return config
 
 

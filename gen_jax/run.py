@@ -9,10 +9,12 @@ input range, `decode` and `sample` return images in [0, 1]:
     run.class_names               # the names of the labels, as the run recorded them
     run.preprocess(uint8_images)  # your own pictures (any size, gray or color) -> model inputs
     run.to_unit(images)           # model input range -> [0, 1]
-    run.encode(images)            # VAE: posterior means and log-variances
-    run.decode(latents)           # VAE: decoded images; GAN: generated images
-    run.prior(num, seed)          # latents from the prior (VAE) or the noise distribution (GAN)
-    run.sample(num, seed)         # decode(prior(num, seed))
+    run.encode(images)            # VAE: posterior means and log-variances; diffusion: the noise
+                                  # that deterministic DDIM decodes into the images (inversion)
+    run.decode(latents)           # VAE: decoded images; GAN, diffusion: generated images
+    run.prior(num, seed)          # latents from the prior (VAE), the noise distribution (GAN,
+                                  # diffusion: image-shaped)
+    run.sample(num, seed)         # decode(prior(num, seed)); diffusion: steps=, sampler=
     run.classify(images)          # classifier: class probabilities
     run.features(images)          # classifier: penultimate activations
     run.evaluate()                # the task's metrics on its eval split
@@ -111,37 +113,69 @@ class Run:
         return self.task.latent_dim if self.kind == "vae" else self.task.noise_dim
 
     def prior(self, num: int, seed: int = 0) -> np.ndarray:
-        """`num` latents (num, latent_dim) from N(0, I), the prior of both families."""
-        return np.asarray(jax.random.normal(jax.random.PRNGKey(seed), (num, self.latent_dim)))
+        """`num` latents from N(0, I), the prior of every generative family: (num, latent_dim),
+        or for diffusion noise images (num, H, W, C)."""
+        self._require("vae", "gan", "diffusion", what="a prior")
+        shape = self.task.image_shape if self.kind == "diffusion" else (self.latent_dim,)
+        return np.asarray(jax.random.normal(jax.random.PRNGKey(seed), (num, *shape)))
 
-    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """VAE posterior means and log-variances (N, latent_dim) of images in the input range."""
-        self._require("vae", what="encode")
-        return self._apply("encode", lambda state, x: self.task.encode(state.params, x), images)
+    def encode(
+        self, images: np.ndarray, labels: np.ndarray | None = None, steps: int | None = None
+    ):
+        """VAE: posterior means and log-variances (N, latent_dim) of images in the input range.
+        Diffusion: the noise (N, H, W, C) that deterministic DDIM decodes into the images in
+        `steps` (default task.sample_steps); a conditional model takes one label per image."""
+        self._require("vae", "diffusion", what="encode")
+        if self.kind == "vae":
+            encode = lambda state, x: self.task.encode(state.params, x)
+            return self._apply("encode", encode, images)
+        invert = lambda state, x, *y: self.task.invert(state.ema, x, *y, steps=steps)
+        if not self.task.num_classes:
+            return self._apply(f"invert_{steps}", invert, images)
+        if labels is None:
+            raise GenJaxError("a class-conditional model inverts images with labels: pass labels=")
+        labels = np.broadcast_to(np.asarray(labels, np.int32), (len(images),))
+        return self._apply(f"invert_{steps}_labelled", invert, images, labels)
 
-    def decode(self, latents: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+    def decode(
+        self,
+        latents: np.ndarray,
+        labels: np.ndarray | None = None,
+        steps: int | None = None,
+        sampler: str | None = None,
+    ) -> np.ndarray:
         """Images (N, H, W, C) in [0, 1]: a VAE's decoded images (`task.decoded_images`), a GAN's
-        (EMA) generator output; a conditional GAN takes one label per latent."""
-        self._require("vae", "gan", what="decode")
+        (EMA) generator output, a diffusion model's samples from noise `latents` by `sampler` in
+        `steps` (defaults: the task's); conditional models take one label per latent."""
+        self._require("vae", "gan", "diffusion", what="decode")
+        if self.kind != "diffusion" and (steps or sampler):
+            raise GenJaxError(
+                f"steps= and sampler= choose a diffusion run's sampler, not a {self.kind}'s"
+            )
         latents = np.asarray(latents, np.float32)
         if self.kind == "vae":
             decode = lambda state, z: self.task.decoded_images(state.params, z)
             return self._apply("decode", decode, latents)
+        if self.kind == "diffusion":
+            generate = lambda state, z, *y: self.task.generate(state.ema, z, *y, steps, sampler)
+            name = f"generate_{steps}_{sampler}"
+        else:
+            generate, name = lambda state, z, *y: self.task.sample(state, z, *y), "generate"
         if not self.task.num_classes:
-            generate = lambda state, z: self.task.sample(state, z)
-            return self.to_unit(self._apply("generate", generate, latents))
+            return self.to_unit(self._apply(name, generate, latents))
         if labels is None:
-            raise GenJaxError("a class-conditional GAN decodes latents with labels: pass labels=")
+            raise GenJaxError("a class-conditional model decodes latents with labels: pass labels=")
         labels = np.broadcast_to(np.asarray(labels, np.int32), (len(latents),))
-        generate = lambda state, z, y: self.task.sample(state, z, y)
-        return self.to_unit(self._apply("generate", generate, latents, labels))
+        return self.to_unit(self._apply(f"{name}_labelled", generate, latents, labels))
 
-    def sample(self, num: int, seed: int = 0, labels: np.ndarray | None = None) -> np.ndarray:
-        """`num` generated images in [0, 1]; a conditional GAN cycles through the classes unless
-        `labels` are given."""
-        if self.kind == "gan" and self.task.num_classes and labels is None:
+    def sample(
+        self, num: int, seed: int = 0, labels: np.ndarray | None = None, **sampling
+    ) -> np.ndarray:
+        """`num` generated images in [0, 1]; a conditional model cycles through the classes
+        unless `labels` are given. A diffusion run takes `steps=` and `sampler=`."""
+        if self.kind in ("gan", "diffusion") and self.task.num_classes and labels is None:
             labels = np.arange(num) % self.task.num_classes
-        return self.decode(self.prior(num, seed), labels)
+        return self.decode(self.prior(num, seed), labels, **sampling)
 
     # ------------------------------------------------------------------ classifiers
     def classify(self, images: np.ndarray) -> np.ndarray:

@@ -10,6 +10,8 @@ extraction runs under jit.
 
 from __future__ import annotations
 
+import functools
+import sys
 from pathlib import Path
 
 import jax
@@ -165,3 +167,106 @@ class FeatureClassifier:
         images = jnp.clip(images * self.scale + self.shift, self.target_low, self.target_high)
         features, logits = self.task.features_and_logits(self.variables, images)
         return features, jax.nn.softmax(logits)
+
+
+# ----------------------------------------------------------------------------- a task's scores
+SKIPPED_METRICS = (
+    "gen-jax: task.classifier_workdir is empty, so FID / IS / precision / recall are skipped. "
+    "Train a classifier (gen-jax train experiments/mnist_cnn.py --workdir runs/mnist_cnn) and "
+    "pass --config.task.classifier_workdir=runs/mnist_cnn to score samples."
+)
+
+
+def check_sample_count(neighbours: int, samples: int, what: str) -> None:
+    """Refuse a number of samples to score that leaves the k-NN manifolds no neighbours."""
+    if not 0 < neighbours < samples:
+        raise GenJaxError(
+            f"task.neighbours {neighbours} must be at least 1 and below {what} {samples}: the "
+            "k-NN manifolds of precision and recall need k + 1 points"
+        )
+
+
+class SampleScorer:
+    """How every generative family that samples is scored: its generated images in the features
+    of a finished classifier run against the real eval split, beside the same scores of as many
+    real training images (the floor), and the FID as a multiple of the floor's, so that a goal in
+    those terms holds whichever classifier scores."""
+
+    def __init__(
+        self,
+        classifier_workdir: str | Path,
+        image_shape: tuple[int, ...],
+        data_config: ml_collections.ConfigDict,
+        neighbours: int,
+        seed: int,
+    ):
+        check_classifier_run(classifier_workdir)
+        self.workdir, self.image_shape = classifier_workdir, tuple(image_shape)
+        self.data_config, self.neighbours, self.seed = data_config, neighbours, seed
+        self._floors = {}  # by the number of samples: real-vs-real scores, computed once each
+
+    @functools.cached_property
+    def classifier(self) -> FeatureClassifier:
+        """Restored on first use, which is inside a traced eval step: eagerly, not traced."""
+        with jax.ensure_compile_time_eval():
+            return FeatureClassifier(self.workdir, self.image_shape, self.data_config)
+
+    def outputs(self, batch: dict, fake: jax.Array, samples: int | jax.Array) -> dict:
+        """An eval step's per-example features and probabilities of the real images and of the
+        generated ones (`fake`, one per row); the first `samples` eval indices count."""
+        real_features, real_probs = self.classifier(batch["image"])
+        fake_features, fake_probs = self.classifier(fake)
+        return {
+            "real_features": real_features,
+            "real_probs": real_probs,
+            "fake_features": fake_features,
+            "fake_probs": fake_probs,
+            "mask": batch["mask"],
+            "fake_mask": batch["mask"] * (batch["index"] < samples),
+        }
+
+    def summarize(self, outputs: list[dict], samples: int) -> dict[str, float]:
+        """FID, IS, precision, recall and class histogram of the generated set, the floor's, and
+        `fid_over_floor`, from every eval batch's `outputs`."""
+        joined = {k: np.concatenate([np.asarray(o[k]) for o in outputs]) for k in outputs[0]}
+        real, fake = joined["mask"] > 0, joined["fake_mask"] > 0
+        if fake.sum() < samples:
+            raise GenJaxError(
+                f"{samples} samples to score exceed the {int(real.sum())} examples of the eval "
+                "split; lower task.eval_samples"
+            )
+        real_features, real_probs = joined["real_features"][real], joined["real_probs"][real]
+        scores = score(
+            real_features,
+            real_probs,
+            joined["fake_features"][fake],
+            joined["fake_probs"][fake],
+            self.neighbours,
+        )
+        if samples not in self._floors:
+            self._floors[samples] = self._real_floor(real_features, real_probs, samples)
+        floor = self._floors[samples]
+        fid_over_floor = scores["fid"] / max(floor["floor_fid"], 1e-12)
+        return {**scores, **floor, "fid_over_floor": fid_over_floor}
+
+    def _real_floor(self, test_features, test_probs, samples: int) -> dict[str, float]:
+        """The scores of `samples` real training images (a fixed random subset)."""
+        train = data.open_split(self.data_config, self.data_config.train_split)
+        rows = np.random.default_rng(self.seed).permutation(len(train))
+        images = data.preprocessor(self.data_config)(train.read(np.sort(rows[:samples])))
+        features, probs = data.map_batches(jax.jit(self.classifier), images["image"])
+        scores = score(test_features, test_probs, features, probs, self.neighbours)
+        return {f"floor_{k}": scores[k] for k in ("fid", "inception_score", "precision", "recall")}
+
+
+def scorer(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> SampleScorer | None:
+    """The scorer of a generative run's samples of `image_shape`, or None (said once on stderr)
+    where `task.classifier_workdir` is empty."""
+    task = config.task
+    if not task.classifier_workdir:
+        if jax.process_index() == 0:
+            print(SKIPPED_METRICS, file=sys.stderr)
+        return None
+    return SampleScorer(
+        task.classifier_workdir, image_shape, config.data, task.neighbours, task.eval_seed
+    )

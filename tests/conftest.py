@@ -96,6 +96,23 @@ FAMILIES = {  # config function, settings: tiny versions that exercise every sou
         },
     ),
 }
+FAMILIES["diffusion"] = (  # conditional with label dropout and guidance: every random draw
+    "diffusion_config",
+    {
+        "model.features": 8,
+        "model.channel_multipliers": (1, 2),
+        "model.blocks_per_level": 1,
+        "model.groups": 4,
+        "model.num_classes": 10,
+        "task.guidance_scale": 2.0,
+        "task.sampler": "ddpm",  # stochastic: its fresh noise too
+        "task.eval_samples": 32,
+        "task.final_eval_samples": 64,
+        "task.eval_steps": 2,
+        "task.sample_steps": 3,
+        **_optimizer_settings("optimizer"),
+    },
+)
 FAMILIES["wgan_gp"] = (
     "gan_config",
     {
@@ -216,8 +233,8 @@ def check_call_mocked_cli(
     return output
 
 
-DEVICE_RUN_FAMILIES = ["classifier", "vae", "gan", "wgan_gp", "r1_gan"]
-SCORED_FAMILIES = ["gan", "wgan_gp", "r1_gan"]  # scored in the classifier run's features
+DEVICE_RUN_FAMILIES = ["classifier", "vae", "gan", "wgan_gp", "r1_gan", "diffusion"]
+SCORED_FAMILIES = ["gan", "wgan_gp", "r1_gan", "diffusion"]  # in the classifier run's features
 
 
 @pytest.fixture(scope="session")
@@ -225,9 +242,9 @@ def device_runs(tmp_path_factory):
     """Tiny runs of every family (10 steps, a checkpoint after each, the GANs scored with the
     classifier run), trained once per session: `one_device/FAMILY` in one single-device process,
     `eight_devices/FAMILY` in one process of 8 fake devices, which also writes a 16-sample grid of
-    the vae and the gan to `eight_devices/FAMILY.png`. Returns the root folder, with the
-    experiment files in `experiments/FAMILY.py`. Later runs that must meet these numbers
-    (resumed, interrupted, loaded on one device) start from the same files."""
+    the vae, the gan and the diffusion model to `eight_devices/FAMILY.png`. Returns the root
+    folder, with the experiment files in `experiments/FAMILY.py`. Later runs that must meet these
+    numbers (resumed, interrupted, loaded on one device) start from the same files."""
     root = tmp_path_factory.mktemp("device_runs")
     settings = {"train.checkpoint_every": 1, "train.keep_checkpoints": 3}  # 10 steps
     classifier = root / "one_device" / "classifier"
@@ -247,7 +264,7 @@ def device_runs(tmp_path_factory):
     eight = root / "eight_devices"
     grids = chained(
         ["sample", str(eight / family), "--num", "16", "--out", str(eight / f"{family}.png")]
-        for family in ("vae", "gan")
+        for family in ("vae", "gan", "diffusion")
     )
     check_call_mocked_cli([*trainings("eight_devices"), THEN, *grids], devices=8, timeout=900)
     return root

@@ -16,9 +16,11 @@ from gen_jax.metric_writer import logged_metrics, read_metrics
 
 @pytest.fixture(scope="module")
 def runs(tiny_run):
-    """family -> the session's tiny mocked run of it (cgan: a class-conditional GAN)."""
+    """family -> the session's tiny mocked run of it (cgan: a class-conditional GAN; diffusion:
+    class-conditional, guided, sampled by DDPM)."""
     conditional = tiny_run("gan", **{"model.num_classes": 10})
-    return {name: tiny_run(name) for name in ("classifier", "vae", "gan")} | {"cgan": conditional}
+    made = {name: tiny_run(name) for name in ("classifier", "vae", "gan", "diffusion")}
+    return made | {"cgan": conditional}
 
 
 def test_a_vae_run_encodes_decodes_and_samples_images_in_the_unit_range(runs, mock_mnist):
@@ -69,6 +71,25 @@ def test_a_gan_run_maps_noise_to_images_and_a_conditional_one_needs_labels(runs,
     np.testing.assert_array_equal(conditional.sample(12), cycled)  # sample cycles the classes
 
 
+def test_a_diffusion_run_samples_decodes_noise_and_inverts_images(runs, mock_mnist):
+    run = gen_jax.load_run(runs["diffusion"])
+    noise = run.prior(5, seed=1)
+    assert noise.shape == (5, 28, 28, 1)
+    with pytest.raises(GenJaxError, match="pass labels="):
+        run.decode(noise)
+    labels = np.arange(5)
+    images = run.decode(noise, labels)  # the task's sampler: DDPM, its fresh noise fixed
+    assert images.shape == (5, 28, 28, 1) and images.min() >= 0 and images.max() <= 1
+    np.testing.assert_array_equal(run.sample(5, seed=1), images)  # classes cycled from 0
+    np.testing.assert_array_equal(run.decode(noise, labels), images)  # the same each time
+    for other in ({"steps": 2}, {"sampler": "heun"}, {"sampler": "ddim"}):
+        assert not np.allclose(run.decode(noise, labels, **other), images, atol=1e-3), other
+    inverted = run.encode(run.images("test")["image"][:3], labels=labels[:3])
+    assert inverted.shape == (3, 28, 28, 1) and np.isfinite(inverted).all()
+    with pytest.raises(GenJaxError, match="choose a diffusion run's sampler"):
+        gen_jax.load_run(runs["gan"]).decode(np.zeros((1, 8)), steps=5)
+
+
 def test_a_classifier_run_gives_probabilities_and_features(runs, mock_mnist):
     run = gen_jax.load_run(runs["classifier"])
     images = run.images("test")["image"][:9]
@@ -93,7 +114,7 @@ def test_gen_jax_sample_writes_a_grid_and_refuses_a_classifier(runs, tmp_path, m
     assert Image.open(out).size == (2 + 4 * 30, 2 + 4 * 30)  # 4 x 4 tiles of 28 + 2 padding
     assert json.loads(capsys.readouterr().out)["num"] == 16
     assert cli.main(["sample", str(runs["classifier"]), "--out", str(out)]) == 2
-    assert "needs a vae or gan run" in capsys.readouterr().err
+    assert "needs a vae or gan or diffusion run" in capsys.readouterr().err
 
 
 # Evaluating the same state on 1 device instead of 8 changes only the order of float32 sums
@@ -102,17 +123,17 @@ def test_gen_jax_sample_writes_a_grid_and_refuses_a_classifier(runs, tmp_path, m
 # rounding ~100x for ill-conditioned covariances, so 1e-4 relative. A state restored wrongly on
 # another device count (a missing leaf, the generator instead of its EMA, a shard of the batch
 # statistics) changes these metrics by whole percents.
-EVAL_RTOL = {"vae": 1e-5, "gan": 1e-4}
+EVAL_RTOL = {"vae": 1e-5, "gan": 1e-4, "diffusion": 1e-4}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["vae", "gan"])
+@pytest.mark.parametrize("family", ["vae", "gan", "diffusion"])
 def test_a_run_trained_on_eight_devices_loads_on_one_with_the_same_outputs(
     family, device_runs, tmp_path, mock_mnist
 ):
     workdir = device_runs / "eight_devices" / family
     on_eight = logged_metrics(workdir, 10, "test")  # its final evaluation, on the 8 devices
-    if family == "gan":  # scored in a classifier's features, so there are scores to compare
+    if family != "vae":  # scored in a classifier's features, so there are scores to compare
         assert {"fid", "inception_score", "precision", "recall"} <= set(on_eight)
     run = gen_jax.load_run(workdir)  # this process: one CPU device
     assert len(run.mesh.devices.flat) == 1

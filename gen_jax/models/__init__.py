@@ -12,6 +12,7 @@ import ml_collections
 from gen_jax.errors import GenJaxError
 from gen_jax.models.cnn import CNN, BatchNormCNN
 from gen_jax.models.dcgan import GANModels, dcgan
+from gen_jax.models.unet import unet
 from gen_jax.models.vae import conv_vae, mlp_vae
 
 DTYPES = ("float32", "bfloat16", "float16")  # a model's compute precision (`dtype`)
@@ -21,6 +22,7 @@ REGISTRY: dict[str, Callable[..., nn.Module | GANModels]] = {
     "conv_vae": conv_vae,
     "mlp_vae": mlp_vae,
     "dcgan": dcgan,
+    "unet": unet,
 }
 
 

@@ -9,10 +9,16 @@ from gen_jax.data import DataSpec
 from gen_jax.errors import GenJaxError
 from gen_jax.tasks.base import Task
 from gen_jax.tasks.classifier import ClassifierTask
+from gen_jax.tasks.diffusion import DiffusionTask
 from gen_jax.tasks.gan import GANTask
 from gen_jax.tasks.vae import VAETask
 
-REGISTRY = {"classifier": ClassifierTask, "vae": VAETask, "gan": GANTask}
+REGISTRY = {
+    "classifier": ClassifierTask,
+    "vae": VAETask,
+    "gan": GANTask,
+    "diffusion": DiffusionTask,
+}
 
 
 def build(config: ml_collections.ConfigDict) -> Task:
@@ -25,7 +31,11 @@ def build(config: ml_collections.ConfigDict) -> Task:
     return REGISTRY[name](config)
 
 
-LABELLED = {"classifier": "a classifier", "gan": "a class-conditional GAN (model.num_classes > 0)"}
+LABELLED = {
+    "classifier": "a classifier",
+    "gan": "a class-conditional GAN (model.num_classes > 0)",
+    "diffusion": "a class-conditional diffusion model (model.num_classes > 0)",
+}
 
 
 def fit_to_data(config: ml_collections.ConfigDict, spec: DataSpec) -> None:
@@ -33,7 +43,8 @@ def fit_to_data(config: ml_collections.ConfigDict, spec: DataSpec) -> None:
     experiment leaves them unset, so one experiment file fits any dataset; refuse settings that
     contradict the data, and a task that needs labels on unlabelled data."""
     model, name = config.model, config.task.name
-    needs_labels = name == "classifier" or (name == "gan" and model.get("num_classes", 0) > 0)
+    conditional = name in ("gan", "diffusion") and model.get("num_classes", 0) > 0
+    needs_labels = name == "classifier" or conditional
     if needs_labels and not spec.labelled:
         raise GenJaxError(
             f"{LABELLED[name]} needs labelled data, but the training split has no labels (an "

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from gen_jax.errors import GenJaxError
@@ -45,6 +46,11 @@ class Task(Protocol):
 def step_key(rng: jax.Array, step: jax.Array) -> jax.Array:
     """The key for one step, a pure function of the run's key and the step number."""
     return jax.random.fold_in(rng, step)
+
+
+def ema_decay(decay: float, step: jax.Array) -> jax.Array:
+    """The EMA's decay at `step`: (1 + step) / (10 + step) early on, so the average starts fast."""
+    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 
 def example_keys(seed: int, index: jax.Array) -> jax.Array:

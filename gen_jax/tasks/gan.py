@@ -10,8 +10,6 @@ classifier run (`gen_jax.sample_quality`).
 
 from __future__ import annotations
 
-import functools
-import sys
 from typing import Any
 
 import flax
@@ -24,7 +22,14 @@ import optax
 from gen_jax import data, models, optim, sample_quality
 from gen_jax.errors import GenJaxError
 from gen_jax.models.dcgan import GANModels
-from gen_jax.tasks.base import Batch, Metrics, check_image_shape, example_keys, step_key
+from gen_jax.tasks.base import (
+    Batch,
+    Metrics,
+    check_image_shape,
+    ema_decay,
+    example_keys,
+    step_key,
+)
 from gen_jax.tasks.gan_losses import (
     LOSSES,
     discriminator_loss,
@@ -32,17 +37,6 @@ from gen_jax.tasks.gan_losses import (
     gradient_penalty,
     r1_penalty,
 )
-
-SKIPPED_METRICS = (
-    "gen-jax: task.classifier_workdir is empty, so FID / IS / precision / recall are skipped. "
-    "Train a classifier (gen-jax train experiments/mnist_cnn.py --workdir runs/mnist_cnn) and "
-    "pass --config.task.classifier_workdir=runs/mnist_cnn to score samples."
-)
-
-
-def ema_decay(decay: float, step: jax.Array) -> jax.Array:
-    """The EMA's decay at `step`: (1 + step) / (10 + step) early on, so the average starts fast."""
-    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 
 # ----------------------------------------------------------------------------- the state
@@ -90,37 +84,16 @@ class GANTask:
             task.gradient_penalty,
         )
         self.r1 = task.r1_penalty
-        self.eval_samples, self.eval_seed, self.neighbours = (
-            task.eval_samples,
-            task.eval_seed,
-            task.neighbours,
-        )
+        self.eval_samples, self.eval_seed = task.eval_samples, task.eval_seed
         self._check(config)
         self.ema_decay = task.ema_decay
         self.optimizers = {
             name: optim.build(config.optimizer[name], config.train.num_steps)
             for name in ("generator", "discriminator")
         }
-        self.data_config = config.data
-        self.classifier_workdir = task.classifier_workdir
-        if not self.classifier_workdir and jax.process_index() == 0:
-            print(SKIPPED_METRICS, file=sys.stderr)
-        if self.classifier_workdir:
-            sample_quality.check_classifier_run(self.classifier_workdir)
-        self._floor = None  # real-vs-real scores, computed at the first evaluation
-
-    @functools.cached_property
-    def classifier(self) -> sample_quality.FeatureClassifier | None:
-        """The scoring classifier, restored on first use (sampling never needs it). The first use
-        is inside the traced eval step: the restore must run eagerly, not be traced."""
-        if not self.classifier_workdir:
-            return None
-        generator = self.generator
-        shape = (generator.image_size, generator.image_size, generator.channels)
-        with jax.ensure_compile_time_eval():
-            return sample_quality.FeatureClassifier(
-                self.classifier_workdir, shape, self.data_config
-            )
+        self.scorer = sample_quality.scorer(
+            config, (self.generator.image_size,) * 2 + (self.generator.channels,)
+        )
 
     def _check(self, config: ml_collections.ConfigDict) -> None:
         if self.loss not in LOSSES:
@@ -137,11 +110,9 @@ class GANTask:
                 f"data.batch_size {config.data.batch_size} must be a multiple of "
                 f"task.critic_steps {self.critic_steps} (>= 1): each critic step takes a slice"
             )
-        if not 0 < self.neighbours < self.eval_samples:
-            raise GenJaxError(
-                f"task.neighbours {self.neighbours} must be at least 1 and below task.eval_samples "
-                f"{self.eval_samples}: the k-NN manifolds of precision and recall need k + 1 points"
-            )
+        sample_quality.check_sample_count(
+            config.task.neighbours, self.eval_samples, "task.eval_samples"
+        )
         low, high = data.pixel_range(config.data)
         if np.any(low != -1.0) or np.any(high != 1.0):
             raise GenJaxError(
@@ -305,56 +276,14 @@ class GANTask:
         """Per-example classifier features and probabilities of the real images and of as many
         generated ones (sample i from `eval_latents(i)`); masks say which rows count."""
         del final  # periodic and final evaluations are the same
-        if self.classifier is None:
+        if self.scorer is None:
             return {"mask": batch["mask"]}
         fake = self.sample(state, *self.eval_latents(batch["index"]))
-        real_features, real_probs = self.classifier(batch["image"])
-        fake_features, fake_probs = self.classifier(fake)
-        return {
-            "real_features": real_features,
-            "real_probs": real_probs,
-            "fake_features": fake_features,
-            "fake_probs": fake_probs,
-            "mask": batch["mask"],
-            "fake_mask": batch["mask"] * (batch["index"] < self.eval_samples),
-        }
+        return self.scorer.outputs(batch, fake, self.eval_samples)
 
     def summarize(self, outputs: list[Metrics]) -> dict[str, float]:
-        """FID, IS, precision, recall and class histogram of the generated set against the real
-        eval split, beside the same scores of real training images (the floor), and the FID as a
-        multiple of the floor's: a goal in those terms holds whichever classifier scores."""
-        if self.classifier is None:
-            return {}
-        joined = {k: np.concatenate([np.asarray(o[k]) for o in outputs]) for k in outputs[0]}
-        real, fake = joined["mask"] > 0, joined["fake_mask"] > 0
-        if fake.sum() < self.eval_samples:
-            raise GenJaxError(
-                f"task.eval_samples {self.eval_samples} exceeds the {int(real.sum())} examples of "
-                "the eval split; lower it"
-            )
-        real_features, real_probs = joined["real_features"][real], joined["real_probs"][real]
-        scores = sample_quality.score(
-            real_features,
-            real_probs,
-            joined["fake_features"][fake],
-            joined["fake_probs"][fake],
-            self.neighbours,
-        )
-        if self._floor is None:
-            self._floor = self._real_floor(real_features, real_probs)
-        fid_over_floor = scores["fid"] / max(self._floor["floor_fid"], 1e-12)
-        return {**scores, **self._floor, "fid_over_floor": fid_over_floor}
-
-    def _real_floor(self, test_features, test_probs) -> dict[str, float]:
-        """The scores of `eval_samples` real training images (a fixed random subset)."""
-        train = data.open_split(self.data_config, self.data_config.train_split)
-        rows = np.random.default_rng(self.eval_seed).permutation(len(train))
-        images = data.preprocessor(self.data_config)(train.read(np.sort(rows[: self.eval_samples])))
-        train_features, train_probs = data.map_batches(jax.jit(self.classifier), images["image"])
-        scores = sample_quality.score(
-            test_features, test_probs, train_features, train_probs, self.neighbours
-        )
-        return {f"floor_{k}": scores[k] for k in ("fid", "inception_score", "precision", "recall")}
+        """The generated set's scores (`sample_quality.SampleScorer`); none without a classifier."""
+        return self.scorer.summarize(outputs, self.eval_samples) if self.scorer else {}
 
     def pictures(self, state: GANState, images: jax.Array) -> dict[str, jax.Array]:
         """Samples at fixed noise: 8x8, or for a cGAN one row per class."""

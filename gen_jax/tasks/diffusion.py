@@ -1,0 +1,280 @@
+"""Denoising diffusion (DDPM) and flow matching: one task, `task.objective` "ddpm" or "flow".
+
+A step draws a time t ~ U(0, 1) and a noise per image from (seed, step), trains the network to
+regress the path's target at x_t (`gaussian_paths`), and moves an EMA of the weights, which
+evaluations and samples use. A class-conditional model sees "no label" for a `label_dropout`
+fraction of the images, so that it is also the unconditional model of classifier-free
+guidance. Evaluations report the test denoising loss at fixed times and noise, and, with a
+classifier run, the samples' scores (`sample_quality.SampleScorer`) with the sampler's network
+evaluations per image (`nfe`): periodic ones score `eval_samples` images drawn in `eval_steps`
+steps, the final one `final_eval_samples` in `sample_steps`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from gen_jax import data, models, optim, sample_quality
+from gen_jax.errors import GenJaxError
+from gen_jax.models.unet import UNet
+from gen_jax.tasks import samplers
+from gen_jax.tasks.base import (
+    Batch,
+    Metrics,
+    check_image_shape,
+    ema_decay,
+    example_keys,
+    mean_of_sums,
+    split_value_and_grad,
+    step_key,
+)
+from gen_jax.tasks.gaussian_paths import GaussianPath
+
+TRAJECTORY_FRAMES = 10  # x_t shown along one sampling trajectory, noise to image
+
+
+@flax.struct.dataclass
+class DiffusionState:
+    """Everything a diffusion run carries from step to step."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    ema: Any  # the moving average of `params`, which samples
+    rng: jax.Array
+
+
+class DiffusionTask:
+    """Trains `config.model` (a U-Net) to denoise `batch['image']` in [-1, 1]."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.model = models.build(config.model)
+        if not isinstance(self.model, UNet):
+            raise GenJaxError(
+                f"task 'diffusion' needs a denoising network (e.g. unet), not '{config.model.name}'"
+            )
+        task = config.task
+        self.path = GaussianPath(task.objective, task.schedule, task.prediction)
+        self.num_classes = self.model.num_classes
+        self.image_shape = tuple(self.model.image_shape)
+        self.label_dropout, self.guidance_scale = task.label_dropout, task.guidance_scale
+        self.ema_decay, self.clip_denoised = task.ema_decay, task.clip_denoised
+        self.sampler, self.eta = task.sampler, task.eta
+        self.steps = {False: task.eval_steps, True: task.sample_steps}
+        self.samples = {False: task.eval_samples, True: task.final_eval_samples}
+        self.eval_seed = task.eval_seed
+        self.batch_splits = config.train.batch_splits
+        self._check(config)
+        self.optimizer = optim.build(config.optimizer, config.train.num_steps)
+        self.scorer = sample_quality.scorer(config, self.image_shape)
+
+    def _check(self, config: ml_collections.ConfigDict) -> None:
+        for steps in self.steps.values():
+            samplers.check(self.sampler, steps, self.eta)
+        for key in ("eval_samples", "final_eval_samples"):
+            sample_quality.check_sample_count(
+                config.task.neighbours, config.task[key], f"task.{key}"
+            )
+        if not 0 <= self.label_dropout < 1:
+            raise GenJaxError(f"task.label_dropout {self.label_dropout} must be in [0, 1)")
+        if self.guidance_scale != 1 and not (self.num_classes and self.label_dropout > 0):
+            raise GenJaxError(
+                f"task.guidance_scale {self.guidance_scale} needs a class-conditional model "
+                "trained with label dropout (model.num_classes > 0, task.label_dropout > 0); "
+                "set it to 1"
+            )
+        low, high = data.pixel_range(config.data)
+        if np.any(low != -1.0) or np.any(high != 1.0):
+            raise GenJaxError(
+                "diffusion's images must be in [-1, 1]: data.preprocess=('scale_to_symmetric',)"
+            )
+
+    # ------------------------------------------------------------------ the network
+    def predict(self, params, x: jax.Array, t: jax.Array, labels: jax.Array | None) -> jax.Array:
+        """The network's output at x_t for times t (B,), guided when `guidance_scale` != 1:
+        unconditional + scale * (conditional - unconditional), in one batch of both."""
+        if not self.num_classes or self.guidance_scale == 1:
+            return self.model.apply({"params": params}, x, t, labels)
+        no_label = jnp.full_like(labels, self.num_classes)
+        both = self.model.apply(
+            {"params": params},
+            jnp.concatenate([x, x]),
+            jnp.concatenate([t, t]),
+            jnp.concatenate([labels, no_label]),
+        )
+        conditional, unconditional = jnp.split(both, 2)
+        return unconditional + self.guidance_scale * (conditional - unconditional)
+
+    def denoiser(self, params, labels: jax.Array | None) -> samplers.Denoiser:
+        """(x_t, scalar t) -> estimates of (x_0, noise), x_0 clipped to [-1, 1] with
+        `clip_denoised` (and the noise estimate made consistent with it)."""
+
+        def denoise(x, t):
+            times = jnp.full((x.shape[0],), t)
+            x0, noise = self.path.denoised(self.predict(params, x, times, labels), x, times)
+            if not self.clip_denoised:
+                return x0, noise
+            a, s = self.path.coefficients(t)
+            x0 = jnp.clip(x0, -1.0, 1.0)
+            return x0, (x - a * x0) / s
+
+        return denoise
+
+    def generate(
+        self,
+        params,
+        noise: jax.Array,
+        labels: jax.Array | None = None,
+        steps: int | None = None,
+        sampler: str | None = None,
+        rng: jax.Array | None = None,
+        record: bool = False,
+    ):
+        """Images in [-1, 1] from `noise` (B, H, W, C) by `sampler` (default task.sampler) in
+        `steps` (default task.sample_steps); `rng` draws a stochastic sampler's fresh noise."""
+        sampler, steps = sampler or self.sampler, steps or self.steps[True]
+        if rng is None:
+            rng = jax.random.PRNGKey(self.eval_seed)
+        denoise = self.denoiser(params, labels)
+        return samplers.sample(sampler, denoise, self.path, noise, steps, self.eta, rng, record)
+
+    def invert(self, params, images: jax.Array, labels=None, steps: int | None = None):
+        """The noise that deterministic DDIM decodes into `images` (DDIM inversion)."""
+        denoise = self.denoiser(params, labels)
+        return samplers.ddim_invert(denoise, self.path, images, steps or self.steps[True])
+
+    # ------------------------------------------------------------------ training
+    def init(self, rng: jax.Array, batch: Batch) -> DiffusionState:
+        params_rng, run_rng = jax.random.split(rng)
+        check_image_shape(
+            self.image_shape,
+            batch["image"],
+            "the U-Net takes",
+            "set config.model.image_shape to the data's (or leave it unset)",
+        )
+        images = batch["image"]
+        times = jnp.zeros((images.shape[0],))
+        labels = jnp.zeros((images.shape[0],), jnp.int32) if self.num_classes else None
+        params = self.model.init(params_rng, images, times, labels)["params"]
+        return DiffusionState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=self.optimizer.init(params),
+            ema=params,
+            rng=run_rng,
+        )
+
+    def _draws(self, rng: jax.Array, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """A time in [0, 1) and a standard-normal noise per image, from one key."""
+        time_rng, noise_rng = jax.random.split(rng)
+        times = jax.random.uniform(time_rng, (images.shape[0],))
+        return times, jax.random.normal(noise_rng, images.shape)
+
+    def loss(self, params, x0: jax.Array, noise, times, labels=None) -> jax.Array:
+        """The mean squared error between the network's output at x_t and the path's target."""
+        output = self.model.apply(
+            {"params": params}, self.path.noised(x0, noise, times), times, labels
+        )
+        error = (output - self.path.target(x0, noise, times)) ** 2
+        return jnp.mean(error.reshape(error.shape[0], -1), axis=-1)
+
+    def train_step(self, state: DiffusionState, batch: Batch) -> tuple[DiffusionState, Metrics]:
+        draw_rng, label_rng = jax.random.split(step_key(state.rng, state.step))
+        images = batch["image"]
+        times, noise = self._draws(draw_rng, images)
+        inputs = [images, noise, times]
+        if self.num_classes:
+            dropped = jax.random.bernoulli(label_rng, self.label_dropout, batch["label"].shape)
+            inputs.append(jnp.where(dropped, self.num_classes, batch["label"]))
+
+        def loss_fn(params, *inputs):
+            return jnp.mean(self.loss(params, *inputs)), ()
+
+        value_and_grad = split_value_and_grad(loss_fn, self.batch_splits)
+        (loss, _), grads = value_and_grad(state.params, *inputs)
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        rate = 1.0 - ema_decay(self.ema_decay, state.step)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=params,
+            opt_state=opt_state,
+            ema=optax.incremental_update(params, state.ema, rate),
+        )
+        return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+    # ------------------------------------------------------------------ evaluation
+    def eval_noise(self, index: jax.Array) -> jax.Array:
+        """The starting noise of eval sample i, fixed by `eval_seed` (any batch, any devices)."""
+        keys = example_keys(self.eval_seed, index)
+        return jax.vmap(lambda key: jax.random.normal(key, self.image_shape))(keys)
+
+    def eval_labels(self, index: jax.Array) -> jax.Array | None:
+        """Balanced classes for a conditional model's eval samples."""
+        return index % self.num_classes if self.num_classes else None
+
+    def _sample_eval(self, state: DiffusionState, index: jax.Array, steps: int) -> jax.Array:
+        """Eval samples `index` from their fixed noise (and labels)."""
+        rng = jax.random.fold_in(jax.random.PRNGKey(self.eval_seed), index[0])
+        noise, labels = self.eval_noise(index), self.eval_labels(index)
+        return self.generate(state.ema, noise, labels, steps, rng=rng)
+
+    def eval_step(self, state: DiffusionState, batch: Batch, final: bool = False) -> Metrics:
+        """Sums of the EMA network's test loss (a time and a noise fixed per example), and the
+        samples' classifier features; batches past the number of samples skip the sampler."""
+        index, mask, images = batch["index"], batch["mask"], batch["image"]
+
+        def draw(key):
+            time_key, noise_key = jax.random.split(key)
+            return jax.random.uniform(time_key), jax.random.normal(noise_key, self.image_shape)
+
+        times, noise = jax.vmap(draw)(example_keys(self.eval_seed + 1, index))
+        labels = batch["label"] if self.num_classes else None
+        losses = self.loss(state.ema, images, noise, times, labels)
+        sums = {"loss": jnp.sum(losses * mask), "count": jnp.sum(mask)}
+        if self.scorer is None:
+            return sums
+        samples, steps = self.samples[final], self.steps[final]
+        fake = jax.lax.cond(
+            jnp.any(index < samples),
+            lambda: self._sample_eval(state, index, steps),
+            lambda: jnp.zeros_like(images),
+        )
+        nfe = samplers.evaluations(self.sampler, steps)
+        return {**sums, **self.scorer.outputs(batch, fake, samples), "nfe": nfe, "samples": samples}
+
+    def summarize(self, outputs: list[Metrics]) -> dict[str, float]:
+        """The test loss, and with a classifier the samples' scores and their NFE per image."""
+        counted = ("loss", "count")
+        results = mean_of_sums([{k: o[k] for k in counted} for o in outputs])
+        if self.scorer is None:
+            return results
+        samples, nfe = int(outputs[0]["samples"]), int(outputs[0]["nfe"])
+        scored = [
+            {k: v for k, v in o.items() if k not in (*counted, "nfe", "samples")} for o in outputs
+        ]
+        return {**results, **self.scorer.summarize(scored, samples), "nfe": float(nfe)}
+
+    def pictures(self, state: DiffusionState, images: jax.Array) -> dict[str, jax.Array]:
+        """Samples at fixed noise (8x8, or one row per class) and one sampling trajectory, x_t at
+        `TRAJECTORY_FRAMES` times from noise to image, all by the final evaluation's sampler."""
+        del images
+        rows, columns = (self.num_classes, 10) if self.num_classes else (8, 8)
+        index = jnp.arange(rows * columns) + 10**6  # beyond any eval index
+        labels = jnp.repeat(jnp.arange(rows), columns) if self.num_classes else None
+        samples = self.generate(state.ema, self.eval_noise(index), labels)
+        first = None if labels is None else labels[:1]
+        _, visited = self.generate(state.ema, self.eval_noise(index[:1]), first, record=True)
+        frames = np.linspace(0, self.steps[True], TRAJECTORY_FRAMES).round().astype(int)
+        to_unit = lambda x: (jnp.clip(x, -1.0, 1.0) + 1.0) / 2.0
+        return {
+            "samples": to_unit(samples).reshape(rows, columns, *self.image_shape),
+            "trajectory": to_unit(visited[frames, 0])[None],
+        }

@@ -1,0 +1,245 @@
+"""The diffusion family's mathematics: forward processes, training targets and samplers, checked
+against closed forms and against a toy distribution whose exact denoiser is known."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gen_jax import config as config_lib
+from gen_jax import tasks
+from gen_jax.errors import GenJaxError
+from gen_jax.tasks import samplers
+from gen_jax.tasks.gaussian_paths import GaussianPath
+
+PATHS = {
+    "ddpm_linear_epsilon": GaussianPath("ddpm", "linear", "epsilon"),
+    "ddpm_cosine_epsilon": GaussianPath("ddpm", "cosine", "epsilon"),
+    "ddpm_cosine_v": GaussianPath("ddpm", "cosine", "v"),
+    "flow": GaussianPath("flow", prediction="velocity"),
+}
+path_ids = pytest.mark.parametrize("path", PATHS.values(), ids=PATHS.keys())
+
+
+@path_ids
+def test_the_forward_process_has_the_closed_form_mean_and_variance(path):
+    x0 = jnp.array([0.7, -0.3])
+    noise = jax.random.normal(jax.random.PRNGKey(0), (200_000, 2))
+    for t in (0.1, 0.5, 0.9):
+        x_t = path.noised(jnp.broadcast_to(x0, noise.shape), noise, jnp.full((len(noise),), t))
+        a, s = path.coefficients(jnp.asarray(t))
+        # 200,000 draws: the sample mean is within 4 standard errors (s / 447) of a x0
+        np.testing.assert_allclose(x_t.mean(0), a * x0, atol=4 * float(s) / 447)
+        np.testing.assert_allclose(x_t.var(0), s**2, rtol=0.02)
+
+
+@path_ids
+def test_the_signal_to_noise_ratio_decreases_monotonically(path):
+    log_snr = path.log_snr(jnp.linspace(0.0, 1.0, 1001))
+    assert np.all(np.diff(np.asarray(log_snr)) <= 0) and log_snr[0] > 10 and log_snr[-1] < -10
+    if path.objective == "ddpm":  # variance preserving
+        a, s = path.coefficients(jnp.linspace(0.0, 1.0, 11))
+        np.testing.assert_allclose(a**2 + s**2, 1.0, rtol=1e-6)
+
+
+def test_the_linear_schedule_is_the_limit_of_ddpms_thousand_betas():
+    betas = np.linspace(1e-4, 0.02, 1000)
+    discrete = np.cumprod(1.0 - betas)  # Ho et al.'s alpha-bar after steps 1..1000
+    a, _ = PATHS["ddpm_linear_epsilon"].coefficients(jnp.arange(1, 1001) / 1000)
+    # log(1 - beta) = -beta - beta^2 / 2 - ...: the limit keeps the first term, 1.5% at t = 1
+    np.testing.assert_allclose(np.log(a**2), np.log(discrete), rtol=0.02, atol=1e-4)
+
+
+@path_ids
+def test_an_oracle_predictor_has_zero_loss_and_its_output_denoises_exactly(path):
+    rng = np.random.default_rng(0)
+    x0, noise = rng.normal(size=(2, 8, 4, 4, 1)).astype(np.float32)
+    t = jnp.asarray(rng.uniform(0, 1, 8), jnp.float32)
+    x_t = path.noised(x0, noise, t)
+    target = path.target(x0, noise, t)
+    assert float(jnp.mean((target - path.target(x0, noise, t)) ** 2)) == 0.0
+    denoised, denoised_noise = path.denoised(target, x_t, t)
+    # float32: a / s reach 1e3 at the clipped ends, so the estimates lose ~3 digits there
+    np.testing.assert_allclose(denoised, x0, atol=2e-3)
+    np.testing.assert_allclose(denoised_noise, noise, atol=2e-3)
+
+
+# ------------------------------------------------------------------ a toy distribution
+MEANS = jnp.array([[-2.0, 0.0], [1.5, 1.5], [1.0, -2.0]])
+WEIGHTS = jnp.array([0.5, 0.3, 0.2])
+SPREAD = 0.3  # each component's standard deviation
+
+
+def mixture_sample(rng, count):
+    which = jax.random.choice(rng, 3, (count,), p=WEIGHTS)
+    return MEANS[which] + SPREAD * jax.random.normal(jax.random.fold_in(rng, 1), (count, 2))
+
+
+def exact_denoiser(path, x, t):
+    """E[x_0 | x_t] and E[noise | x_t] of the Gaussian mixture, in closed form."""
+    a, s = path.coefficients(t)
+    variance = a**2 * SPREAD**2 + s**2  # of x_t given the component
+    distance = jnp.sum((x[:, None] - a * MEANS[None]) ** 2, -1)
+    logits = jnp.log(WEIGHTS) - distance / (2 * variance)
+    responsibility = jax.nn.softmax(logits, -1)
+    component_means = MEANS[None] + (a * SPREAD**2 / variance) * (x[:, None] - a * MEANS[None])
+    x0 = jnp.sum(responsibility[..., None] * component_means, 1)
+    return x0, (x - a * x0) / s
+
+
+def component_fractions(points):
+    nearest = jnp.argmin(jnp.sum((points[:, None] - MEANS[None]) ** 2, -1), -1)
+    return np.bincount(np.asarray(nearest), minlength=3) / len(points)
+
+
+SAMPLER_CASES = [  # (objective, sampler, steps): what each needs to land on the distribution
+    ("ddpm", "ddim", 50),
+    ("ddpm", "ddpm", 200),
+    ("ddpm", "euler", 200),
+    ("ddpm", "heun", 50),
+    ("flow", "euler", 100),
+    ("flow", "heun", 25),
+    ("flow", "ddim", 100),
+]
+
+
+@pytest.mark.parametrize("objective,sampler,steps", SAMPLER_CASES)
+def test_each_sampler_driven_by_the_exact_denoiser_recovers_the_distribution(
+    objective, sampler, steps
+):
+    path = PATHS["flow" if objective == "flow" else "ddpm_cosine_epsilon"]
+    count = 4000
+    noise = jax.random.normal(jax.random.PRNGKey(1), (count, 2))
+    denoise = functools.partial(exact_denoiser, path)
+    run = jax.jit(lambda noise, rng: samplers.sample(sampler, denoise, path, noise, steps, rng=rng))
+    points = run(noise, jax.random.PRNGKey(2))
+    # 4,000 draws: a component's fraction has a standard error <= 0.008; 0.03 is ~4 of them
+    np.testing.assert_allclose(component_fractions(points), WEIGHTS, atol=0.03)
+    reference = mixture_sample(jax.random.PRNGKey(3), count)
+    np.testing.assert_allclose(points.mean(0), reference.mean(0), atol=0.1)
+    np.testing.assert_allclose(np.cov(points.T), np.cov(reference.T), rtol=0.1, atol=0.05)
+    # each component keeps its spread (a sampler that collapses onto the means fails here)
+    nearest = jnp.argmin(jnp.sum((points[:, None] - MEANS[None]) ** 2, -1), -1)
+    spread = jnp.sqrt(jnp.mean(jnp.sum((points - MEANS[nearest]) ** 2, -1) / 2))
+    np.testing.assert_allclose(spread, SPREAD, rtol=0.1)
+
+
+def test_ddim_at_eta_zero_is_deterministic_and_its_inversion_round_trips():
+    path, steps = PATHS["ddpm_cosine_epsilon"], 400
+    denoise = functools.partial(exact_denoiser, path)
+    noise = jax.random.normal(jax.random.PRNGKey(0), (64, 2))
+    decode = jax.jit(
+        lambda z, rng: samplers.sample("ddim", denoise, path, z, steps, eta=0.0, rng=rng)
+    )
+    first = decode(noise, jax.random.PRNGKey(1))
+    np.testing.assert_array_equal(first, decode(noise, jax.random.PRNGKey(2)))
+    inverted = jax.jit(lambda x: samplers.ddim_invert(denoise, path, x, steps))(first)
+    # Each direction is first order in the step: 400 steps leave ~0.004 in the bulk (~0.03 at
+    # the tails). Points near the boundary between two modes amplify it (1.7 for one of these 64
+    # at 200 steps: it lands in the other mode), hence the many steps here.
+    np.testing.assert_allclose(inverted, noise, atol=0.05)
+    errors = np.abs(decode(inverted, None) - first).max(1)
+    assert np.median(errors) < 0.01 and errors.max() < 0.15, np.sort(errors)[-4:]
+    stochastic = jax.jit(
+        lambda z, rng: samplers.sample("ddim", denoise, path, z, steps, eta=1.0, rng=rng)
+    )
+    assert not np.allclose(stochastic(noise, jax.random.PRNGKey(1)), first, atol=0.05)
+
+
+def test_euler_and_heun_converge_at_their_orders_on_a_known_velocity_field():
+    """Flow matching on Gaussian data N(m, v): the exact velocity field is linear in x, and its
+    ODE's solution at t = 0 from x_1 is m + sqrt(v) x_1 (the optimal-transport map)."""
+    path, m, v = PATHS["flow"], 0.5, 0.25
+
+    def denoise(x, t):
+        a, s = path.coefficients(t)
+        x0 = m + a * v / (a**2 * v + s**2) * (x - a * m)
+        return x0, (x - a * x0) / s
+
+    noise = jax.random.normal(jax.random.PRNGKey(0), (16, 1))
+    exact = m + np.sqrt(v) * noise
+    errors = {}
+    for sampler in ("euler", "heun"):
+        errors[sampler] = [
+            float(jnp.abs(samplers.sample(sampler, denoise, path, noise, n) - exact).max())
+            for n in (8, 16, 32)
+        ]
+    for coarse, fine in zip(errors["euler"], errors["euler"][1:], strict=False):
+        assert 1.6 < coarse / fine < 2.5, errors  # first order: halving the step halves it
+    for coarse, fine in zip(errors["heun"], errors["heun"][1:], strict=False):
+        assert 3.0 < coarse / fine < 5.5, errors  # second order: a quarter
+    assert samplers.evaluations("heun", 32) == 63 and samplers.evaluations("euler", 32) == 32
+
+
+# ------------------------------------------------------------------ the task
+def tiny_diffusion(**settings):
+    config = config_lib.diffusion_config()
+    config.model.update(
+        {"features": 8, "channel_multipliers": (1, 2), "blocks_per_level": 1, "groups": 4}
+    )
+    config.model.image_shape = (28, 28, 1)
+    config.data.batch_size = 8
+    for dotted, value in settings.items():
+        section, key = dotted.rsplit(".", 1)
+        config[section][key] = value
+    return tasks.build(config)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"task.prediction": "v", "task.schedule": "linear"},
+        {"task.objective": "flow", "task.prediction": "velocity"},
+    ],
+    ids=["ddpm_v", "flow"],
+)
+def test_training_lowers_the_denoising_loss_on_a_fixed_batch(settings):
+    task = tiny_diffusion(**settings, **{"optimizer.learning_rate": 3e-3})
+    # images a denoiser can learn in a few steps: each one flat, at its own level
+    levels = np.linspace(-0.9, 0.9, 8, dtype=np.float32)
+    batch = {"image": np.broadcast_to(levels[:, None, None, None], (8, 28, 28, 1))}
+    state = task.init(jax.random.PRNGKey(0), batch)
+    step = jax.jit(task.train_step)
+    losses = []
+    for _ in range(40):
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+    # each step draws new times and noise, so single losses are noisy: compare tens of steps
+    assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10]), losses
+
+
+def test_guidance_mixes_the_conditional_and_unconditional_outputs():
+    task = tiny_diffusion(**{"model.num_classes": 10, "task.guidance_scale": 3.0})
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 28, 28, 1))
+    state = task.init(jax.random.PRNGKey(1), {"image": x})
+    # zero-initialised output layers would make every output 0: perturb the weights
+    params = jax.tree.map(lambda p: p + 0.1, state.params)
+    t, labels = jnp.full((4,), 0.5), jnp.arange(4)
+    apply = lambda y: task.model.apply({"params": params}, x, t, y)
+    conditional, unconditional = apply(labels), apply(jnp.full((4,), 10))
+    assert np.abs(conditional - unconditional).max() > 1e-3
+    expected = unconditional + 3.0 * (conditional - unconditional)
+    np.testing.assert_allclose(task.predict(params, x, t, labels), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"task.objective": "score"}, "unknown task.objective 'score'"),
+        ({"task.schedule": "sigmoid"}, "unknown task.schedule"),
+        ({"task.objective": "flow"}, "does not fit task.objective 'flow'"),
+        ({"task.sampler": "dpm"}, "unknown sampler 'dpm'"),
+        ({"task.eval_steps": 0}, "at least 1 step"),
+        ({"task.guidance_scale": 2.0}, "needs a class-conditional model"),
+        ({"task.label_dropout": 1.0}, r"must be in \[0, 1\)"),
+        ({"task.final_eval_samples": 3}, "below task.final_eval_samples 3"),
+        ({"data.preprocess": ("scale_to_unit",)}, r"in \[-1, 1\]"),
+        ({"model.image_shape": (27, 27, 1)}, "divisible by 2; the data are 27x27"),
+        ({"model.groups": 3}, "model.groups 3 must divide"),
+    ],
+)
+def test_bad_diffusion_settings_are_clear_errors(settings, message):
+    with pytest.raises(GenJaxError, match=message):
+        tiny_diffusion(**settings)
