@@ -200,7 +200,6 @@ class SampleScorer:
         neighbours: int,
         seed: int,
     ):
-        check_classifier_run(classifier_workdir)
         self.workdir, self.image_shape = classifier_workdir, tuple(image_shape)
         self.data_config, self.neighbours, self.seed = data_config, neighbours, seed
         self._floors = {}  # by the number of samples: real-vs-real scores, computed once each
@@ -267,6 +266,7 @@ def scorer(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> S
         if jax.process_index() == 0:
             print(SKIPPED_METRICS, file=sys.stderr)
         return None
+    check_classifier_run(task.classifier_workdir)
     return SampleScorer(
         task.classifier_workdir, image_shape, config.data, task.neighbours, task.eval_seed
     )

@@ -220,11 +220,12 @@ def test_guidance_mixes_the_conditional_and_unconditional_outputs():
     # zero-initialised output layers would make every output 0: perturb the weights
     params = jax.tree.map(lambda p: p + 0.1, state.params)
     t, labels = jnp.full((4,), 0.5), jnp.arange(4)
-    apply = lambda y: task.model.apply({"params": params}, x, t, y)
+    apply = jax.jit(lambda y: task.model.apply({"params": params}, x, t, y))
     conditional, unconditional = apply(labels), apply(jnp.full((4,), 10))
     assert np.abs(conditional - unconditional).max() > 1e-3
     expected = unconditional + 3.0 * (conditional - unconditional)
-    np.testing.assert_allclose(task.predict(params, x, t, labels), expected, atol=1e-4)
+    guided = jax.jit(task.predict)(params, x, t, labels)
+    np.testing.assert_allclose(guided, expected, atol=1e-4)
 
 
 @pytest.mark.parametrize(

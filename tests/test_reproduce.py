@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from gen_jax import cli, data, parallel, reproduce, tasks, train
+from gen_jax import cli, data, parallel, reproduce, sample_quality, tasks, train
 from gen_jax import config as config_lib
 from tests.conftest import QUICK_FAMILIES, REPO, write_experiment
 
@@ -143,17 +143,18 @@ def pixel_features(images):
 def reported_metrics(tmp_path_factory) -> dict[str, set[str]]:
     """Task name -> the names its final evaluation reports: each family's `summarize` of outputs
     shaped like its eval step's on one mocked batch (traced, not run: the names depend on no
-    value), a GAN scored by a stand-in classifier of 10 classes."""
+    value), the sampling families scored by a stand-in classifier of 10 classes."""
     from tests.mocked_cli import mock_mnist
 
     root, mesh, reported = tmp_path_factory.mktemp("families"), parallel.make_mesh(), {}
     values = np.random.default_rng(0)
     with mock_mnist():
-        for family in ("classifier", "vae", "gan"):
+        for family in ("classifier", "vae", "gan", "diffusion"):
             config = config_lib.load_experiment(write_experiment(root / f"{family}.py", family))
             task = tasks.build(config)
-            if family == "gan":  # as if task.classifier_workdir named a classifier run
-                task.__dict__["classifier"] = pixel_features
+            if family in ("gan", "diffusion"):  # as if task.classifier_workdir named a run
+                task.scorer = sample_quality.SampleScorer("", (28, 28, 1), config.data, 3, 0)
+                task.scorer.__dict__["classifier"] = pixel_features
             splits = {k: data.get_split(config.data, config.data[k]) for k in SPLITS}
             example = train.example_batch(splits["train_split"], config, mesh)
             state = jax.eval_shape(task.init, jax.random.PRNGKey(0), example)
@@ -162,6 +163,8 @@ def reported_metrics(tmp_path_factory) -> dict[str, set[str]]:
             outputs = jax.tree.map(
                 lambda s: values.uniform(0.5, 1, s.shape).astype(s.dtype), shapes
             )
+            if "samples" in outputs:  # diffusion's number of samples scored: this batch's rows
+                outputs["samples"] = np.asarray(len(batch["mask"]))
             reported[config.task.name] = set(task.summarize([outputs]))
     return reported
 

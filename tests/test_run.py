@@ -102,7 +102,7 @@ def test_a_classifier_run_gives_probabilities_and_features(runs, mock_mnist):
 
 
 def test_asking_a_run_for_what_its_family_lacks_is_a_clear_error(runs, mock_mnist):
-    with pytest.raises(GenJaxError, match="'classifier' run: encode needs a vae run"):
+    with pytest.raises(GenJaxError, match="'classifier' run: encode needs a vae or diffusion run"):
         gen_jax.load_run(runs["classifier"]).encode(np.zeros((1, 28, 28, 1)))
     with pytest.raises(GenJaxError, match="'gan' run: classify needs a classifier run"):
         gen_jax.load_run(runs["gan"]).classify(np.zeros((1, 28, 28, 1)))
