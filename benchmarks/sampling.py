@@ -23,11 +23,6 @@ from gen_jax import tasks
 from gen_jax.tasks import samplers
 
 
-def steps_for(sampler: str, nfe: int) -> int:
-    """The steps that make `nfe` network evaluations (Heun: 2 steps - 1)."""
-    return (nfe + 1) // 2 if sampler == "heun" else nfe
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", help="an experiment file (default: diffusion_config())")
@@ -54,7 +49,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for nfe in args.nfe:
         for sampler in args.samplers:
-            steps = steps_for(sampler, nfe)
+            steps = samplers.steps_for(sampler, nfe)
             made = samplers.evaluations(sampler, steps)
             run = jax.jit(lambda p, z, y, s=sampler, n=steps: task.generate(p, z, y, n, s))
             start = time.perf_counter()

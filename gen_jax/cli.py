@@ -28,12 +28,21 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="print a run's eval metrics as JSON")
     evaluate.add_argument("workdir")
     evaluate.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
-    sample = sub.add_parser("sample", help="write a grid of a GAN's or VAE's samples as PNG")
+    sample = sub.add_parser("sample", help="write a grid of a run's samples as PNG")
     sample.add_argument("workdir")
     sample.add_argument("--num", type=int, default=64, help="how many samples")
     sample.add_argument("--out", default="samples.png", help="the PNG file to write")
     sample.add_argument("--seed", type=int, default=0, help="seed of the latents")
     sample.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+    sample.add_argument("--steps", type=int, help="diffusion: sampler steps (default the run's)")
+    sample.add_argument(
+        "--sampler", help="diffusion: ddim, ddpm, euler or heun (default the run's)"
+    )
+    sample.add_argument(
+        "--guidance_scale",
+        type=float,
+        help="diffusion, class-conditional: guidance (default the run's)",
+    )
     reproduce = sub.add_parser(
         "reproduce", help="train experiments, check their declared numbers, write a results table"
     )
@@ -125,8 +134,10 @@ def _sample(args: argparse.Namespace) -> dict:
     if args.num < 1:
         raise GenJaxError(f"--num must be at least 1, not {args.num}")
     run = load_run(args.workdir, args.step)
-    path = images.save_png(images.grid(run.sample(args.num, args.seed)), args.out)
-    return {"out": str(path), "num": args.num, "seed": args.seed, "step": run.step}
+    chosen = {"steps": args.steps, "sampler": args.sampler, "guidance_scale": args.guidance_scale}
+    sampling = {k: v for k, v in chosen.items() if v is not None}
+    path = images.save_png(images.grid(run.sample(args.num, args.seed, **sampling)), args.out)
+    return {"out": str(path), "num": args.num, "seed": args.seed, "step": run.step, **sampling}
 
 
 def _distributed_flags(args: argparse.Namespace) -> tuple[str, int, int, int] | None:

@@ -14,10 +14,13 @@ input range, `decode` and `sample` return images in [0, 1]:
     run.decode(latents)           # VAE: decoded images; GAN, diffusion: generated images
     run.prior(num, seed)          # latents from the prior (VAE), the noise distribution (GAN,
                                   # diffusion: image-shaped)
-    run.sample(num, seed)         # decode(prior(num, seed)); diffusion: steps=, sampler=
+    run.sample(num, seed)         # decode(prior(num, seed)); diffusion: steps=, sampler=,
+                                  # guidance_scale=
+    run.trajectory(noise)         # diffusion: every x_t of the sampler's path, noise to image
     run.classify(images)          # classifier: class probabilities
     run.features(images)          # classifier: penultimate activations
-    run.evaluate()                # the task's metrics on its eval split
+    run.evaluate()                # the task's metrics on its eval split; evaluation settings
+                                  # may change: run.evaluate(sampler="heun", sample_steps=10)
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from gen_jax import checkpoint, data, train
+from gen_jax import checkpoint, data, tasks, train
 from gen_jax import config as config_lib
 from gen_jax.data.folder import CHANNEL_MODES, conform, from_array
 from gen_jax.errors import GenJaxError
@@ -143,24 +147,57 @@ class Run:
         labels: np.ndarray | None = None,
         steps: int | None = None,
         sampler: str | None = None,
+        guidance_scale: float | None = None,
     ) -> np.ndarray:
         """Images (N, H, W, C) in [0, 1]: a VAE's decoded images (`task.decoded_images`), a GAN's
         (EMA) generator output, a diffusion model's samples from noise `latents` by `sampler` in
-        `steps` (defaults: the task's); conditional models take one label per latent."""
+        `steps` at `guidance_scale` (defaults: the task's); conditional models take one label per
+        latent."""
         self._require("vae", "gan", "diffusion", what="decode")
-        if self.kind != "diffusion" and (steps or sampler):
-            raise GenJaxError(
-                f"steps= and sampler= choose a diffusion run's sampler, not a {self.kind}'s"
+        sampling = {"steps": steps, "sampler": sampler, "guidance_scale": guidance_scale}
+        if self.kind != "diffusion":
+            self._refuse_sampling(sampling)
+            latents = np.asarray(latents, np.float32)
+            if self.kind == "vae":
+                decode = lambda state, z: self.task.decoded_images(state.params, z)
+                return self._apply("decode", decode, latents)
+            return self._generated(
+                lambda state, z, *y: self.task.sample(state, z, *y), "gan", latents, labels
             )
+        generate = lambda state, z, *y: self.task.generate(state.ema, z, *y, **sampling)
+        return self._generated(generate, f"generate_{sampling}", latents, labels)
+
+    def trajectory(
+        self,
+        noise: np.ndarray,
+        labels: np.ndarray | None = None,
+        steps: int | None = None,
+        sampler: str | None = None,
+        guidance_scale: float | None = None,
+    ) -> np.ndarray:
+        """A diffusion run's sampling path from `noise` (N, H, W, C): every x_t it visits, noise
+        first and the images last, (steps + 1, N, H, W, C), in [0, 1] (clipped) for pictures."""
+        self._require("diffusion", what="trajectory")
+        sampling = {"steps": steps, "sampler": sampler, "guidance_scale": guidance_scale}
+
+        def record(state, z, *y):
+            _, visited = self.task.generate(state.ema, z, *y, record=True, **sampling)
+            return jnp.moveaxis(visited, 0, 1)  # batched along the images, not the times
+
+        path = self._generated(record, f"trajectory_{sampling}", noise, labels)
+        return np.clip(np.moveaxis(path, 1, 0), 0.0, 1.0)
+
+    def _refuse_sampling(self, sampling: dict) -> None:
+        given = [f"{k}=" for k, v in sampling.items() if v is not None]
+        if given:
+            raise GenJaxError(
+                f"{', '.join(given)} choose a diffusion run's sampler, not a {self.kind}'s"
+            )
+
+    def _generated(self, generate: Callable, name: str, latents, labels) -> np.ndarray:
+        """`generate(state, latents[, labels])` in [0, 1]; a conditional model's labels are
+        required, one per latent (or one for all)."""
         latents = np.asarray(latents, np.float32)
-        if self.kind == "vae":
-            decode = lambda state, z: self.task.decoded_images(state.params, z)
-            return self._apply("decode", decode, latents)
-        if self.kind == "diffusion":
-            generate = lambda state, z, *y: self.task.generate(state.ema, z, *y, steps, sampler)
-            name = f"generate_{steps}_{sampler}"
-        else:
-            generate, name = lambda state, z, *y: self.task.sample(state, z, *y), "generate"
         if not self.task.num_classes:
             return self.to_unit(self._apply(name, generate, latents))
         if labels is None:
@@ -172,7 +209,7 @@ class Run:
         self, num: int, seed: int = 0, labels: np.ndarray | None = None, **sampling
     ) -> np.ndarray:
         """`num` generated images in [0, 1]; a conditional model cycles through the classes
-        unless `labels` are given. A diffusion run takes `steps=` and `sampler=`."""
+        unless `labels` are given. A diffusion run takes `steps=`, `sampler=`, `guidance_scale=`."""
         if self.kind in ("gan", "diffusion") and self.task.num_classes and labels is None:
             labels = np.arange(num) % self.task.num_classes
         return self.decode(self.prior(num, seed), labels, **sampling)
@@ -192,10 +229,23 @@ class Run:
         return self._apply("features", features, images)
 
     # ------------------------------------------------------------------ metrics
-    def evaluate(self, final: bool = True) -> dict[str, float]:
-        """The task's metrics on its eval split (`final`: the run's reported evaluation)."""
-        split = data.get_split(self.config.data, self.config.data.eval_split)
-        steps = train.compile_steps(self.task, self.config, self.mesh, split)
+    def evaluate(self, final: bool = True, **task_settings) -> dict[str, float]:
+        """The task's metrics on its eval split (`final`: the run's reported evaluation), with
+        evaluation settings of the task section changed for this call if given (e.g. a diffusion
+        run's `sampler="heun", sample_steps=10, final_eval_samples=1000`)."""
+        config, task = self.config, self.task
+        if task_settings:
+            unknown = sorted(set(task_settings) - set(config.task))
+            if unknown:
+                raise GenJaxError(
+                    f"evaluate() got {unknown}, which are not task settings of this run; it has "
+                    f"{sorted(config.task)}"
+                )
+            config = config.copy_and_resolve_references()
+            config.task.update(task_settings)
+            task = tasks.build(config)
+        split = data.get_split(config.data, config.data.eval_split)
+        steps = train.compile_steps(task, config, self.mesh, split)
         return {"step": self.step, **steps.evaluate(self.state, final=final)}
 
 

@@ -96,13 +96,16 @@ FAMILIES = {  # config function, settings: tiny versions that exercise every sou
         },
     ),
 }
+TINY_UNET = {  # one halving, one block per level: the cheapest U-Net to compile and run
+    "model.features": 8,
+    "model.channel_multipliers": (1, 2),
+    "model.blocks_per_level": 1,
+    "model.groups": 4,
+}
 FAMILIES["diffusion"] = (  # conditional with label dropout and guidance: every random draw
     "diffusion_config",
     {
-        "model.features": 8,
-        "model.channel_multipliers": (1, 2),
-        "model.blocks_per_level": 1,
-        "model.groups": 4,
+        **TINY_UNET,
         "model.num_classes": 10,
         "task.guidance_scale": 2.0,
         "task.sampler": "ddpm",  # stochastic: its fresh noise too
@@ -314,6 +317,35 @@ def quick_runs(real_data_dir, tmp_path_factory):
         out = ["--out", str(root / "RESULTS.md")]
         code = cli.main(["reproduce", *QUICK_FAMILIES, "--quick", *folders, *out])
     return code, root / "quick", (root / "RESULTS.md").read_text()
+
+
+REAL_DIFFUSION = [  # experiments/mnist_cflow.py with the tiny U-Net, 200 steps on the real MNIST
+    *(f"--config.{key}={value}" for key, value in TINY_UNET.items()),
+    "--config.train.num_steps=200",
+    "--config.optimizer.learning_rate=0.002",
+    "--config.optimizer.warmup_steps=20",
+    "--config.data.batch_size=32",
+    "--config.task.final_eval_samples=500",
+    "--config.task.sample_steps=8",
+]
+
+
+@pytest.fixture(scope="session")
+def real_diffusion_run(real_data_dir, quick_runs, tmp_path_factory) -> tuple[Path, list[str]]:
+    """A short class-conditional flow-matching run on the real MNIST, scored in the quick
+    classifier run's features, trained once: (its workdir, the overrides that made it)."""
+    from gen_jax import config as config_lib
+    from gen_jax import train
+
+    _, quick, _ = quick_runs
+    overrides = [*REAL_DIFFUSION, f"--config.task.classifier_workdir={quick / 'mnist_cnn'}"]
+    config = config_lib.load_experiment(REPO / "experiments" / "mnist_cflow.py")
+    config_lib.apply_overrides(config, overrides)
+    workdir = tmp_path_factory.mktemp("real_diffusion") / "mnist_cflow"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TFDS_DATA_DIR", real_data_dir)
+        train.run(config, workdir)
+    return workdir, overrides
 
 
 def make_image_folder(

@@ -13,6 +13,7 @@ from gen_jax import tasks
 from gen_jax.errors import GenJaxError
 from gen_jax.tasks import samplers
 from gen_jax.tasks.gaussian_paths import GaussianPath
+from tests.conftest import TINY_UNET
 
 PATHS = {
     "ddpm_linear_epsilon": GaussianPath("ddpm", "linear", "epsilon"),
@@ -175,12 +176,12 @@ def test_euler_and_heun_converge_at_their_orders_on_a_known_velocity_field():
 
 # ------------------------------------------------------------------ the task
 def tiny_diffusion(**settings):
+    """The diffusion task with the tiny U-Net at a constant learning rate, `settings` applied."""
     config = config_lib.diffusion_config()
-    config.model.update(
-        {"features": 8, "channel_multipliers": (1, 2), "blocks_per_level": 1, "groups": 4}
-    )
+    config.model.update({key.split(".")[1]: value for key, value in TINY_UNET.items()})
     config.model.image_shape = (28, 28, 1)
     config.data.batch_size = 8
+    config.optimizer.update({"schedule": "constant", "warmup_steps": 0})
     for dotted, value in settings.items():
         section, key = dotted.rsplit(".", 1)
         config[section][key] = value

@@ -33,13 +33,14 @@ NOTEBOOK_RUNS = {  # the runs the notebooks load that the quick reproduction doe
 
 
 @pytest.fixture(scope="module")
-def notebook_runs(real_data_dir, quick_runs, tmp_path_factory):
-    """A runs folder for the notebooks: the quick runs the session trains anyway (linked), and
-    30-step runs on the real MNIST of the others. A notebook only needs a finished run to load
-    (it trains a 300-step one where there is none, which its tests would wait for)."""
+def notebook_runs(real_data_dir, quick_runs, real_diffusion_run, tmp_path_factory):
+    """A runs folder for the notebooks: the quick runs and the short diffusion run the session
+    trains anyway (linked), and 30-step runs on the real MNIST of the others. A notebook only
+    needs a finished run to load (it trains a 300-step one where there is none, which its tests
+    would wait for)."""
     _, quick, _ = quick_runs
     root = tmp_path_factory.mktemp("notebook_runs")
-    for run in quick.iterdir():
+    for run in [*quick.iterdir(), real_diffusion_run[0]]:
         (root / run.name).symlink_to(run, target_is_directory=True)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TFDS_DATA_DIR", real_data_dir)

@@ -1,8 +1,8 @@
 """Short runs of each family learn on the real MNIST in ../shared/data (skipped where absent;
 an error in CI).
 
-The runs are those of `gen-jax reproduce --quick` (the `quick_runs` fixture); each test compares
-one with where it started.
+The runs are those of `gen-jax reproduce --quick` (the `quick_runs` fixture) and a short
+diffusion run (`real_diffusion_run`); each test compares one with where it started.
 """
 
 import jax
@@ -62,3 +62,20 @@ def test_a_short_dcgan_run_improves_its_fid_far_beyond_its_start(quick_runs, rea
     assert after["fid"] < at_start["fid"] / 3
     assert after["inception_score"] > at_start["inception_score"]
     assert after["floor_fid"] == at_start["floor_fid"]  # real vs real: does not train
+
+
+def test_a_short_flow_matching_run_lowers_its_fid_far_below_its_start(
+    real_diffusion_run, real_data_dir
+):
+    workdir, overrides = real_diffusion_run
+    at_start = at_initialisation("mnist_cflow", real_data_dir, *overrides)
+    after = last_evaluation(workdir)
+    # measured (Intel Xeon VM): 84.8 at the start, 32.8 after 200 steps (41.5 after 100)
+    assert after["fid"] < at_start["fid"] / 2
+    assert after["loss"] < at_start["loss"]
+    assert after["nfe"] == at_start["nfe"] == 8  # Euler, 8 steps: one evaluation each
+    assert after["floor_fid"] == at_start["floor_fid"]  # real vs real: does not train
+    fewer = load_run(workdir).evaluate(sample_steps=2, final_eval_samples=500)  # another sampler
+    assert fewer["nfe"] == 2 and fewer["fid"] != after["fid"]
+    assert fewer["floor_fid"] == after["floor_fid"]
+    assert fewer["loss"] == pytest.approx(after["loss"], rel=1e-6)  # another program: rounding

@@ -11,6 +11,7 @@ from PIL import Image
 import gen_jax
 from gen_jax import cli, data
 from gen_jax.errors import GenJaxError
+from gen_jax.images import grid
 from gen_jax.metric_writer import logged_metrics, read_metrics
 
 
@@ -90,6 +91,26 @@ def test_a_diffusion_run_samples_decodes_noise_and_inverts_images(runs, mock_mni
         gen_jax.load_run(runs["gan"]).decode(np.zeros((1, 8)), steps=5)
 
 
+def test_a_diffusion_run_gives_its_trajectories_guidance_scales_and_evaluation_settings(
+    runs, mock_mnist
+):
+    run = gen_jax.load_run(runs["diffusion"])  # trained at guidance scale 2, sampled in 3 steps
+    noise, labels = run.prior(4, seed=2), np.arange(4)
+    path = run.trajectory(noise, labels)
+    assert path.shape == (4, 4, 28, 28, 1)  # noise, two steps between, the images
+    np.testing.assert_allclose(path[0], np.clip(run.to_unit(noise), 0, 1), atol=1e-6)
+    images = run.decode(noise, labels)
+    np.testing.assert_allclose(path[-1], images, atol=1e-5)
+    np.testing.assert_array_equal(run.decode(noise, labels, guidance_scale=2.0), images)
+    assert not np.allclose(run.decode(noise, labels, guidance_scale=1.0), images, atol=1e-3)
+    with pytest.raises(GenJaxError, match="guidance_scale= choose a diffusion run's sampler"):
+        gen_jax.load_run(runs["gan"]).decode(np.zeros((1, 8)), guidance_scale=2.0)
+    # the test loss does not depend on sampling: new settings leave it, and unknown ones are named
+    assert run.evaluate(sample_steps=1, sampler="euler")["loss"] == run.evaluate()["loss"]
+    with pytest.raises(GenJaxError, match=r"\['sample_step'\], which are not task settings"):
+        run.evaluate(sample_step=1)
+
+
 def test_a_classifier_run_gives_probabilities_and_features(runs, mock_mnist):
     run = gen_jax.load_run(runs["classifier"])
     images = run.images("test")["image"][:9]
@@ -115,6 +136,20 @@ def test_gen_jax_sample_writes_a_grid_and_refuses_a_classifier(runs, tmp_path, m
     assert json.loads(capsys.readouterr().out)["num"] == 16
     assert cli.main(["sample", str(runs["classifier"]), "--out", str(out)]) == 2
     assert "needs a vae or gan or diffusion run" in capsys.readouterr().err
+
+
+def test_gen_jax_sample_takes_a_diffusion_runs_sampler_and_steps(
+    runs, tmp_path, mock_mnist, capsys
+):
+    out, diffusion = tmp_path / "grid.png", str(runs["diffusion"])
+    flags = ["--num", "4", "--steps", "3", "--sampler", "heun", "--out", str(out)]
+    assert cli.main(["sample", diffusion, *flags]) == 0
+    written = json.loads(capsys.readouterr().out)
+    assert (written["steps"], written["sampler"]) == (3, "heun")
+    expected = gen_jax.load_run(diffusion).sample(4, steps=3, sampler="heun")
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), grid(expected)[..., 0])
+    assert cli.main(["sample", diffusion, "--sampler", "rk4", "--out", str(out)]) == 2
+    assert "unknown sampler 'rk4'" in capsys.readouterr().err
 
 
 # Evaluating the same state on 1 device instead of 8 changes only the order of float32 sums

@@ -84,23 +84,30 @@ class DiffusionTask:
             )
         if not 0 <= self.label_dropout < 1:
             raise GenJaxError(f"task.label_dropout {self.label_dropout} must be in [0, 1)")
-        if self.guidance_scale != 1 and not (self.num_classes and self.label_dropout > 0):
-            raise GenJaxError(
-                f"task.guidance_scale {self.guidance_scale} needs a class-conditional model "
-                "trained with label dropout (model.num_classes > 0, task.label_dropout > 0); "
-                "set it to 1"
-            )
+        self._check_guidance(self.guidance_scale)
         low, high = data.pixel_range(config.data)
         if np.any(low != -1.0) or np.any(high != 1.0):
             raise GenJaxError(
                 "diffusion's images must be in [-1, 1]: data.preprocess=('scale_to_symmetric',)"
             )
 
+    def _check_guidance(self, scale: float) -> None:
+        if scale != 1 and not (self.num_classes and self.label_dropout > 0):
+            raise GenJaxError(
+                f"a guidance scale of {scale} (task.guidance_scale, or guidance_scale=) needs a "
+                "class-conditional model trained with label dropout (model.num_classes > 0, "
+                "task.label_dropout > 0); use 1"
+            )
+
     # ------------------------------------------------------------------ the network
-    def predict(self, params, x: jax.Array, t: jax.Array, labels: jax.Array | None) -> jax.Array:
-        """The network's output at x_t for times t (B,), guided when `guidance_scale` != 1:
-        unconditional + scale * (conditional - unconditional), in one batch of both."""
-        if not self.num_classes or self.guidance_scale == 1:
+    def predict(
+        self, params, x: jax.Array, t: jax.Array, labels: jax.Array | None, guidance_scale=None
+    ) -> jax.Array:
+        """The network's output at x_t for times t (B,), guided when the guidance scale
+        (default task.guidance_scale) is not 1: unconditional + scale * (conditional -
+        unconditional), in one batch of both."""
+        scale = self.guidance_scale if guidance_scale is None else guidance_scale
+        if not self.num_classes or scale == 1:
             return self.model.apply({"params": params}, x, t, labels)
         no_label = jnp.full_like(labels, self.num_classes)
         both = self.model.apply(
@@ -110,15 +117,16 @@ class DiffusionTask:
             jnp.concatenate([labels, no_label]),
         )
         conditional, unconditional = jnp.split(both, 2)
-        return unconditional + self.guidance_scale * (conditional - unconditional)
+        return unconditional + scale * (conditional - unconditional)
 
-    def denoiser(self, params, labels: jax.Array | None) -> samplers.Denoiser:
+    def denoiser(self, params, labels: jax.Array | None, guidance_scale=None) -> samplers.Denoiser:
         """(x_t, scalar t) -> estimates of (x_0, noise), x_0 clipped to [-1, 1] with
         `clip_denoised` (and the noise estimate made consistent with it)."""
 
         def denoise(x, t):
             times = jnp.full((x.shape[0],), t)
-            x0, noise = self.path.denoised(self.predict(params, x, times, labels), x, times)
+            output = self.predict(params, x, times, labels, guidance_scale)
+            x0, noise = self.path.denoised(output, x, times)
             if not self.clip_denoised:
                 return x0, noise
             a, s = self.path.coefficients(t)
@@ -136,13 +144,18 @@ class DiffusionTask:
         sampler: str | None = None,
         rng: jax.Array | None = None,
         record: bool = False,
+        guidance_scale: float | None = None,
     ):
         """Images in [-1, 1] from `noise` (B, H, W, C) by `sampler` (default task.sampler) in
-        `steps` (default task.sample_steps); `rng` draws a stochastic sampler's fresh noise."""
+        `steps` (default task.sample_steps) at `guidance_scale` (default task.guidance_scale);
+        `rng` draws a stochastic sampler's fresh noise."""
         sampler, steps = sampler or self.sampler, steps or self.steps[True]
+        samplers.check(sampler, steps, self.eta)  # before tracing: a named setting, not a trace
+        if guidance_scale is not None:
+            self._check_guidance(guidance_scale)
         if rng is None:
             rng = jax.random.PRNGKey(self.eval_seed)
-        denoise = self.denoiser(params, labels)
+        denoise = self.denoiser(params, labels, guidance_scale)
         return samplers.sample(sampler, denoise, self.path, noise, steps, self.eta, rng, record)
 
     def invert(self, params, images: jax.Array, labels=None, steps: int | None = None):

@@ -33,6 +33,12 @@ def evaluations(sampler: str, steps: int) -> int:
     return 2 * steps - 1 if sampler == "heun" else steps
 
 
+def steps_for(sampler: str, nfe: int) -> int:
+    """The steps of at most `nfe` network evaluations (Heun's 2 steps - 1: an even NFE rounds
+    down), the inverse of `evaluations`."""
+    return (nfe + 1) // 2 if sampler == "heun" else nfe
+
+
 def check(sampler: str, steps: int, eta: float) -> None:
     """Refuse a sampler setting before anything is compiled."""
     if sampler not in SAMPLERS:

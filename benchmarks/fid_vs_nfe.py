@@ -1,0 +1,87 @@
+"""FID against the number of network evaluations (NFE) of finished diffusion runs: each point is
+the run's own final evaluation (`Run.evaluate`) with the sampler and its steps changed, so it is
+scored exactly as the training run's numbers are (the classifier run's features, the real floor).
+
+    python benchmarks/fid_vs_nfe.py runs/mnist_ddpm runs/mnist_flow [--nfe 10 25 50 100]
+        [--samplers ddim euler heun] [--samples 10000] [--plot docs/figures/fid_vs_nfe.png]
+
+Prints a markdown table (FID, FID / floor, IS, precision, recall, and the wall time of each
+evaluation, which is mostly sampling) and, with --plot, draws FID against NFE, one line per run
+and sampler. Heun makes 2 steps - 1 evaluations, so its NFE are the odd numbers at or below
+those asked for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from gen_jax.run import load_run
+from gen_jax.tasks import samplers
+
+COLUMNS = ("fid", "fid_over_floor", "inception_score", "precision", "recall")
+
+
+def sweep(workdir: str, sampler: str, nfes: list[int], samples: int) -> list[dict]:
+    """The final evaluation of the run in `workdir` by `sampler` at each NFE."""
+    run = load_run(workdir)
+    rows = []
+    for nfe in nfes:
+        start = time.perf_counter()
+        metrics = run.evaluate(
+            sampler=sampler,
+            sample_steps=samplers.steps_for(sampler, nfe),
+            final_eval_samples=samples,
+        )
+        rows.append({**metrics, "seconds": time.perf_counter() - start})
+    return rows
+
+
+def plot(results: dict[tuple[str, str], list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5.5, 3.8))
+    for (workdir, sampler), rows in results.items():
+        label = f"{Path(workdir).name}, {sampler}"
+        axis.plot([r["nfe"] for r in rows], [r["fid"] for r in rows], "o-", label=label)
+    floor = next(iter(results.values()))[0]["floor_fid"]
+    axis.axhline(floor, color="gray", linestyle="--", label="real floor")
+    axis.set(xscale="log", yscale="log", xlabel="network evaluations (NFE)", ylabel="FID")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="finished diffusion runs with a classifier")
+    parser.add_argument("--nfe", type=int, nargs="+", default=[10, 25, 50, 100])
+    parser.add_argument("--samplers", nargs="+", default=["ddim", "euler", "heun"])
+    parser.add_argument("--samples", type=int, default=10_000)
+    parser.add_argument("--plot", type=Path, help="a PNG of FID against NFE")
+    args = parser.parse_args()
+    results = {
+        (workdir, sampler): sweep(workdir, sampler, args.nfe, args.samples)
+        for workdir in args.runs
+        for sampler in args.samplers
+    }
+    print(f"{args.samples} samples per point; FID in each run's classifier features")
+    print("| run | sampler | NFE | " + " | ".join(COLUMNS) + " | eval s |")
+    print("|---" * (len(COLUMNS) + 4) + "|")
+    for (workdir, sampler), rows in results.items():
+        for r in rows:
+            values = " | ".join(f"{r[k]:.3f}" for k in COLUMNS)
+            name = Path(workdir).name
+            print(f"| {name} | {sampler} | {r['nfe']:.0f} | {values} | {r['seconds']:.0f} |")
+    if args.plot:
+        plot(results, args.plot)
+        print(f"plot: {args.plot}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""DDPM on MNIST (Ho et al., 2020, in continuous time): the U-Net of `diffusion_config` (0.45M
+parameters) predicts the noise of x_t = a(t) image + s(t) noise on the cosine schedule (Nichol &
+Dhariwal, 2021); batch 64, Adam 1e-3 with warm-up and cosine decay, EMA 0.999, 6 epochs. Sampled
+by deterministic DDIM (Song et al., 2021) in 20 steps; scored in the baseline CNN classifier's
+features.
+
+    gen-jax train experiments/mnist_cnn.py --workdir runs/mnist_cnn    # the feature space
+    gen-jax train experiments/mnist_ddpm.py --workdir runs/mnist_ddpm
+
+The same budget as experiments/mnist_flow.py, for the comparison of the two objectives.
+Reproduces: not yet measured.
+"""
+
+from gen_jax.config import QUICK_DIFFUSION, diffusion_config
+
+
+def get_config():
+    config = diffusion_config()  # objective "ddpm", schedule "cosine", prediction "epsilon"
+    config.task.sample_steps = 20  # DDIM: one network evaluation per step
+    config.task.eval_steps = 10
+    config.task.classifier_workdir = "runs/mnist_cnn"
+    return config
+
+
+# `gen-jax reproduce` checks: metric -> (value, tolerance) or a goal ('<=' | '>=', bound).
+EXPECTED = {"fid_over_floor": ("<=", 2.0), "min_class_fraction": (">=", 0.05)}  # the goal
+QUICK = {"overrides": QUICK_DIFFUSION, "expected": {"fid": (">=", 0.0)}}  # PLACEHOLDER
+REQUIRES = {"task.classifier_workdir": "mnist_cnn"}  # its features score the samples

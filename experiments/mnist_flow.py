@@ -1,0 +1,31 @@
+"""Flow matching on MNIST (conditional flow matching on the straight Gaussian path, i.e.
+rectified flow: Lipman et al., 2023; Liu et al., 2023): the U-Net of `diffusion_config` (0.45M
+parameters) regresses the velocity noise - image at x_t = (1 - t) image + t noise; batch 64,
+Adam 1e-3 with warm-up and cosine decay, EMA 0.999, 6 epochs. Sampled by Heun's method in 10
+steps (19 network evaluations); scored in the baseline CNN classifier's features.
+
+    gen-jax train experiments/mnist_cnn.py --workdir runs/mnist_cnn    # the feature space
+    gen-jax train experiments/mnist_flow.py --workdir runs/mnist_flow
+
+Goal (issue 23): classifier-space FID <= 2x the real-vs-real floor at 10k samples, from <= 2 h of
+training on a 2-core CPU. Reproduces: not yet measured.
+"""
+
+from gen_jax.config import QUICK_DIFFUSION, diffusion_config
+
+
+def get_config():
+    config = diffusion_config()
+    config.task.objective = "flow"
+    config.task.prediction = "velocity"
+    config.task.sampler = "heun"
+    config.task.sample_steps = 10  # the final evaluation: 19 network evaluations per image
+    config.task.eval_steps = 5  # periodic evaluations: 9
+    config.task.classifier_workdir = "runs/mnist_cnn"
+    return config
+
+
+# `gen-jax reproduce` checks: metric -> (value, tolerance) or a goal ('<=' | '>=', bound).
+EXPECTED = {"fid_over_floor": ("<=", 2.0), "min_class_fraction": (">=", 0.05)}  # the goal
+QUICK = {"overrides": QUICK_DIFFUSION, "expected": {"fid": (">=", 0.0)}}  # PLACEHOLDER
+REQUIRES = {"task.classifier_workdir": "mnist_cnn"}  # its features score the samples
