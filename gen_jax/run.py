@@ -157,10 +157,9 @@ class Run:
         sampling = {"steps": steps, "sampler": sampler, "guidance_scale": guidance_scale}
         if self.kind != "diffusion":
             self._refuse_sampling(sampling)
-            latents = np.asarray(latents, np.float32)
             if self.kind == "vae":
                 decode = lambda state, z: self.task.decoded_images(state.params, z)
-                return self._apply("decode", decode, latents)
+                return self._apply("decode", decode, np.asarray(latents, np.float32))
             return self._generated(
                 lambda state, z, *y: self.task.sample(state, z, *y), "gan", latents, labels
             )
