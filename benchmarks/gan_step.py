@@ -25,6 +25,7 @@ from gen_jax import config as config_lib
 from gen_jax import tasks
 from gen_jax.host import keep_freed_memory_in_heap
 from gen_jax.models.dcgan import dcgan
+from gen_jax.tasks.base import init_state
 from gen_jax.tasks.gan_losses import gradient_penalty
 
 EXPERIMENTS = ("mnist_dcgan", "mnist_hinge_gan", "mnist_cgan", "mnist_wgan_gp")
@@ -52,7 +53,7 @@ def experiment_step(name: str, overrides: list[str]) -> tuple[int, float, float]
     task = tasks.build(config)
     size = config.data.batch_size
     batch = {"image": jnp.zeros((size, 28, 28, 1)), "label": jnp.zeros(size, jnp.int32)}
-    state = jax.jit(task.init)(jax.random.PRNGKey(0), batch)
+    state = init_state(task, jax.random.PRNGKey(0), batch)
     step = jax.jit(lambda state: task.train_step(state, batch)[0])
     return size, *seconds_per_call(step, state)
 

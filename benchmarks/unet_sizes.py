@@ -19,6 +19,7 @@ import numpy as np
 
 from gen_jax import config as config_lib
 from gen_jax import tasks
+from gen_jax.tasks.base import init_state
 
 SIZES = [  # (features, channel_multipliers, blocks_per_level)
     (32, (1, 2, 2), 2),
@@ -41,7 +42,7 @@ def measure(features: int, multipliers: tuple[int, ...], blocks: int, batch: int
     )
     task = tasks.build(config)
     images = np.random.default_rng(0).uniform(-1, 1, (batch, 28, 28, 1)).astype(np.float32)
-    state = jax.jit(task.init)(jax.random.PRNGKey(0), {"image": images[:1]})
+    state = init_state(task, jax.random.PRNGKey(0), {"image": images[:1]})
     parameters = sum(leaf.size for leaf in jax.tree.leaves(state.params))
     batch_ = {"image": jax.numpy.asarray(images)}
     step = jax.jit(task.train_step).lower(state, batch_).compile()

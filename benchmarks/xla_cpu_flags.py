@@ -36,6 +36,7 @@ STEP = """
 import os, time
 import jax, numpy as np
 from gen_jax import config as config_lib, data, host, parallel, tasks, train
+from gen_jax.tasks.base import init_state
 
 if os.environ["KEEP_FREED_MEMORY"] == "1":
     host.keep_freed_memory_in_heap()
@@ -50,8 +51,8 @@ batch = {
 }
 eval_split = data.InMemory(batch, data.DataSpec((28, 28, 1), tuple("0123456789"), True))
 steps = train.compile_steps(task, config, mesh, eval_split)
-init = jax.jit(task.init, out_shardings=parallel.replicated(mesh))
-state = init(jax.random.PRNGKey(0), parallel.global_batch(batch, mesh))
+rng, replicated = jax.random.PRNGKey(0), parallel.replicated(mesh)
+state = init_state(task, rng, parallel.global_batch(batch, mesh), out_shardings=replicated)
 for _ in range(10):
     state, metrics = steps.train(state, [batch])
 jax.block_until_ready(metrics)

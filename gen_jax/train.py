@@ -22,7 +22,7 @@ from gen_jax import config as config_lib
 from gen_jax.checkpoint import Checkpointer, DamagedCheckpointError
 from gen_jax.errors import GenJaxError, NonFiniteLossError, PeerLostError
 from gen_jax.metric_writer import MetricWriter, logged_metrics, progress_bar
-from gen_jax.tasks.base import Task
+from gen_jax.tasks.base import Task, init_state
 
 # ----------------------------------------------------------------------------- compiled steps
 PICTURE_INPUTS = 32  # the first eval images, shown in every evaluation's pictures
@@ -170,7 +170,8 @@ def initial_state(
     """
     rng = jax.random.PRNGKey(config.seed)
     if checkpointer.latest_step() is None and not require:
-        return jax.jit(task.init, out_shardings=parallel.replicated(mesh))(rng, batch), iterator
+        state = init_state(task, rng, batch, out_shardings=parallel.replicated(mesh))
+        return state, iterator
     abstract = jax.eval_shape(task.init, rng, batch)
     return checkpointer.restore(parallel.replicate(abstract, mesh), iterator, step)
 

@@ -12,6 +12,7 @@ from gen_jax import config as config_lib
 from gen_jax import tasks
 from gen_jax.errors import GenJaxError
 from gen_jax.tasks import samplers
+from gen_jax.tasks.base import init_state
 from gen_jax.tasks.gaussian_paths import GaussianPath
 from tests.conftest import TINY_UNET
 
@@ -204,7 +205,7 @@ def test_training_lowers_the_denoising_loss_on_a_fixed_batch(settings):
     # images a denoiser can learn in a few steps: each one flat, at its own level
     levels = np.linspace(-0.9, 0.9, 8, dtype=np.float32)
     batch = {"image": np.broadcast_to(levels[:, None, None, None], (8, 28, 28, 1))}
-    state = task.init(jax.random.PRNGKey(0), batch)
+    state = init_state(task, jax.random.PRNGKey(0), batch)
     step = jax.jit(task.train_step)
     losses = []
     for _ in range(40):
@@ -217,7 +218,7 @@ def test_training_lowers_the_denoising_loss_on_a_fixed_batch(settings):
 def test_guidance_mixes_the_conditional_and_unconditional_outputs():
     task = tiny_diffusion(**{"model.num_classes": 10, "task.guidance_scale": 3.0})
     x = jax.random.normal(jax.random.PRNGKey(0), (4, 28, 28, 1))
-    state = task.init(jax.random.PRNGKey(1), {"image": x})
+    state = init_state(task, jax.random.PRNGKey(1), {"image": x})
     # zero-initialised output layers would make every output 0: perturb the weights
     params = jax.tree.map(lambda p: p + 0.1, state.params)
     t, labels = jnp.full((4,), 0.5), jnp.arange(4)

@@ -12,6 +12,7 @@ from gen_jax.errors import GenJaxError
 from gen_jax.metric_writer import logged_metrics
 from gen_jax.run import load_run
 from gen_jax.tasks import gan_losses as losses
+from gen_jax.tasks.base import init_state
 from tests.conftest import copied_run, write_experiment
 
 softplus = lambda x: np.log1p(np.exp(x))
@@ -87,7 +88,7 @@ def test_the_r1_penalty_is_logged_and_changes_the_discriminator_update():
     results = {}
     for weight in (0.0, 10.0):
         task = tiny_gan(**{"model.discriminator_norm": "none", "task.r1_penalty": weight})
-        state = task.init(jax.random.PRNGKey(0), batch)
+        state = init_state(task, jax.random.PRNGKey(0), batch)
         results[weight] = jax.jit(task.train_step)(state, batch)
     (plain, plain_metrics), (penalised, metrics) = results[0.0], results[10.0]
     assert float(plain_metrics["r1_penalty"]) == 0.0 and float(metrics["r1_penalty"]) > 0.0
@@ -107,8 +108,10 @@ def test_every_critic_step_draws_its_own_noise():
         **{"task.critic_steps": 4, "optimizer.discriminator.learning_rate": 0.0},
     )
     images = jnp.zeros((8, 28, 28, 1))  # every critic step sees the same real images
-    state = task.init(jax.random.PRNGKey(0), {"image": images, "label": jnp.zeros(8, jnp.int32)})
-    _, metrics = task.critic_updates(state, images, None, jax.random.PRNGKey(1))
+    state = init_state(
+        task, jax.random.PRNGKey(0), {"image": images, "label": jnp.zeros(8, jnp.int32)}
+    )
+    _, metrics = jax.jit(task.critic_updates)(state, images, None, jax.random.PRNGKey(1))
     # a frozen critic and identical real slices: only the fake images can tell the steps apart
     fake_scores = np.asarray(metrics["fake_score"])
     assert fake_scores.shape == (4,)
@@ -118,7 +121,7 @@ def test_every_critic_step_draws_its_own_noise():
 def test_the_ema_generator_follows_the_recursion_and_is_what_samples_use():
     task = tiny_gan(**{"task.ema_decay": 0.5})
     batch = {"image": jnp.zeros((8, 28, 28, 1)), "label": jnp.zeros(8, jnp.int32)}
-    state = task.init(jax.random.PRNGKey(0), batch)
+    state = init_state(task, jax.random.PRNGKey(0), batch)
     expected = state.ema["params"]
     step = jax.jit(task.train_step)
     for t in range(3):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from gen_jax import latent
+from gen_jax.tasks.base import init_state
 from tests.test_vae import tiny_task
 
 
@@ -12,7 +13,7 @@ from tests.test_vae import tiny_task
 def decode():
     """A small untrained VAE's decoder: latents (N, 2) -> pixel probabilities."""
     task = tiny_task()
-    state = task.init(jax.random.PRNGKey(0), {"image": np.zeros((1, 28, 28, 1), np.float32)})
+    state = init_state(task, jax.random.PRNGKey(0), {"image": np.zeros((1, 28, 28, 1), np.float32)})
     return jax.jit(lambda z: jax.nn.sigmoid(task.decode(state.params, z)))
 
 

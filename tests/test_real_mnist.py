@@ -12,6 +12,7 @@ from gen_jax import config as config_lib
 from gen_jax import data, parallel, tasks, train
 from gen_jax.metric_writer import read_metrics
 from gen_jax.run import load_run
+from gen_jax.tasks.base import init_state
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -29,7 +30,7 @@ def at_initialisation(experiment: str, data_dir: str, *overrides: str) -> dict[s
     config = config_lib.with_absolute_paths(config)
     mesh, task = parallel.make_mesh(), tasks.build(config)
     batch = train.example_batch(data.get_split(config.data, config.data.train_split), config, mesh)
-    state = jax.jit(task.init)(jax.random.PRNGKey(config.seed), batch)
+    state = init_state(task, jax.random.PRNGKey(config.seed), batch)
     eval_split = data.get_split(config.data, config.data.eval_split)
     return train.compile_steps(task, config, mesh, eval_split).evaluate(state, final=True)
 

@@ -11,6 +11,7 @@ from gen_jax.checkpoint import Checkpointer
 from gen_jax.errors import GenJaxError
 from gen_jax.metric_writer import read_metrics
 from gen_jax.run import load_run
+from gen_jax.tasks.base import init_state
 from gen_jax.tasks.classifier import ClassifierTask
 from tests.conftest import assert_trees_equal
 
@@ -39,7 +40,7 @@ def fake_batch(size: int = 16) -> dict:
 def train_steps(config, count: int = 3) -> tuple:
     """`count` compiled train steps on one fixed batch: the state and the metrics of each step."""
     task = tasks.build(config)
-    state = task.init(jax.random.PRNGKey(0), fake_batch())
+    state = init_state(task, jax.random.PRNGKey(0), fake_batch())
     step, history = jax.jit(task.train_step), []
     for _ in range(count):
         state, metrics = step(state, fake_batch())
@@ -172,7 +173,7 @@ def test_bfloat16_compute_trains_with_float32_parameters(experiment):
         overrides = ["--config.optimizer.learning_rate=0.003", "--config.train.num_steps=30"]
         config = load(experiment(), *overrides, model={**PLAIN_CNN, "dtype": dtype})
         task = tasks.build(config)
-        state = task.init(jax.random.PRNGKey(0), batch)
+        state = init_state(task, jax.random.PRNGKey(0), batch)
         assert ("bf16" in str(jax.make_jaxpr(task.train_step)(state, batch))) == (
             dtype == "bfloat16"
         )

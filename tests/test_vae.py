@@ -16,6 +16,7 @@ from gen_jax import data, tasks, train
 from gen_jax.errors import GenJaxError
 from gen_jax.run import load_run
 from gen_jax.tasks import likelihoods, vae
+from gen_jax.tasks.base import init_state
 from tests.conftest import make_image_folder
 
 EPS32 = np.finfo(np.float32).eps
@@ -43,7 +44,7 @@ def setup():
     task = tiny_task()
     rng = np.random.default_rng(0)
     x = (rng.random((4, 28, 28, 1)) < 0.5).astype(np.float32)
-    state = task.init(jax.random.PRNGKey(0), {"image": jnp.asarray(x)})
+    state = init_state(task, jax.random.PRNGKey(0), {"image": jnp.asarray(x)})
     return task, state, x
 
 
@@ -337,7 +338,7 @@ def logistic_setup(preprocess=("scale_to_unit",), image_shape=(8, 8, 3)):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (4, *image_shape), dtype=np.uint8)
     x = data.preprocessor(data_section(preprocess))({"image": images})["image"]
-    state = task.init(jax.random.PRNGKey(0), {"image": jnp.asarray(x)})
+    state = init_state(task, jax.random.PRNGKey(0), {"image": jnp.asarray(x)})
     low, high = task.low, task.high
     channels = image_shape[-1]
     shift = np.concatenate([np.full(channels, (low + high) / 2), np.full(channels, -3.0)])

@@ -43,6 +43,19 @@ class Task(Protocol):
         May be empty."""
 
 
+# Initialisers draw a threefry stream per parameter: a long straight-line program that LLVM's
+# default -O3 compiles 2-4x slower than -O2, for the same bits (every experiment's init was
+# compared: benchmarks/README.md). Init runs once, so its compile time is all it costs.
+INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 2}
+
+
+def init_state(task: Task, rng: jax.Array, batch: Batch, **jit_options) -> Any:
+    """`task.init(rng, batch)`, jitted with `jit_options` (e.g. out_shardings) and compiled at
+    -O2 (INIT_COMPILER_OPTIONS)."""
+    init = jax.jit(task.init, compiler_options=INIT_COMPILER_OPTIONS, **jit_options)
+    return init(rng, batch)
+
+
 def step_key(rng: jax.Array, step: jax.Array) -> jax.Array:
     """The key for one step, a pure function of the run's key and the step number."""
     return jax.random.fold_in(rng, step)
