@@ -20,18 +20,21 @@ from tests.mocked_cli import mock_mnist as _mock_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 MOCKED_CLI = Path(__file__).with_name("mocked_cli.py")
-XLA_CACHE = pytest.StashKey[str]()  # the session's folder of compiled programs
+XLA_CACHE = pytest.StashKey[str]()  # the session's folder of compiled programs, to remove
+CACHE_VARIABLE = "JAX_COMPILATION_CACHE_DIR"
 
 
 def pytest_configure(config):
     """Share compiled programs between this process and the ones it starts (mocked CLI runs,
-    notebook kernels) through JAX's persistent compilation cache, in a folder of this session:
-    most test runs compile the same few tiny programs, and compiling is most of their time. A
-    cached program is the one XLA compiled, so results are unchanged, bit for bit."""
+    notebook kernels, pytest-xdist's workers) through JAX's persistent compilation cache, in a
+    folder of this session: most test runs compile the same few tiny programs, and compiling is
+    most of their time. A cached program is the one XLA compiled, so results are unchanged, bit
+    for bit. A worker finds the folder its controller made in the environment it inherited."""
     import jax
 
-    folder = tempfile.mkdtemp(prefix="gen_jax_tests_xla_cache_")
-    config.stash[XLA_CACHE] = folder
+    inherited = os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get(CACHE_VARIABLE)
+    folder = inherited or tempfile.mkdtemp(prefix="gen_jax_tests_xla_cache_")
+    config.stash[XLA_CACHE] = "" if inherited else folder  # the controller removes it
     settings = {"compilation_cache_dir": folder, "persistent_cache_min_compile_time_secs": 0}
     for name, value in settings.items():
         os.environ[f"JAX_{name.upper()}"] = str(value)  # for the processes the tests start
@@ -40,7 +43,31 @@ def pytest_configure(config):
 
 def pytest_unconfigure(config):
     """Remove the session's compiled programs."""
-    shutil.rmtree(config.stash[XLA_CACHE], ignore_errors=True)
+    if config.stash[XLA_CACHE]:
+        shutil.rmtree(config.stash[XLA_CACHE], ignore_errors=True)
+
+
+SHARED_RUNS = {  # test files whose tests read the same session-trained runs -> their group
+    "test_distributed.py": "device_runs",  # device_runs, resumed_runs
+    "test_notebooks.py": "real_mnist",  # quick_runs, real_diffusion_run, notebook_runs
+    "test_real_mnist.py": "real_mnist",
+    "test_reproduce.py": "real_mnist",
+}
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, when it is installed
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist (`-n 2`, pyproject's default) sends each group of SHARED_RUNS to one worker,
+    so that its runs are trained once per session, the two largest groups first (xdist's
+    default reordering: most tests first), and every other test on its own to whichever worker
+    is free. (xdist's own `--dist loadgroup` marks do not reach pytest 9's node ids.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedRunsScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return SHARED_RUNS.get(Path(nodeid.split("::")[0]).name, nodeid)
+
+    return SharedRunsScheduling(config, log)
 
 
 COMMON_SETTINGS = {

@@ -14,10 +14,12 @@ from collections.abc import Iterator
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
-from gen_jax import checkpoint, train
+import gen_jax
+from gen_jax import checkpoint, cli, train
 from gen_jax import config as config_lib
-from gen_jax.metric_writer import read_metrics
+from gen_jax.metric_writer import logged_metrics, read_metrics
 from tests.conftest import (
     DEVICE_RUN_FAMILIES,
     assert_trees_equal,
@@ -289,3 +291,32 @@ def test_sigkill_mid_run_and_mid_save_leaves_a_workdir_that_resumes(
     resumed_at = [r["step"] for r in read_metrics(workdir) if r["name"] == "first_step_seconds"][-1]
     assert resumed_at == min(latest + 1, 10) or latest == 10
     assert_trees_equal(reference, train.load_state(workdir)[3])
+
+
+# Evaluating the same state on 1 device instead of 8 changes only the order of float32 sums
+# (per-device partial sums of the metrics, and of the FID's feature statistics over 64 samples):
+# a few ulps of each sum. FID takes a matrix square root of those statistics, which can amplify
+# rounding ~100x for ill-conditioned covariances, so 1e-4 relative. A state restored wrongly on
+# another device count (a missing leaf, the generator instead of its EMA, a shard of the batch
+# statistics) changes these metrics by whole percents.
+EVAL_RTOL = {"vae": 1e-5, "gan": 1e-4, "diffusion": 1e-4}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["vae", "gan", "diffusion"])
+def test_a_run_trained_on_eight_devices_loads_on_one_with_the_same_outputs(
+    family, device_runs, tmp_path, mock_mnist
+):
+    workdir = device_runs / "eight_devices" / family
+    on_eight = logged_metrics(workdir, 10, "test")  # its final evaluation, on the 8 devices
+    if family != "vae":  # scored in a classifier's features, so there are scores to compare
+        assert {"fid", "inception_score", "precision", "recall"} <= set(on_eight)
+    run = gen_jax.load_run(workdir)  # this process: one CPU device
+    assert len(run.mesh.devices.flat) == 1
+    on_one = run.evaluate()
+    assert set(on_one) == {"step", *on_eight}
+    for name, value in on_eight.items():
+        assert on_one[name] == pytest.approx(value, rel=EVAL_RTOL[family], abs=1e-6), name
+    cli.main(["sample", str(workdir), "--num", "16", "--out", str(tmp_path / "one.png")])
+    grid_on_eight = np.asarray(Image.open(device_runs / "eight_devices" / f"{family}.png"))
+    np.testing.assert_array_equal(grid_on_eight, Image.open(tmp_path / "one.png"))
