@@ -44,8 +44,9 @@ class Task(Protocol):
 
 
 # Initialisers draw a threefry stream per parameter: a long straight-line program that LLVM's
-# default -O3 compiles 2-4x slower than -O2, for the same bits (every experiment's init was
-# compared: benchmarks/README.md). Init runs once, so its compile time is all it costs.
+# default -O3 compiles 2-4x slower than -O2. Both gave the same bits for every experiment's init
+# on the Intel Xeon VM (AVX-512; benchmarks/init_compile.py), and test_train checks the tiny CNN's
+# on whatever CPU runs the tests. Init runs once, so its compile time is all it costs.
 INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 2}
 
 
