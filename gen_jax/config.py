@@ -380,9 +380,9 @@ def diffusion_config() -> ml_collections.ConfigDict:
             "guidance_scale": 1.0,  # classifier-free guidance; 1: the conditional model alone
             "clip_denoised": True,  # clip the x_0 estimate to [-1, 1] at every step
             "classifier_workdir": "",  # a finished classifier run: FID, IS, precision, recall
-            "eval_samples": 1_000,  # images scored by periodic evaluations ...
+            "eval_samples": 1_000,  # images scored (and test loss images) by periodic evals ...
             "eval_steps": 20,  # ... drawn in this many steps
-            "final_eval_samples": 10_000,  # images scored by the final one (<= eval split size)
+            "final_eval_samples": 10_000,  # ... and by the final one (<= eval split size)
             "neighbours": 3,  # k of the k-NN manifolds of precision and recall
             "eval_seed": 0,  # fixes the evaluation noise and the picture noise
         }

@@ -215,6 +215,21 @@ def test_training_lowers_the_denoising_loss_on_a_fixed_batch(settings):
     assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10]), losses
 
 
+def test_the_eval_loss_covers_the_first_eval_samples_test_images_only():
+    task = tiny_diffusion(**{"task.eval_samples": 5, "model.channel_multipliers": (1,)})
+    images = jax.random.uniform(jax.random.PRNGKey(0), (8, 28, 28, 1), minval=-1, maxval=1)
+    state = init_state(task, jax.random.PRNGKey(1), {"image": images})
+    state = state.replace(ema=jax.tree.map(lambda p: p + 0.05, state.ema))  # a non-zero output
+    batch = lambda index, x: {"image": x, "index": index, "mask": jnp.ones(8)}
+    evaluate = jax.jit(task.eval_step)
+    first = evaluate(state, batch(jnp.arange(8), images))
+    assert float(first["count"]) == 5 and float(first["loss"]) > 0
+    changed_past_five = images.at[5:].set(0.0)
+    assert evaluate(state, batch(jnp.arange(8), changed_past_five))["loss"] == first["loss"]
+    past = evaluate(state, batch(jnp.arange(8, 16), images))  # the network does not run
+    assert float(past["count"]) == 0 and float(past["loss"]) == 0
+
+
 def test_guidance_mixes_the_conditional_and_unconditional_outputs():
     task = tiny_diffusion(**{"model.num_classes": 10, "task.guidance_scale": 3.0})
     x = jax.random.normal(jax.random.PRNGKey(0), (4, 28, 28, 1))

@@ -7,7 +7,8 @@ fraction of the images, so that it is also the unconditional model of classifier
 guidance. Evaluations report the test denoising loss at fixed times and noise, and, with a
 classifier run, the samples' scores (`sample_quality.SampleScorer`) with the sampler's network
 evaluations per image (`nfe`): periodic ones score `eval_samples` images drawn in `eval_steps`
-steps, the final one `final_eval_samples` in `sample_steps`.
+steps, the final one `final_eval_samples` in `sample_steps`; the loss is over as many test
+images (the first ones), which keeps a periodic evaluation's network cost to its sampling.
 """
 
 from __future__ import annotations
@@ -240,26 +241,35 @@ class DiffusionTask:
         return self.generate(state.ema, noise, labels, steps, rng=rng)
 
     def eval_step(self, state: DiffusionState, batch: Batch, final: bool = False) -> Metrics:
-        """Sums of the EMA network's test loss (a time and a noise fixed per example), and the
-        samples' classifier features; batches past the number of samples skip the sampler."""
+        """Sums of the EMA network's test loss (a time and a noise fixed per example) and the
+        samples' classifier features, over the first `samples` eval indices; batches wholly past
+        them skip the network and give only the real images' features (the real statistics
+        span the whole split)."""
         index, mask, images = batch["index"], batch["mask"], batch["image"]
-
-        def draw(key):
-            time_key, noise_key = jax.random.split(key)
-            return jax.random.uniform(time_key), jax.random.normal(noise_key, self.image_shape)
-
-        times, noise = jax.vmap(draw)(example_keys(self.eval_seed + 1, index))
+        samples, steps = self.samples[final], self.steps[final]
+        counted = mask * (index < samples)
         labels = batch["label"] if self.num_classes else None
-        losses = self.loss(state.ema, images, noise, times, labels)
-        sums = {"loss": jnp.sum(losses * mask), "count": jnp.sum(mask)}
+
+        def denoising_loss():
+            def draw(key):
+                time_key, noise_key = jax.random.split(key)
+                times = jax.random.uniform(time_key)
+                return times, jax.random.normal(noise_key, self.image_shape)
+
+            times, noise = jax.vmap(draw)(example_keys(self.eval_seed + 1, index))
+            return jnp.sum(self.loss(state.ema, images, noise, times, labels) * counted)
+
+        def network_outputs():
+            fake = self._sample_eval(state, index, steps) if self.scorer else None
+            return denoising_loss(), fake
+
+        def skipped():
+            return jnp.zeros(()), jnp.zeros_like(images) if self.scorer else None
+
+        loss, fake = jax.lax.cond(jnp.any(index < samples), network_outputs, skipped)
+        sums = {"loss": loss, "count": jnp.sum(counted)}
         if self.scorer is None:
             return sums
-        samples, steps = self.samples[final], self.steps[final]
-        fake = jax.lax.cond(
-            jnp.any(index < samples),
-            lambda: self._sample_eval(state, index, steps),
-            lambda: jnp.zeros_like(images),
-        )
         nfe = samplers.evaluations(self.sampler, steps)
         return {**sums, **self.scorer.outputs(batch, fake, samples), "nfe": nfe, "samples": samples}
 
