@@ -230,6 +230,7 @@ def base_config() -> ml_collections.ConfigDict:
             "label_smoothing": 0.0,
             "max_shift": 0,  # random shifts of up to this many pixels
             "test_flips": False,  # evaluate each image and its mirror image (horizontal flip)
+            "test_shift": 0,  # and, if > 0, its two diagonal translations by this many pixels
         }
     )
     config.model = ml_collections.ConfigDict({"name": "cnn"})
@@ -266,11 +267,15 @@ def base_config() -> ml_collections.ConfigDict:
             "name": "sgd",
             "learning_rate": 0.1,
             "momentum": 0.9,  # sgd
+            "nesterov": False,  # sgd
             "b1": 0.9,  # adam, adamw
             "b2": 0.999,
-            "weight_decay": 0.0,
-            "schedule": "constant",  # or "cosine", "linear": decay to zero at the last step
+            "weight_decay": 0.0,  # adamw: decoupled; sgd: L2, added to the gradient
+            "bias_lr_scale": 1.0,  # batch norm biases: this multiple of the rate (decay / it)
+            "schedule": "constant",  # or "cosine", "linear": decay to end_fraction at the end
             "warmup_steps": 0,
+            "warmup_from": 0.0,  # the warm-up starts at this fraction of the peak rate
+            "end_fraction": 0.0,  # cosine and linear decay to this fraction of the peak rate
             "decay_fraction": 1.0,  # the decay spans this last fraction of the steps after warm-up
         }
     )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import jax
 import ml_collections
 import optax
 
@@ -12,8 +15,9 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
-    """Linear warm-up over `warmup_steps`, then the peak rate; "cosine" and "linear" decay it to
-    zero at `num_steps` over the last `decay_fraction` of the steps after the warm-up."""
+    """Linear warm-up over `warmup_steps` from `warmup_from` x the peak, then the peak rate;
+    "cosine" and "linear" decay it to `end_fraction` x the peak at `num_steps`, over the last
+    `decay_fraction` of the steps after the warm-up."""
     if config.schedule not in SCHEDULES:
         raise GenJaxError(f"unknown optimizer.schedule '{config.schedule}'; use one of {SCHEDULES}")
     if not 0 < config.decay_fraction <= 1:
@@ -21,6 +25,9 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int) ->
             f"optimizer.decay_fraction is {config.decay_fraction}; use a fraction in (0, 1] of "
             "the steps after the warm-up (1: decay over all of them)"
         )
+    for key in ("warmup_from", "end_fraction"):
+        if not 0 <= config[key] <= 1:
+            raise GenJaxError(f"optimizer.{key} is {config[key]}; use a fraction of the peak rate")
     peak, warmup = config.learning_rate, config.warmup_steps
     if warmup < 0 or (warmup and warmup >= num_steps):
         raise GenJaxError(
@@ -29,24 +36,54 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int) ->
             "the warm-up for a short run"
         )
     decay = max(round(config.decay_fraction * (num_steps - warmup)), 1)
-    pieces = {0: optax.linear_schedule(0.0, peak, warmup)} if warmup else {}
+    end = config.end_fraction * peak
+    pieces = {0: optax.linear_schedule(config.warmup_from * peak, peak, warmup)} if warmup else {}
     if config.schedule == "constant" or warmup + decay < num_steps:
         pieces[warmup] = optax.constant_schedule(peak)
     if config.schedule == "cosine":
-        pieces[num_steps - decay] = optax.cosine_decay_schedule(peak, decay)
+        pieces[num_steps - decay] = optax.cosine_decay_schedule(peak, decay, config.end_fraction)
     elif config.schedule == "linear":
-        pieces[num_steps - decay] = optax.linear_schedule(peak, 0.0, decay)
+        pieces[num_steps - decay] = optax.linear_schedule(peak, end, decay)
     starts = sorted(pieces)  # each piece runs from its start to the next one's
     return optax.join_schedules([pieces[start] for start in starts], starts[1:])
 
 
-def build(config: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
-    """The optimizer named by `config.name` with the config's schedule."""
-    schedule = learning_rate_schedule(config, num_steps)
+def _optimizer(
+    config: ml_collections.ConfigDict, schedule: optax.Schedule, weight_decay: float
+) -> optax.GradientTransformation:
     if config.name == "sgd":
-        return optax.sgd(schedule, momentum=config.momentum or None)
+        sgd = optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov)
+        if not weight_decay:
+            return sgd
+        return optax.chain(optax.add_decayed_weights(weight_decay), sgd)  # L2, as torch's SGD
     if config.name == "adam":
         return optax.adam(schedule, b1=config.b1, b2=config.b2)
     if config.name == "adamw":
-        return optax.adamw(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay)
+        return optax.adamw(schedule, b1=config.b1, b2=config.b2, weight_decay=weight_decay)
     raise GenJaxError(f"unknown optimizer.name '{config.name}'; use one of {OPTIMIZERS}")
+
+
+def batch_norm_biases(params) -> Any:
+    """ "bias" where a parameter is a batch norm's bias, else "other" (multi_transform labels)."""
+
+    def label(path, _) -> str:
+        names = [getattr(key, "key", "") for key in path]
+        is_bias = names[-1] == "bias" and any(str(n).startswith("BatchNorm") for n in names)
+        return "bias" if is_bias else "other"
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def build(config: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
+    """The optimizer named by `config.name` with the config's schedule; with `bias_lr_scale`,
+    batch norm biases at that multiple of the rate and the weight decay divided by it, so that
+    their decay per step stays the others' (airbench's)."""
+    schedule = learning_rate_schedule(config, num_steps)
+    optimizer = _optimizer(config, schedule, config.weight_decay)
+    scale = config.bias_lr_scale
+    if scale == 1:
+        return optimizer
+    if scale <= 0:
+        raise GenJaxError(f"optimizer.bias_lr_scale is {scale}; use a positive multiple")
+    biases = _optimizer(config, lambda step: scale * schedule(step), config.weight_decay / scale)
+    return optax.multi_transform({"bias": biases, "other": optimizer}, batch_norm_biases)

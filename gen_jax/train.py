@@ -140,17 +140,15 @@ def check_train_settings(train: ml_collections.ConfigDict, device_batch: int) ->
 def example_batch(
     split: data.Split, config: ml_collections.ConfigDict, mesh: Mesh
 ) -> dict[str, jax.Array]:
-    """One global training-shaped batch, used only for its shapes when building state."""
-    local = next(
-        data.eval_batches(
-            split,
-            config.data,
-            batch_size=config.data.batch_size,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        )
+    """One global training-shaped batch that builds the state: its shapes, and, for a layer
+    initialised from data (`models.airbench`'s whitening), its images, spread over the split."""
+    local = data.spread_batch(
+        split,
+        config.data,
+        batch_size=config.data.batch_size,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
     )
-    del local["mask"], local["index"]
     return parallel.global_batch(local, mesh)
 
 

@@ -75,6 +75,17 @@ def test_eval_batches_count_every_example_exactly_once():
     assert sorted(counted) == list(range(45))
 
 
+def test_the_example_batch_spreads_over_the_split_and_processes_share_it():
+    config = data_config()
+    whole = data.spread_batch(in_memory(45), config, batch_size=10)["label"]
+    np.testing.assert_array_equal(whole, [0, 5, 10, 15, 20, 24, 29, 34, 39, 44])
+    shares = [
+        data.spread_batch(in_memory(45), config, batch_size=10, process_index=p, process_count=2)
+        for p in range(2)
+    ]
+    np.testing.assert_array_equal(np.concatenate([s["label"] for s in shares]), whole)
+
+
 def test_named_preprocessing_scales_pixels():
     batch = {"image": np.array([[0, 255]], np.uint8).reshape(1, 1, 2, 1)}
     unit = data.preprocessor(data_config(preprocess=("scale_to_unit",)))(batch)["image"]

@@ -6,10 +6,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import pytest
 
 from gen_jax import models
 from gen_jax.errors import GenJaxError
+from gen_jax.models import airbench
 
 
 def count(params) -> int:
@@ -217,3 +219,34 @@ def test_a_strided_discriminator_keeps_the_parameter_names_of_runs_saved_before_
     pair = models.build(ml_collections.ConfigDict({"name": "dcgan"}))
     params = pair.discriminator.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))["params"]
     assert sorted(params) == ["BatchNorm_0", "Conv_0", "Conv_1", "Dense_0"]
+
+
+def test_airbench_whitening_layer_decorrelates_the_patches_it_was_initialised_on():
+    scales = jnp.array([1.0, 3.0, 0.3])
+    images = jax.random.normal(jax.random.PRNGKey(0), (8, 12, 12, 3)) * scales
+    images = images + jnp.roll(images, 1, axis=2)  # neighbouring pixels correlated
+    kernel = airbench.whitening_kernel(images, size=2, eps=0.0)
+    assert kernel.shape == (2, 2, 3, 24)
+    np.testing.assert_array_equal(kernel[..., 12:], -kernel[..., :12])
+    convolved = jax.lax.conv_general_dilated(
+        images, kernel[..., :12], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    ).reshape(-1, 12)
+    second_moment = convolved.T @ convolved / len(convolved)
+    np.testing.assert_allclose(second_moment, np.eye(12), atol=2e-3)
+
+
+def test_airbench_starts_its_convs_as_identities_and_keeps_the_whitening_out_of_params():
+    kernel = airbench.identity_then_default(jax.random.PRNGKey(0), (3, 3, 4, 6))
+    np.testing.assert_array_equal(kernel[1, 1, :, :4], np.eye(4))
+    assert (
+        float(jnp.abs(kernel[0, 0, :, :4]).max()) == 0 and float(jnp.abs(kernel[..., 4:]).max()) > 0
+    )
+    model = models.build(ml_collections.ConfigDict({"name": "airbench", "widths": (8, 16, 16)}))
+    images = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3))
+    variables = jax.jit(lambda x: model.init(jax.random.PRNGKey(2), x))(images)
+    assert "whitening_kernel" in variables["batch_stats"]
+    assert "whitening_kernel" not in variables["params"]
+    logits, updated = model.apply(variables, images, train=True, mutable=["batch_stats"])
+    assert logits.shape == (4, 10)
+    kept = updated["batch_stats"]["whitening_kernel"]
+    np.testing.assert_array_equal(kept, variables["batch_stats"]["whitening_kernel"])

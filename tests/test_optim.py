@@ -2,21 +2,25 @@
 
 import math
 
+import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import pytest
 
+from gen_jax import config as config_lib
 from gen_jax import optim
 from gen_jax.errors import GenJaxError
 
 
+def optimizer_config(**settings) -> ml_collections.ConfigDict:
+    config = config_lib.base_config().optimizer
+    config.update({"learning_rate": 2.0, **settings})
+    return config
+
+
 def schedule(num_steps=100, **settings):
-    config = {
-        "learning_rate": 2.0,
-        "warmup_steps": 0,
-        "decay_fraction": 1.0,
-        "schedule": "constant",
-    }
-    return optim.learning_rate_schedule(ml_collections.ConfigDict(config | settings), num_steps)
+    return optim.learning_rate_schedule(optimizer_config(**settings), num_steps)
 
 
 def rates(fn, steps):
@@ -43,12 +47,34 @@ def test_cosine_decay_spans_every_step_after_warm_up_by_default():
     assert rates(fn, (10, 20, 60, 100)) == pytest.approx([1, 2, half, 0], abs=1e-6)
 
 
+def test_a_warm_up_may_start_above_zero_and_a_decay_end_above_zero():
+    fn = schedule(schedule="linear", warmup_steps=10, warmup_from=0.2, end_fraction=0.1)
+    assert rates(fn, (0, 5, 10, 55, 100)) == pytest.approx([0.4, 1.2, 2, 1.1, 0.2])
+    cosine = schedule(schedule="cosine", end_fraction=0.25)
+    assert rates(cosine, (0, 100)) == pytest.approx([2, 0.5])
+
+
+def test_batch_norm_biases_take_a_scaled_rate_and_the_same_decay_per_step():
+    settings = {"name": "sgd", "momentum": 0.0, "weight_decay": 0.1, "bias_lr_scale": 8.0}
+    optimizer = optim.build(optimizer_config(learning_rate=0.5, **settings), 10)
+    params = {"BatchNorm_0": {"bias": jnp.ones(2)}, "Conv_0": {"kernel": jnp.ones(2)}}
+    zero = jax.tree.map(jnp.zeros_like, params)
+    decay, _ = optimizer.update(zero, optimizer.init(params), params)
+    np.testing.assert_allclose(decay["BatchNorm_0"]["bias"], -0.05)  # 8 * 0.5 * (0.1 / 8)
+    np.testing.assert_allclose(decay["Conv_0"]["kernel"], -0.05)  # 0.5 * 0.1
+    ones = jax.tree.map(jnp.ones_like, params)
+    step, _ = optimizer.update(ones, optimizer.init(params), jax.tree.map(jnp.zeros_like, params))
+    np.testing.assert_allclose(step["BatchNorm_0"]["bias"], -4.0)
+    np.testing.assert_allclose(step["Conv_0"]["kernel"], -0.5)
+
+
 @pytest.mark.parametrize(
     "settings, message",
     [
         ({"schedule": "linear", "decay_fraction": 0.0}, "use a fraction in"),
         ({"schedule": "cosine", "decay_fraction": 1.5}, "use a fraction in"),
         ({"schedule": "step"}, "unknown optimizer.schedule"),
+        ({"warmup_from": 1.5}, "optimizer.warmup_from is 1.5; use a fraction of the peak"),
         (
             {"warmup_steps": 100},
             "warmup_steps 100 must be at least 0 and below train.num_steps 100",

@@ -58,6 +58,19 @@ def test_test_flips_score_the_mean_log_probabilities_of_an_image_and_its_mirror(
     assert np.abs(scores - log_p(images)).max() > 1e-3  # a random network is not symmetric
 
 
+def test_test_shift_adds_the_two_diagonal_translations_at_a_quarter_each(experiment):
+    images = np.random.default_rng(1).random((4, 28, 28, 1), dtype=np.float32)
+    plain = tasks.build(load(experiment()))
+    state = init_state(plain, jax.random.PRNGKey(0), {"image": images})
+    shifts = tasks.build(load(experiment(), "--config.task.test_shift=1"))
+    scores = np.asarray(shifts.logits(state, images))
+    log_p = lambda x: np.asarray(jax.nn.log_softmax(plain.logits(state, x)))
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    expected = log_p(images) / 2 + (log_p(padded[:, :28, :28]) + log_p(padded[:, 2:, 2:])) / 4
+    np.testing.assert_allclose(scores, expected, atol=1e-5)  # float32 rounding, as above
+    assert np.abs(scores - log_p(images)).max() > 1e-4  # the translations count
+
+
 def test_a_run_writes_config_metrics_tensorboard_and_checkpoints(experiment, tmp_path, mock_mnist):
     workdir = tmp_path / "run"
     final = train.run(load(experiment(), "--config.train.eval_every=5"), workdir)

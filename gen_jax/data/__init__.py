@@ -2,7 +2,13 @@
 a split into this process's share of each global batch. See `sources`, `preprocess`, `pipeline`.
 """
 
-from gen_jax.data.pipeline import eval_batches, lookup, map_batches, train_iterator
+from gen_jax.data.pipeline import (
+    eval_batches,
+    lookup,
+    map_batches,
+    spread_batch,
+    train_iterator,
+)
 from gen_jax.data.preprocess import pixel_range, preprocessor
 from gen_jax.data.sources import (
     Batch,
@@ -35,5 +41,6 @@ __all__ = [
     "open_split",
     "pixel_range",
     "preprocessor",
+    "spread_batch",
     "train_iterator",
 ]

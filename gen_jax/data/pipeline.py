@@ -139,6 +139,21 @@ def eval_batches(
         yield {**batch, "mask": mask.astype(np.float32), "index": indices.astype(np.int32)}
 
 
+def spread_batch(
+    split: Split,
+    data_config: ml_collections.ConfigDict,
+    *,
+    batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Batch:
+    """This process's share of one global batch of examples spread evenly over the split (a
+    folder's split is stored class by class), preprocessed without the random steps."""
+    spread = np.linspace(0, len(split) - 1, batch_size).round().astype(np.int64)
+    rows = spread[_process_slice(batch_size, process_index, process_count)]
+    return preprocessor(data_config)(split.read(rows))
+
+
 def map_batches(function: Callable, *arrays: np.ndarray, batch_size: int = 500):
     """`function` over aligned leading-axis slices of `arrays`, outputs concatenated as numpy
     (a tuple of arrays when `function` returns a tuple)."""

@@ -10,6 +10,7 @@ import flax.linen as nn
 import ml_collections
 
 from gen_jax.errors import GenJaxError
+from gen_jax.models.airbench import Airbench
 from gen_jax.models.cnn import CNN, BatchNormCNN
 from gen_jax.models.dcgan import GANModels, dcgan
 from gen_jax.models.unet import unet
@@ -17,6 +18,7 @@ from gen_jax.models.vae import conv_vae, mlp_vae
 
 DTYPES = ("float32", "bfloat16", "float16")  # a model's compute precision (`dtype`)
 REGISTRY: dict[str, Callable[..., nn.Module | GANModels]] = {
+    "airbench": Airbench,
     "cnn": CNN,
     "bn_cnn": BatchNormCNN,
     "conv_vae": conv_vae,

@@ -1,5 +1,5 @@
 """Image classification: softmax cross-entropy, optional label smoothing and random shifts, and
-optional test-time flips."""
+optional test-time flips and translations."""
 
 from __future__ import annotations
 
@@ -55,6 +55,7 @@ class ClassifierTask:
         self.label_smoothing = config.task.label_smoothing
         self.max_shift = config.task.max_shift
         self.test_flips = config.task.test_flips
+        self.test_shift = config.task.test_shift
         self.batch_splits = config.train.batch_splits
 
     def init(self, rng: jax.Array, batch: Batch) -> ClassifierState:
@@ -115,14 +116,29 @@ class ClassifierTask:
         return new_state, metrics
 
     def logits(self, state: ClassifierState, images: jax.Array) -> jax.Array:
-        """Class logits in inference mode (running batch statistics, no dropout); with
-        `task.test_flips`, the mean log-probabilities of each image and its mirror image."""
+        """Class logits in inference mode (running batch statistics, no dropout). With
+        `task.test_flips`, the mean log-probabilities of each image and its mirror image; with
+        `task.test_shift` s, those averaged with the mean of the image's two diagonal
+        translations by s pixels (reflected at the borders), weighted 1/2, 1/4, 1/4 (airbench's
+        test-time augmentation)."""
         variables = {"params": state.params, "batch_stats": state.batch_stats}
-        logits = self.model.apply(variables, images, train=False)
-        if not self.test_flips:
+
+        def predict(x):
+            logits = self.model.apply(variables, x, train=False)
+            if not self.test_flips:
+                return logits
+            mirrored = self.model.apply(variables, x[:, :, ::-1], train=False)
+            return (jax.nn.log_softmax(logits) + jax.nn.log_softmax(mirrored)) / 2
+
+        logits, shift = predict(images), self.test_shift
+        if not shift:
             return logits
-        mirrored = self.model.apply(variables, images[:, :, ::-1], train=False)
-        return (jax.nn.log_softmax(logits) + jax.nn.log_softmax(mirrored)) / 2
+        height, width = images.shape[1:3]
+        padded = jnp.pad(images, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="reflect")
+        up_left = padded[:, :height, :width]
+        down_right = padded[:, 2 * shift : 2 * shift + height, 2 * shift : 2 * shift + width]
+        translated = [jax.nn.log_softmax(predict(x)) for x in (up_left, down_right)]
+        return jax.nn.log_softmax(logits) / 2 + (translated[0] + translated[1]) / 4
 
     def features_and_logits(self, variables: dict, images: jax.Array) -> tuple[jax.Array, ...]:
         """Penultimate activations (the feature space of FID) and logits, in inference mode."""
