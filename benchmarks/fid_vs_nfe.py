@@ -38,7 +38,7 @@ def sweep(workdir: str, sampler: str, nfes: list[int], samples: int) -> list[dic
     return rows
 
 
-def plot(results: dict[tuple[str, str], list[dict]], path: Path) -> None:
+def plot(results: dict[tuple[str, str], list[dict]], path: Path, samples: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -51,6 +51,7 @@ def plot(results: dict[tuple[str, str], list[dict]], path: Path) -> None:
     floor = next(iter(results.values()))[0]["floor_fid"]
     axis.axhline(floor, color="gray", linestyle="--", label="real floor")
     axis.set(xscale="log", yscale="log", xlabel="network evaluations (NFE)", ylabel="FID")
+    axis.set_title(f"{samples:,} samples per point", fontsize=9)
     axis.legend(fontsize=8)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +80,7 @@ def main() -> None:
             name = Path(workdir).name
             print(f"| {name} | {sampler} | {r['nfe']:.0f} | {values} | {r['seconds']:.0f} |")
     if args.plot:
-        plot(results, args.plot)
+        plot(results, args.plot, args.samples)
         print(f"plot: {args.plot}")
 
 
