@@ -52,6 +52,8 @@ def _optimizer(
     config: ml_collections.ConfigDict, schedule: optax.Schedule, weight_decay: float
 ) -> optax.GradientTransformation:
     if config.name == "sgd":
+        if config.nesterov and not config.momentum:
+            raise GenJaxError("optimizer.nesterov needs optimizer.momentum > 0")
         sgd = optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov)
         if not weight_decay:
             return sgd
@@ -64,7 +66,7 @@ def _optimizer(
 
 
 def batch_norm_biases(params) -> Any:
-    """ "bias" where a parameter is a batch norm's bias, else "other" (multi_transform labels)."""
+    """Each parameter's group: "bias" for a batch norm's bias, else "other" (optax.partition)."""
 
     def label(path, _) -> str:
         names = [getattr(key, "key", "") for key in path]
@@ -86,4 +88,4 @@ def build(config: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTr
     if scale <= 0:
         raise GenJaxError(f"optimizer.bias_lr_scale is {scale}; use a positive multiple")
     biases = _optimizer(config, lambda step: scale * schedule(step), config.weight_decay / scale)
-    return optax.multi_transform({"bias": biases, "other": optimizer}, batch_norm_biases)
+    return optax.partition({"bias": biases, "other": optimizer}, batch_norm_biases)

@@ -250,3 +250,4 @@ def test_airbench_starts_its_convs_as_identities_and_keeps_the_whitening_out_of_
     assert logits.shape == (4, 10)
     kept = updated["batch_stats"]["whitening_kernel"]
     np.testing.assert_array_equal(kept, variables["batch_stats"]["whitening_kernel"])
+    np.testing.assert_allclose(kept, airbench.whitening_kernel(images), rtol=1e-4, atol=1e-4)

@@ -57,15 +57,19 @@ def test_a_warm_up_may_start_above_zero_and_a_decay_end_above_zero():
 def test_batch_norm_biases_take_a_scaled_rate_and_the_same_decay_per_step():
     settings = {"name": "sgd", "momentum": 0.0, "weight_decay": 0.1, "bias_lr_scale": 8.0}
     optimizer = optim.build(optimizer_config(learning_rate=0.5, **settings), 10)
-    params = {"BatchNorm_0": {"bias": jnp.ones(2)}, "Conv_0": {"kernel": jnp.ones(2)}}
+    params = {
+        "Group_0": {"BatchNorm_0": {"bias": jnp.ones(2)}, "Conv_0": {"kernel": jnp.ones(2)}},
+        "Dense_0": {"bias": jnp.ones(2)},  # not a batch norm's
+    }
     zero = jax.tree.map(jnp.zeros_like, params)
     decay, _ = optimizer.update(zero, optimizer.init(params), params)
-    np.testing.assert_allclose(decay["BatchNorm_0"]["bias"], -0.05)  # 8 * 0.5 * (0.1 / 8)
-    np.testing.assert_allclose(decay["Conv_0"]["kernel"], -0.05)  # 0.5 * 0.1
+    # the same decay per step for all: 8 * 0.5 * (0.1 / 8) = 0.5 * 0.1
+    np.testing.assert_allclose(np.concatenate(jax.tree.leaves(decay)), -0.05)
     ones = jax.tree.map(jnp.ones_like, params)
-    step, _ = optimizer.update(ones, optimizer.init(params), jax.tree.map(jnp.zeros_like, params))
-    np.testing.assert_allclose(step["BatchNorm_0"]["bias"], -4.0)
-    np.testing.assert_allclose(step["Conv_0"]["kernel"], -0.5)
+    step, _ = optimizer.update(ones, optimizer.init(params), zero)
+    np.testing.assert_allclose(step["Group_0"]["BatchNorm_0"]["bias"], -4.0)
+    np.testing.assert_allclose(step["Group_0"]["Conv_0"]["kernel"], -0.5)
+    np.testing.assert_allclose(step["Dense_0"]["bias"], -0.5)
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,9 @@ The first layer's 2x2 filters whiten the image patches: they are the eigenvector
 second moment, scaled by 1 / sqrt(eigenvalue + eps), and their negatives (so that GELU keeps both
 signs). They are computed from the images the network is initialised with (the training state's
 example batch, spread over the training split) and kept with the batch statistics, as the
-statistic of the data they are: no optimizer or weight decay moves them. Batch norm has no scale;
-each 3x3 convolution starts as the identity on its first input channels; the logits are scaled by
+statistic of the data they are: no optimizer or weight decay moves them (airbench trains their
+bias for 3 epochs only; here always). Batch norm has no scale; each 3x3 convolution starts as the
+identity on its first input channels, the rest as PyTorch's defaults; the logits are scaled by
 `scaling` (1/9).
 """
 
@@ -32,17 +33,20 @@ def whitening_kernel(images: jax.Array, size: int = 2, eps: float = 5e-4) -> jax
     patches to decorrelated coordinates of unit second moment (up to eps), its second half is the
     first's negative."""
     flat = patches(images.astype(jnp.float32), size)
-    covariance = flat.T @ flat / flat.shape[0]
+    covariance = jnp.matmul(flat.T, flat, precision=jax.lax.Precision.HIGHEST) / flat.shape[0]
     values, vectors = jnp.linalg.eigh(covariance)  # ascending; largest first below
     scaled = vectors[:, ::-1] / jnp.sqrt(values[::-1] + eps)
     kernel = jnp.concatenate([scaled, -scaled], axis=1)
     return kernel.reshape(size, size, images.shape[-1], -1)
 
 
+TORCH_DEFAULT = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")  # conv and linear
+
+
 def identity_then_default(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
     """PyTorch's default conv initialisation, with the first `in` output channels set to pass
     their input channel through (`torch.nn.init.dirac_`), as airbench starts its convs."""
-    kernel = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")(key, shape, dtype)
+    kernel = TORCH_DEFAULT(key, shape, dtype)
     height, width, inputs, outputs = shape
     count = min(inputs, outputs)
     identity = jnp.zeros((height, width, inputs, count), dtype)
@@ -117,5 +121,8 @@ class Airbench(nn.Module):
         x = nn.max_pool(x, (3, 3), strides=(3, 3))
         x = x.reshape((x.shape[0], -1))
         self.sow("intermediates", FEATURES, x)
-        logits = nn.Dense(self.num_classes, use_bias=False, dtype=self.dtype)(x)
+        head = nn.Dense(
+            self.num_classes, use_bias=False, kernel_init=TORCH_DEFAULT, dtype=self.dtype
+        )
+        logits = head(x)
         return (logits * self.scaling).astype(jnp.float32)

@@ -56,6 +56,10 @@ class ClassifierTask:
         self.max_shift = config.task.max_shift
         self.test_flips = config.task.test_flips
         self.test_shift = config.task.test_shift
+        if not isinstance(self.test_shift, int) or self.test_shift < 0:
+            raise GenJaxError(
+                f"task.test_shift is {self.test_shift!r}; use 0 (off) or a number of pixels"
+            )
         self.batch_splits = config.train.batch_splits
 
     def init(self, rng: jax.Array, batch: Batch) -> ClassifierState:

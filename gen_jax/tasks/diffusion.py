@@ -242,9 +242,10 @@ class DiffusionTask:
 
     def eval_step(self, state: DiffusionState, batch: Batch, final: bool = False) -> Metrics:
         """Sums of the EMA network's test loss (a time and a noise fixed per example) and the
-        samples' classifier features, over the first `samples` eval indices; batches wholly past
-        them skip the network and give only the real images' features (the real statistics
-        span the whole split)."""
+        samples' classifier features, over the first `samples` eval indices (with or without a
+        classifier), so that periodic and final losses cover different sets. A batch with none
+        of them skips the U-Net; the classifier still scores its real images (the real
+        statistics span the whole split)."""
         index, mask, images = batch["index"], batch["mask"], batch["image"]
         samples, steps = self.samples[final], self.steps[final]
         counted = mask * (index < samples)
@@ -266,7 +267,7 @@ class DiffusionTask:
         def skipped():
             return jnp.zeros(()), jnp.zeros_like(images) if self.scorer else None
 
-        loss, fake = jax.lax.cond(jnp.any(index < samples), network_outputs, skipped)
+        loss, fake = jax.lax.cond(jnp.any(counted > 0), network_outputs, skipped)
         sums = {"loss": loss, "count": jnp.sum(counted)}
         if self.scorer is None:
             return sums
