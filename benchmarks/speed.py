@@ -16,7 +16,11 @@ Every row runs in a fresh process, one after another, on the real MNIST training
   metrics, compilation included;
 - gen_jax CNN, fixed batch: the same run fed one batch of images, prepared once, instead of the
   input pipeline (grain's shuffled example indices, the examples gathered on device);
-- gen_jax CNN eval: one evaluation of the 10,000 test images after a warm-up one.
+- gen_jax CNN eval: one evaluation of the 10,000 test images after a warm-up one;
+- PyTorch eager DCGAN: mnist_dcgan's step (the same two networks, losses, R1 penalty, Adam, EMA
+  and batch) in PyTorch, beside the gen_jax DCGAN row.
+
+Below the table: gen_jax's examples/s over PyTorch eager's, for the CNN and the DCGAN.
 
 Peak RSS is each row's whole process (`ru_maxrss`).
 """
@@ -24,6 +28,8 @@ Peak RSS is each row's whole process (`ru_maxrss`).
 from __future__ import annotations
 
 import argparse
+import copy
+import itertools
 import json
 import resource
 import statistics
@@ -46,7 +52,9 @@ ROWS = (
     "gen_jax CNN eval",
     "gen_jax MLP VAE",
     "gen_jax DCGAN",
+    "PyTorch eager DCGAN",
 )
+TORCH_MISSING = "PyTorch not installed: pip install torch==2.13.0"
 
 
 # ----------------------------------------------------------------------------- rows
@@ -119,11 +127,8 @@ def pytorch_cnn(args) -> dict:
         import torch
         from torch import nn
     except ImportError:
-        return {"skipped": "PyTorch not installed: pip install torch==2.13.0"}
+        return {"skipped": TORCH_MISSING}
     config = _experiment("mnist_cnn", args)
-    images, labels = _train_arrays(config)
-    images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # NCHW
-    labels = torch.from_numpy(labels).long()
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(1, 32, 3, padding=1),
@@ -139,15 +144,6 @@ def pytorch_cnn(args) -> dict:
     )
     lr, momentum = config.optimizer.learning_rate, config.optimizer.momentum
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-    batch_size = config.data.batch_size
-    generator = torch.Generator().manual_seed(0)
-
-    def batches():
-        while True:
-            order = torch.randperm(len(labels), generator=generator)
-            for i in range(len(labels) // batch_size):
-                index = order[i * batch_size : (i + 1) * batch_size]
-                yield images[index], labels[index]
 
     def step(x, y):
         optimizer.zero_grad(set_to_none=True)
@@ -156,17 +152,85 @@ def pytorch_cnn(args) -> dict:
         optimizer.step()
         return loss.detach()
 
-    stream = batches()
-    start = time.perf_counter()
-    step(*next(stream))
-    first = time.perf_counter() - start
-    for _ in range(args.window):
-        step(*next(stream))
-    start = time.perf_counter()
-    losses = [step(*next(stream)) for _ in range(args.steps)]
-    torch.stack(losses).sum().item()
-    rate = args.steps * batch_size / (time.perf_counter() - start)
-    return {"examples_per_second": rate, "first_step": first, "threads": torch.get_num_threads()}
+    return _torch_rate(step, config, args)
+
+
+def pytorch_dcgan(args) -> dict:
+    """Examples/s of experiments/mnist_dcgan.py's step in PyTorch eager mode: the same networks
+    (pixel-shuffle generator with batch norm; norm-free space_to_depth discriminator), the
+    non-saturating losses with the R1 penalty, Adam for each player, one discriminator update
+    per step, an EMA of the generator, the same batch."""
+    try:
+        import torch
+        from torch import nn
+    except ImportError:
+        return {"skipped": TORCH_MISSING}
+    from gen_jax import models
+
+    config = _experiment("mnist_dcgan", args)
+    model = models.options("dcgan") | config.model.to_dict()
+    noise_dim, size, channels = model["noise_dim"], model["image_size"], model["channels"]
+    torch.manual_seed(0)
+
+    def upsample(inputs, outputs):
+        conv = nn.Conv2d(inputs, 4 * outputs, 3, padding=1, bias=False)
+        return [conv, nn.PixelShuffle(2), nn.BatchNorm2d(outputs, momentum=0.1), nn.LeakyReLU(0.2)]
+
+    features = model["generator_features"]
+    start = size // 2 ** (len(features) - 1)
+    generator = nn.Sequential(
+        nn.Linear(noise_dim, start * start * features[0], bias=False),
+        nn.Unflatten(1, (features[0], start, start)),
+        nn.BatchNorm2d(features[0], momentum=0.1),
+        nn.LeakyReLU(0.2),
+        *[layer for a, b in itertools.pairwise(features) for layer in upsample(a, b)],
+        nn.Conv2d(features[-1], channels, 3, padding=1),
+        nn.Tanh(),
+    )
+    layers, inputs = [], channels
+    for outputs in model["discriminator_features"]:
+        same = nn.ZeroPad2d((0, 1, 0, 1))  # XLA's "SAME" for a 2x2 window: one row and column after
+        layers += [nn.PixelUnshuffle(2), same, nn.Conv2d(4 * inputs, outputs, 2), nn.LeakyReLU(0.2)]
+        inputs = outputs
+    final = size // 2 ** len(model["discriminator_features"])
+    discriminator = nn.Sequential(*layers, nn.Flatten(), nn.Linear(inputs * final * final, 1))
+    players = {"generator": generator, "discriminator": discriminator}
+    _check_same_size(players, config, (size, size, channels))
+    ema = copy.deepcopy(generator).requires_grad_(False)
+    adam = lambda player, c: torch.optim.Adam(player.parameters(), c.learning_rate, (c.b1, c.b2))
+    g_optimizer = adam(generator, config.optimizer.generator)
+    d_optimizer = adam(discriminator, config.optimizer.discriminator)
+    softplus, r1_weight, decay = (
+        nn.functional.softplus,
+        config.task.r1_penalty,
+        config.task.ema_decay,
+    )
+
+    def step(real, _):
+        with torch.no_grad():
+            fake = generator(torch.randn(len(real), noise_dim))
+        real = real.requires_grad_(True)
+        real_scores, fake_scores = discriminator(real), discriminator(fake)
+        (grads,) = torch.autograd.grad(real_scores.sum(), real, create_graph=True)
+        r1 = grads.square().flatten(1).sum(1).mean()
+        d_loss = softplus(-real_scores).mean() + softplus(fake_scores).mean() + r1_weight * r1
+        d_optimizer.zero_grad(set_to_none=True)
+        d_loss.backward()
+        d_optimizer.step()
+        discriminator.requires_grad_(False)  # the generator's update differentiates G only
+        g_loss = softplus(-discriminator(generator(torch.randn(len(real), noise_dim)))).mean()
+        g_optimizer.zero_grad(set_to_none=True)
+        g_loss.backward()
+        g_optimizer.step()
+        discriminator.requires_grad_(True)
+        with torch.no_grad():
+            pairs = zip(ema.state_dict().values(), generator.state_dict().values(), strict=True)
+            for average, current in pairs:
+                if average.is_floating_point():
+                    average.lerp_(current, 1 - decay)
+        return d_loss.detach() + g_loss.detach()
+
+    return _torch_rate(step, config, args)
 
 
 def gen_jax_cnn(args) -> dict:
@@ -232,6 +296,7 @@ MEASURE = dict(
             gen_jax_cnn_eval,
             gen_jax_vae,
             gen_jax_dcgan,
+            pytorch_dcgan,
         ),
         strict=True,
     )
@@ -259,6 +324,54 @@ def _train_arrays(config) -> tuple[np.ndarray, np.ndarray]:
 
     arrays = data.preprocessor(config.data)(data.load_split(config.data, config.data.train_split))
     return arrays["image"], arrays["label"]
+
+
+def _check_same_size(players: dict, config, shape: tuple[int, ...]) -> None:
+    """Refuse a PyTorch GAN whose players' parameter counts differ from the experiment's."""
+    import jax.numpy as jnp
+
+    from gen_jax import tasks
+
+    config.task.classifier_workdir = ""
+    size = config.data.batch_size
+    example = {"image": jnp.zeros((size, *shape)), "label": jnp.zeros(size, jnp.int32)}
+    state = jax.eval_shape(tasks.build(config).init, jax.random.PRNGKey(0), example)
+    for name, network in players.items():
+        ours = sum(x.size for x in jax.tree.leaves(getattr(state, name).params))
+        theirs = sum(p.numel() for p in network.parameters())
+        if ours != theirs:
+            raise RuntimeError(f"the PyTorch {name} has {theirs:,} parameters, gen_jax's {ours:,}")
+
+
+def _torch_rate(step, config, args) -> dict:
+    """Examples/s of `step(images, labels)` in PyTorch over shuffled NCHW batches of the
+    experiment's training set: `window` untimed steps, then `steps` timed ones."""
+    import torch
+
+    images, labels = _train_arrays(config)
+    images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # NCHW
+    labels = torch.from_numpy(labels).long()
+    batch_size = config.data.batch_size
+    generator = torch.Generator().manual_seed(0)
+
+    def batches():
+        while True:
+            order = torch.randperm(len(labels), generator=generator)
+            for i in range(len(labels) // batch_size):
+                index = order[i * batch_size : (i + 1) * batch_size]
+                yield images[index], labels[index]
+
+    stream = batches()
+    start = time.perf_counter()
+    step(*next(stream))
+    first = time.perf_counter() - start
+    for _ in range(args.window):
+        step(*next(stream))
+    start = time.perf_counter()
+    losses = [step(*next(stream)) for _ in range(args.steps)]
+    torch.stack(losses).sum().item()
+    rate = args.steps * batch_size / (time.perf_counter() - start)
+    return {"examples_per_second": rate, "first_step": first, "threads": torch.get_num_threads()}
 
 
 def gen_jax_training(name: str, args, *overrides: str) -> dict:
@@ -324,6 +437,15 @@ def table(results: dict[str, dict]) -> str:
             f"| {row} | {rate:,.0f}{extra} | {ratio} | {fraction} | {result['first_step']:.2f} "
             f"| {result['peak_rss_mib']:,.0f} |"
         )
+    pairs = {"CNN": ("gen_jax CNN", "PyTorch eager CNN"), "DCGAN": ("gen_jax DCGAN", ROWS[-1])}
+    rate = lambda row: results[row]["examples_per_second"]
+    ratios = [
+        f"{name} {rate(ours) / rate(theirs):.2f}x"
+        for name, (ours, theirs) in pairs.items()
+        if "skipped" not in results[ours] and "skipped" not in results[theirs]
+    ]
+    if ratios:
+        lines += ["", "gen_jax / PyTorch eager, examples/s: " + ", ".join(ratios)]
     return "\n".join(lines)
 
 
