@@ -45,13 +45,21 @@ def test_train_step_from_its_init_lowers_the_loss_on_a_fixed_batch(experiment):
     assert losses[-1] < 0.5 * losses[0]
 
 
-def test_test_flips_score_the_mean_log_probabilities_of_an_image_and_its_mirror(experiment):
-    images = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
+def _test_time_scores(experiment, override: str, seed: int):
+    """(scores of 4 random images by the classifier with `override`, log p of the plain one, the
+    images), both networks at the same initial state."""
+    images = np.random.default_rng(seed).random((4, 28, 28, 1), dtype=np.float32)
     plain = tasks.build(load(experiment()))
     state = init_state(plain, jax.random.PRNGKey(0), {"image": images})
-    flips = tasks.build(load(experiment(), "--config.task.test_flips=true"))
-    scores = np.asarray(flips.logits(state, images))
+    augmented = tasks.build(load(experiment(), override))
     log_p = lambda x: np.asarray(jax.nn.log_softmax(plain.logits(state, x)))
+    return np.asarray(augmented.logits(state, images)), log_p, images, (augmented, state)
+
+
+def test_test_flips_score_the_mean_log_probabilities_of_an_image_and_its_mirror(experiment):
+    scores, log_p, images, (flips, state) = _test_time_scores(
+        experiment, "--config.task.test_flips=true", seed=0
+    )
     # float32 sums of 10 classes: rounding at ~1e-6 of magnitudes around 2
     np.testing.assert_allclose(scores, (log_p(images) + log_p(images[:, :, ::-1])) / 2, atol=1e-5)
     np.testing.assert_allclose(scores, flips.logits(state, images[:, :, ::-1]), atol=1e-5)
@@ -59,12 +67,7 @@ def test_test_flips_score_the_mean_log_probabilities_of_an_image_and_its_mirror(
 
 
 def test_test_shift_adds_the_two_diagonal_translations_at_a_quarter_each(experiment):
-    images = np.random.default_rng(1).random((4, 28, 28, 1), dtype=np.float32)
-    plain = tasks.build(load(experiment()))
-    state = init_state(plain, jax.random.PRNGKey(0), {"image": images})
-    shifts = tasks.build(load(experiment(), "--config.task.test_shift=1"))
-    scores = np.asarray(shifts.logits(state, images))
-    log_p = lambda x: np.asarray(jax.nn.log_softmax(plain.logits(state, x)))
+    scores, log_p, images, _ = _test_time_scores(experiment, "--config.task.test_shift=1", seed=1)
     padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
     expected = log_p(images) / 2 + (log_p(padded[:, :28, :28]) + log_p(padded[:, 2:, 2:])) / 4
     np.testing.assert_allclose(scores, expected, atol=1e-5)  # float32 rounding, as above
