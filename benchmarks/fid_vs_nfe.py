@@ -3,12 +3,14 @@ the run's own final evaluation (`Run.evaluate`) with the sampler and its steps c
 scored exactly as the training run's numbers are (the classifier run's features, the real floor).
 
     python benchmarks/fid_vs_nfe.py runs/mnist_ddpm runs/mnist_flow [--nfe 10 25 50 100]
-        [--samplers ddim euler heun] [--samples 10000] [--plot docs/figures/fid_vs_nfe.png]
+        [--samplers ddim euler heun] [--guidance 1 2] [--samples 10000]
+        [--plot docs/figures/fid_vs_nfe.png]
 
 Prints a markdown table (FID, FID / floor, IS, precision, recall, and the wall time of each
-evaluation, which is mostly sampling) and, with --plot, draws FID against NFE, one line per run
-and sampler. Heun makes 2 steps - 1 evaluations, so its NFE are the odd numbers at or below
-those asked for.
+evaluation, which is mostly sampling) and, with --plot, draws FID against NFE, one line per run,
+sampler and guidance scale. Heun makes 2 steps - 1 evaluations, so its NFE are the odd numbers at
+or below those asked for; a guided sampler (--guidance, for a class-conditional run) evaluates the
+network twice per step, so its NFE are twice those.
 """
 
 from __future__ import annotations
@@ -23,9 +25,13 @@ from gen_jax.tasks import samplers
 COLUMNS = ("fid", "fid_over_floor", "inception_score", "precision", "recall")
 
 
-def sweep(workdir: str, sampler: str, nfes: list[int], samples: int) -> list[dict]:
-    """The final evaluation of the run in `workdir` by `sampler` at each NFE."""
+def sweep(
+    workdir: str, sampler: str, nfes: list[int], samples: int, guidance: float | None
+) -> list[dict]:
+    """The final evaluation of the run in `workdir` by `sampler` at each (unguided) NFE, at a
+    guidance scale (None: the run's own)."""
     run = load_run(workdir)
+    scale = {} if guidance is None else {"guidance_scale": guidance}
     rows = []
     for nfe in nfes:
         start = time.perf_counter()
@@ -33,21 +39,27 @@ def sweep(workdir: str, sampler: str, nfes: list[int], samples: int) -> list[dic
             sampler=sampler,
             sample_steps=samplers.steps_for(sampler, nfe),
             final_eval_samples=samples,
+            **scale,
         )
         rows.append({**metrics, "seconds": time.perf_counter() - start})
     return rows
 
 
-def plot(results: dict[tuple[str, str], list[dict]], path: Path, samples: int) -> None:
+def name(workdir: str, sampler: str, guidance: float | None) -> str:
+    """A row's label: the run, the sampler, and a guidance scale that was asked for."""
+    scale = "" if guidance is None else f", guidance {guidance:g}"
+    return f"{Path(workdir).name}, {sampler}{scale}"
+
+
+def plot(results: dict[tuple, list[dict]], path: Path, samples: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(5.5, 3.8))
-    for (workdir, sampler), rows in results.items():
-        label = f"{Path(workdir).name}, {sampler}"
-        axis.plot([r["nfe"] for r in rows], [r["fid"] for r in rows], "o-", label=label)
+    for key, rows in results.items():
+        axis.plot([r["nfe"] for r in rows], [r["fid"] for r in rows], "o-", label=name(*key))
     floor = next(iter(results.values()))[0]["floor_fid"]
     axis.axhline(floor, color="gray", linestyle="--", label="real floor")
     axis.set(xscale="log", yscale="log", xlabel="network evaluations (NFE)", ylabel="FID")
@@ -63,22 +75,25 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="finished diffusion runs with a classifier")
     parser.add_argument("--nfe", type=int, nargs="+", default=[10, 25, 50, 100])
     parser.add_argument("--samplers", nargs="+", default=["ddim", "euler", "heun"])
+    parser.add_argument(
+        "--guidance", type=float, nargs="+", default=[None], help="(default: each run's own)"
+    )
     parser.add_argument("--samples", type=int, default=10_000)
     parser.add_argument("--plot", type=Path, help="a PNG of FID against NFE")
     args = parser.parse_args()
     results = {
-        (workdir, sampler): sweep(workdir, sampler, args.nfe, args.samples)
+        (workdir, sampler, scale): sweep(workdir, sampler, args.nfe, args.samples, scale)
         for workdir in args.runs
         for sampler in args.samplers
+        for scale in args.guidance
     }
     print(f"{args.samples} samples per point; FID in each run's classifier features")
-    print("| run | sampler | NFE | " + " | ".join(COLUMNS) + " | eval s |")
-    print("|---" * (len(COLUMNS) + 4) + "|")
-    for (workdir, sampler), rows in results.items():
+    print("| run, sampler | NFE | " + " | ".join(COLUMNS) + " | eval s |")
+    print("|---" * (len(COLUMNS) + 3) + "|")
+    for key, rows in results.items():
         for r in rows:
             values = " | ".join(f"{r[k]:.3f}" for k in COLUMNS)
-            name = Path(workdir).name
-            print(f"| {name} | {sampler} | {r['nfe']:.0f} | {values} | {r['seconds']:.0f} |")
+            print(f"| {name(*key)} | {r['nfe']:.0f} | {values} | {r['seconds']:.0f} |")
     if args.plot:
         plot(results, args.plot, args.samples)
         print(f"plot: {args.plot}")

@@ -50,7 +50,7 @@ def main() -> None:
     for nfe in args.nfe:
         for sampler in args.samplers:
             steps = samplers.steps_for(sampler, nfe)
-            made = samplers.evaluations(sampler, steps)
+            made = task.evaluations(steps, sampler)
             run = jax.jit(lambda p, z, y, s=sampler, n=steps: task.generate(p, z, y, n, s))
             start = time.perf_counter()
             run(state.ema, noise, labels).block_until_ready()

@@ -244,6 +244,9 @@ def test_guidance_mixes_the_conditional_and_unconditional_outputs():
     expected = unconditional + 3.0 * (conditional - unconditional)
     guided = jax.jit(task.predict)(params, x, t, labels)
     np.testing.assert_allclose(guided, expected, atol=1e-4)
+    # each guided step runs the network on both halves: twice the unguided evaluations
+    unguided = tiny_diffusion(**{"model.num_classes": 10})
+    assert task.evaluations(8) == 2 * unguided.evaluations(8) == 16
 
 
 @pytest.mark.parametrize(

@@ -92,6 +92,12 @@ class DiffusionTask:
                 "diffusion's images must be in [-1, 1]: data.preprocess=('scale_to_symmetric',)"
             )
 
+    def evaluations(self, steps: int, sampler: str | None = None) -> int:
+        """Network evaluations per sample (NFE) of `sampler` (default task.sampler) in `steps`:
+        a guided step evaluates the network twice, with the label and without."""
+        guided = self.num_classes and self.guidance_scale != 1
+        return samplers.evaluations(sampler or self.sampler, steps) * (2 if guided else 1)
+
     def _check_guidance(self, scale: float) -> None:
         if scale != 1 and not (self.num_classes and self.label_dropout > 0):
             raise GenJaxError(
@@ -271,8 +277,8 @@ class DiffusionTask:
         sums = {"loss": loss, "count": jnp.sum(counted)}
         if self.scorer is None:
             return sums
-        nfe = samplers.evaluations(self.sampler, steps)
-        return {**sums, **self.scorer.outputs(batch, fake, samples), "nfe": nfe, "samples": samples}
+        outputs = self.scorer.outputs(batch, fake, samples)
+        return {**sums, **outputs, "nfe": self.evaluations(steps), "samples": samples}
 
     def summarize(self, outputs: list[Metrics]) -> dict[str, float]:
         """The test loss, and with a classifier the samples' scores and their NFE per image."""
