@@ -11,15 +11,13 @@ guidance scales side by side.
 Reproduces: not yet measured.
 """
 
-from gen_jax.config import QUICK_DIFFUSION, diffusion_config
+from gen_jax.config import QUICK_DIFFUSION, flow_config
 
 
 def get_config():
-    config = diffusion_config()
+    config = flow_config()
     config.model.num_classes = 10
     config.task.label_dropout = 0.1
-    config.task.objective = "flow"
-    config.task.prediction = "velocity"
     config.task.sampler = "euler"
     config.task.sample_steps = 16
     config.task.eval_steps = 8

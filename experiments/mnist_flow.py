@@ -14,16 +14,11 @@ of training (1.25 steps/s alone) and a 16-minute final evaluation on a 2-core In
 (RESULTS.md).
 """
 
-from gen_jax.config import QUICK_DIFFUSION, diffusion_config
+from gen_jax.config import QUICK_DIFFUSION, flow_config
 
 
 def get_config():
-    config = diffusion_config()
-    config.task.objective = "flow"
-    config.task.prediction = "velocity"
-    config.task.sampler = "heun"
-    config.task.sample_steps = 10  # the final evaluation: 19 network evaluations per image
-    config.task.eval_steps = 5  # periodic evaluations: 9
+    config = flow_config()  # Heun: 10 steps (19 network evaluations), 5 in periodic evaluations
     config.task.classifier_workdir = "runs/mnist_cnn"
     return config
 
