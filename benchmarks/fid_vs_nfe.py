@@ -4,18 +4,21 @@ scored exactly as the training run's numbers are (the classifier run's features,
 
     python benchmarks/fid_vs_nfe.py runs/mnist_ddpm runs/mnist_flow [--nfe 10 25 50 100]
         [--samplers ddim euler heun] [--guidance 1 2] [--samples 10000]
-        [--plot docs/figures/fid_vs_nfe.png]
+        [--results docs/figures/fid_vs_nfe.json] [--plot docs/figures/fid_vs_nfe.png]
 
 Prints a markdown table (FID, FID / floor, IS, precision, recall, and the wall time of each
 evaluation, which is mostly sampling) and, with --plot, draws FID against NFE, one line per run,
 sampler and guidance scale. Heun makes 2 steps - 1 evaluations, so its NFE are the odd numbers at
 or below those asked for; a guided sampler (--guidance, for a class-conditional run) evaluates the
-network twice per step, so its NFE are twice those.
+network twice per step, so its NFE are twice those. With --results, the sweeps are also kept in
+a JSON file, and the table and plot show every sweep in it: a long sweep can run in slices, one
+run or sampler at a time.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -41,8 +44,24 @@ def sweep(
             final_eval_samples=samples,
             **scale,
         )
-        rows.append({**metrics, "seconds": time.perf_counter() - start})
+        seconds = time.perf_counter() - start
+        rows.append({**{k: float(v) for k, v in metrics.items()}, "seconds": seconds})
     return rows
+
+
+def merge(path: Path, results: dict[tuple, list[dict]], samples: int) -> dict[tuple, list[dict]]:
+    """The sweeps saved in `path` with `results` added (replacing those of the same run, sampler
+    and guidance), written back."""
+    saved = json.loads(path.read_text()) if path.is_file() else {"samples": samples, "sweeps": []}
+    if saved["samples"] != samples:
+        raise SystemExit(
+            f"{path} holds sweeps of {saved['samples']} samples, not {samples}: name another file"
+        )
+    sweeps = {tuple(entry["key"]): entry["rows"] for entry in saved["sweeps"]}
+    sweeps.update(results)
+    listed = [{"key": list(key), "rows": rows} for key, rows in sweeps.items()]
+    path.write_text(json.dumps({"samples": samples, "sweeps": listed}, indent=1) + "\n")
+    return sweeps
 
 
 def name(workdir: str, sampler: str, guidance: float | None) -> str:
@@ -79,6 +98,7 @@ def main() -> None:
         "--guidance", type=float, nargs="+", default=[None], help="(default: each run's own)"
     )
     parser.add_argument("--samples", type=int, default=10_000)
+    parser.add_argument("--results", type=Path, help="a JSON file the sweeps are added to")
     parser.add_argument("--plot", type=Path, help="a PNG of FID against NFE")
     args = parser.parse_args()
     results = {
@@ -87,6 +107,8 @@ def main() -> None:
         for sampler in args.samplers
         for scale in args.guidance
     }
+    if args.results:
+        results = merge(args.results, results, args.samples)
     print(f"{args.samples} samples per point; FID in each run's classifier features")
     print("| run, sampler | NFE | " + " | ".join(COLUMNS) + " | eval s |")
     print("|---" * (len(COLUMNS) + 3) + "|")
