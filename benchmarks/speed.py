@@ -18,9 +18,13 @@ Every row runs in a fresh process, one after another, on the real MNIST training
   input pipeline (grain's shuffled example indices, the examples gathered on device);
 - gen_jax CNN eval: one evaluation of the 10,000 test images after a warm-up one;
 - PyTorch eager DCGAN: mnist_dcgan's step (the same two networks, losses, R1 penalty, Adam, EMA
-  and batch) in PyTorch, beside the gen_jax DCGAN row.
+  and batch) in PyTorch, beside the gen_jax DCGAN row;
+- gen_jax airbench / PyTorch eager airbench / PyTorch compiled airbench: the CIFAR-10 recipe's
+  step (experiments/cifar10_airbench.py: the airbench network at batch 1024, Nesterov SGD, batch
+  norm biases at their own rate, label smoothing) on CIFAR-10 (JPEG copy), over `--cifar_steps`
+  steps after `--cifar_window` (a step takes seconds); the compiled row is `torch.compile`'s.
 
-Below the table: gen_jax's examples/s over PyTorch eager's, for the CNN and the DCGAN.
+Below the table: gen_jax's examples/s over PyTorch's, for the CNN, the DCGAN and airbench.
 
 Peak RSS is each row's whole process (`ru_maxrss`).
 """
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import itertools
 import json
 import resource
@@ -53,6 +58,9 @@ ROWS = (
     "gen_jax MLP VAE",
     "gen_jax DCGAN",
     "PyTorch eager DCGAN",
+    "gen_jax airbench",
+    "PyTorch eager airbench",
+    "PyTorch compiled airbench",
 )
 TORCH_MISSING = "PyTorch not installed: pip install torch==2.13.0"
 
@@ -165,10 +173,8 @@ def pytorch_dcgan(args) -> dict:
         from torch import nn
     except ImportError:
         return {"skipped": TORCH_MISSING}
-    from gen_jax import models
-
     config = _experiment("mnist_dcgan", args)
-    model = models.options("dcgan") | config.model.to_dict()
+    model = models_options("dcgan", config)
     noise_dim, size, channels = model["noise_dim"], model["image_size"], model["channels"]
     torch.manual_seed(0)
 
@@ -194,7 +200,7 @@ def pytorch_dcgan(args) -> dict:
         inputs = outputs
     final = size // 2 ** len(model["discriminator_features"])
     discriminator = nn.Sequential(*layers, nn.Flatten(), nn.Linear(inputs * final * final, 1))
-    players = {"generator": generator, "discriminator": discriminator}
+    players = {"generator.params": generator, "discriminator.params": discriminator}
     _check_same_size(players, config, (size, size, channels))
     ema = copy.deepcopy(generator).requires_grad_(False)
     adam = lambda player, c: torch.optim.Adam(player.parameters(), c.learning_rate, (c.b1, c.b2))
@@ -231,6 +237,74 @@ def pytorch_dcgan(args) -> dict:
         return d_loss.detach() + g_loss.detach()
 
     return _torch_rate(step, config, args)
+
+
+def pytorch_airbench(args, compiled: bool = False) -> dict:
+    """Examples/s of experiments/cifar10_airbench.py's step in PyTorch (eager, or `compiled` by
+    `torch.compile`): the same network (a fixed whitening conv, three conv groups with batch norm
+    of frozen scale, the scaled linear head), Nesterov SGD with L2 and the batch norm biases at
+    their own rate, label smoothing, the same batch; without the random crops and flips, which
+    gen_jax's row does in its step."""
+    try:
+        import torch
+        from torch import nn
+    except ImportError:
+        return {"skipped": TORCH_MISSING}
+    config = _experiment("cifar10_airbench", args)
+    model = models_options("airbench", config)
+    torch.manual_seed(0)
+
+    def norm(width):
+        layer = nn.BatchNorm2d(width, momentum=1 - model["batchnorm_momentum"], eps=1e-12)
+        layer.weight.requires_grad_(False)  # no scale, as gen_jax's
+        return [layer, nn.GELU()]
+
+    def group(inputs, width):
+        return [
+            *[nn.Conv2d(inputs, width, 3, padding=1, bias=False), nn.MaxPool2d(2)],
+            *norm(width),
+            *[nn.Conv2d(width, width, 3, padding=1, bias=False), *norm(width)],
+        ]
+
+    whitening = nn.Conv2d(3, 24, model["whitening_size"])
+    whitening.weight.requires_grad_(False)  # computed from the data, not trained
+    widths = model["widths"]
+    network = nn.Sequential(
+        whitening,
+        nn.GELU(),
+        *[layer for a, b in zip((24, *widths), widths, strict=False) for layer in group(a, b)],
+        nn.MaxPool2d(3),
+        nn.Flatten(),
+        nn.Linear(widths[-1], 10, bias=False),
+    )
+    _check_same_size({"params": network}, config, (32, 32, 3))
+    settings = config.optimizer
+    biases = [m.bias for m in network.modules() if isinstance(m, nn.BatchNorm2d)]
+    others = [
+        p for p in network.parameters() if p.requires_grad and all(p is not b for b in biases)
+    ]
+    scale, decay = settings.bias_lr_scale, settings.weight_decay
+    optimizer = torch.optim.SGD(
+        [
+            {"params": others, "weight_decay": decay},
+            {"params": biases, "lr": scale * settings.learning_rate, "weight_decay": decay / scale},
+        ],
+        lr=settings.learning_rate,
+        momentum=settings.momentum,
+        nesterov=True,
+    )
+    forward = torch.compile(network) if compiled else network
+    smoothing = config.task.label_smoothing
+
+    def step(x, y):
+        optimizer.zero_grad(set_to_none=True)
+        logits = forward(x) * model["scaling"]
+        loss = nn.functional.cross_entropy(logits, y, label_smoothing=smoothing)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return _torch_rate(step, config, _cifar(args))
 
 
 def gen_jax_cnn(args) -> dict:
@@ -284,6 +358,12 @@ def gen_jax_dcgan(args) -> dict:
     )
 
 
+def gen_jax_airbench(args) -> dict:
+    """The recipe's run, its final evaluation without the test-time augmentations."""
+    overrides = ["--config.task.test_flips=False", "--config.task.test_shift=0"]
+    return gen_jax_training("cifar10_airbench", _cifar(args), *overrides)
+
+
 MEASURE = dict(
     zip(
         ROWS,
@@ -297,6 +377,9 @@ MEASURE = dict(
             gen_jax_vae,
             gen_jax_dcgan,
             pytorch_dcgan,
+            gen_jax_airbench,
+            pytorch_airbench,
+            functools.partial(pytorch_airbench, compiled=True),
         ),
         strict=True,
     )
@@ -308,6 +391,20 @@ def _seconds(function) -> float:
     start = time.perf_counter()
     function()
     return time.perf_counter() - start
+
+
+def _cifar(args):
+    """`args` with the CIFAR rows' step counts."""
+    return argparse.Namespace(
+        **{**vars(args), "steps": args.cifar_steps, "window": args.cifar_window}
+    )
+
+
+def models_options(name: str, config) -> dict:
+    """The model's settings: its defaults, then the experiment's."""
+    from gen_jax import models
+
+    return models.options(name) | config.model.to_dict()
 
 
 def _experiment(name: str, args, *overrides: str):
@@ -326,8 +423,12 @@ def _train_arrays(config) -> tuple[np.ndarray, np.ndarray]:
     return arrays["image"], arrays["label"]
 
 
-def _check_same_size(players: dict, config, shape: tuple[int, ...]) -> None:
-    """Refuse a PyTorch GAN whose players' parameter counts differ from the experiment's."""
+def _check_same_size(networks: dict, config, shape: tuple[int, ...]) -> None:
+    """Refuse PyTorch networks whose trainable parameter counts differ from the experiment's:
+    `networks` maps where the parameters sit in the training state ("generator.params") to the
+    PyTorch module."""
+    import operator
+
     import jax.numpy as jnp
 
     from gen_jax import tasks
@@ -336,11 +437,11 @@ def _check_same_size(players: dict, config, shape: tuple[int, ...]) -> None:
     size = config.data.batch_size
     example = {"image": jnp.zeros((size, *shape)), "label": jnp.zeros(size, jnp.int32)}
     state = jax.eval_shape(tasks.build(config).init, jax.random.PRNGKey(0), example)
-    for name, network in players.items():
-        ours = sum(x.size for x in jax.tree.leaves(getattr(state, name).params))
-        theirs = sum(p.numel() for p in network.parameters())
+    for where, network in networks.items():
+        ours = sum(x.size for x in jax.tree.leaves(operator.attrgetter(where)(state)))
+        theirs = sum(p.numel() for p in network.parameters() if p.requires_grad)
         if ours != theirs:
-            raise RuntimeError(f"the PyTorch {name} has {theirs:,} parameters, gen_jax's {ours:,}")
+            raise RuntimeError(f"PyTorch's {where} has {theirs:,} parameters, gen_jax's {ours:,}")
 
 
 def _torch_rate(step, config, args) -> dict:
@@ -437,7 +538,12 @@ def table(results: dict[str, dict]) -> str:
             f"| {row} | {rate:,.0f}{extra} | {ratio} | {fraction} | {result['first_step']:.2f} "
             f"| {result['peak_rss_mib']:,.0f} |"
         )
-    pairs = {"CNN": ("gen_jax CNN", "PyTorch eager CNN"), "DCGAN": ("gen_jax DCGAN", ROWS[-1])}
+    pairs = {
+        "CNN": ("gen_jax CNN", "PyTorch eager CNN"),
+        "DCGAN": ("gen_jax DCGAN", "PyTorch eager DCGAN"),
+        "airbench": ("gen_jax airbench", "PyTorch eager airbench"),
+        "airbench (compiled)": ("gen_jax airbench", "PyTorch compiled airbench"),
+    }
     rate = lambda row: results[row]["examples_per_second"]
     ratios = [
         f"{name} {rate(ours) / rate(theirs):.2f}x"
@@ -445,7 +551,7 @@ def table(results: dict[str, dict]) -> str:
         if "skipped" not in results[ours] and "skipped" not in results[theirs]
     ]
     if ratios:
-        lines += ["", "gen_jax / PyTorch eager, examples/s: " + ", ".join(ratios)]
+        lines += ["", "gen_jax / PyTorch, examples/s: " + ", ".join(ratios)]
     return "\n".join(lines)
 
 
@@ -454,6 +560,8 @@ def main() -> None:
     parser.add_argument("--data_dir", default="", help="TFDS directory (default $TFDS_DATA_DIR)")
     parser.add_argument("--steps", type=int, default=1000, help="timed steps per training row")
     parser.add_argument("--window", type=int, default=100, help="untimed first steps")
+    parser.add_argument("--cifar_steps", type=int, default=20, help="timed steps per CIFAR row")
+    parser.add_argument("--cifar_window", type=int, default=3, help="its untimed first steps")
     parser.add_argument("--row", choices=ROWS, help="measure one row here and print it as JSON")
     args = parser.parse_args()
     if args.row:
