@@ -266,13 +266,14 @@ def pytorch_airbench(args, compiled: bool = False) -> dict:
             *[nn.Conv2d(width, width, 3, padding=1, bias=False), *norm(width)],
         ]
 
-    whitening = nn.Conv2d(3, 24, model["whitening_size"])
+    size = model["whitening_size"]
+    whitening = nn.Conv2d(3, 2 * size * size * 3, size)  # the patches' eigenvectors and negatives
     whitening.weight.requires_grad_(False)  # computed from the data, not trained
-    widths = model["widths"]
+    widths = (whitening.out_channels, *model["widths"])
     network = nn.Sequential(
         whitening,
         nn.GELU(),
-        *[layer for a, b in zip((24, *widths), widths, strict=False) for layer in group(a, b)],
+        *[layer for a, b in itertools.pairwise(widths) for layer in group(a, b)],
         nn.MaxPool2d(3),
         nn.Flatten(),
         nn.Linear(widths[-1], 10, bias=False),
