@@ -1,0 +1,74 @@
+"""A recipe's training compute and how fast this machine does it: the train step's FLOPs (XLA's
+cost analysis), times the recipe's steps, and the step's time and GFLOP/s here beside a float32
+matmul's (the machine's compute limit), in this process.
+
+    python benchmarks/train_flops.py experiments/cifar10_airbench.py [--steps 3]
+        [--config.data.batch_size=512 ...]
+
+The step is the task's own (`task.train_step`, as `gen-jax train` compiles it, without the input
+pipeline) on the example batch a run starts from, timed over `--steps` steps after one untimed
+call. The estimated training time is the step's time here times the recipe's steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+
+from gen_jax import config as config_lib
+from gen_jax import data, parallel, tasks, train
+from gen_jax.tasks.base import init_state
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
+    """GFLOP/s of a float32 size x size matmul."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (size, size))
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        matmul(a).block_until_ready()
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("experiment", help="an experiment file")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps")
+    args, overrides = parser.parse_known_args()
+    config = config_lib.load_experiment(args.experiment)
+    config_lib.apply_overrides(config, overrides)
+    task = tasks.build(config)
+    split = data.get_split(config.data, config.data.train_split)
+    batch = jax.device_get(train.example_batch(split, config, parallel.make_mesh()))
+    batch = {k: jnp.asarray(v) for k, v in batch.items() if k in ("image", "label")}
+    state = init_state(task, jax.random.PRNGKey(config.seed), batch)
+    step = jax.jit(task.train_step).lower(state, batch).compile()
+    cost = step.cost_analysis()
+    flops = (cost[0] if isinstance(cost, list) else cost)["flops"]
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    seconds = (time.perf_counter() - start) / args.steps
+    peak, steps = matmul_gflops(), config.train.num_steps
+    print(f"{args.experiment}, batch {config.data.batch_size}, {jax.devices()[0].device_kind}")
+    print(
+        "| GFLOP / step | steps | training PFLOP | s / step | GFLOP/s | matmul peak GFLOP/s "
+        "| fraction of peak | estimated training h |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    print(
+        f"| {flops / 1e9:.1f} | {steps} | {flops * steps / 1e15:.3f} | {seconds:.2f} | "
+        f"{flops / seconds / 1e9:.0f} | {peak:.0f} | {flops / seconds / 1e9 / peak:.0%} | "
+        f"{seconds * steps / 3600:.2f} |"
+    )
+
+
+if __name__ == "__main__":
+    main()
