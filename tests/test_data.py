@@ -145,6 +145,29 @@ def test_random_crop_and_flip_move_each_image_within_its_padding():
     assert {m[2] for m in seen} == {False, True}
 
 
+def test_alternating_flips_mirror_each_image_in_every_other_epoch_on_host_and_device():
+    """Batches of 4 from 10 examples straddle epochs; over 4 epochs each example is mirrored in
+    alternate ones, starting either way, the same in the host pipeline and the compiled lookup."""
+    split = in_memory(10, (2, 3, 1))
+    config = data_config(preprocess=("alternating_flip", "scale_to_unit"), batch_size=4)
+    host = data.train_iterator(split, config, seed=3)
+    indices = data.train_iterator(split, config, seed=3, indices_only=True)
+    lookup = jax.jit(lambda s, b: data.lookup(s, b, config, seed=3))
+    scaled = data.preprocessor(data_config(preprocess=("scale_to_unit",)))(split.arrays)["image"]
+    flips = {example: [] for example in range(10)}
+    for _ in range(10):  # 40 examples: 4 epochs
+        batch, device = next(host), lookup(split.arrays, next(indices))
+        np.testing.assert_array_equal(np.asarray(device["image"]), batch["image"])
+        for image, example in zip(batch["image"], batch["label"], strict=True):
+            original = scaled[example]
+            mirrored = np.array_equal(image, original[:, ::-1])
+            assert mirrored or np.array_equal(image, original)
+            flips[int(example)].append(mirrored)
+    for example, seen in flips.items():
+        assert len(seen) == 4 and seen in ([True, False] * 2, [False, True] * 2), (example, seen)
+    assert {seen[0] for seen in flips.values()} == {False, True}
+
+
 def test_random_steps_are_keyed_by_seed_step_and_example_the_same_on_host_and_device():
     """The host pipeline and the compiled lookup (data.on_device) give the same bits; a batch's
     draws depend on (seed, step, example), not on the batch it sits in; evaluation skips them."""

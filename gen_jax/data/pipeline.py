@@ -31,17 +31,23 @@ def _process_slice(batch_size: int, process_index: int, process_count: int) -> s
 
 
 class _ReadBatch:
-    """A global batch's example indices to this process's rows: their indices and step only
-    (`indices_only`), or the examples read and preprocessed. A class, so worker processes can
-    unpickle it."""
+    """A global batch's example indices to this process's rows: their indices, step and epoch
+    only (`indices_only`), or the examples read and preprocessed. A class, so worker processes
+    can unpickle it."""
 
     def __init__(self, split: Split, rows: slice, transform: Callable, indices_only: bool):
         self.split, self.rows, self.transform = split, rows, transform
         self.indices_only = indices_only
 
     def __call__(self, step: int, indices: np.ndarray) -> Batch:
+        # the shuffled epochs follow each other in one stream: a batch may straddle two
+        positions = step * len(indices) + np.arange(len(indices))[self.rows]
         indices = indices[self.rows]
-        keys = {"index": indices.astype(np.int32), "step": np.full(len(indices), step, np.int32)}
+        keys = {
+            "index": indices.astype(np.int32),
+            "step": np.full(len(indices), step, np.int32),
+            "epoch": (positions // len(self.split)).astype(np.int32),
+        }
         if self.indices_only:
             return keys
         batch = self.transform({**self.split.read(indices), **keys})
@@ -101,7 +107,7 @@ def _allow_unparsed_flags() -> None:
 
 def lookup(split: Batch, batch: Batch, data_config: ml_collections.ConfigDict, seed: int) -> Batch:
     """The examples `batch["index"]` of a split held in device memory, preprocessed (in jit),
-    with the random steps of training batch `batch["step"]`.
+    with the random steps of training batch `batch["step"]` (in `batch["epoch"]`).
 
     Gathered and scaled as (examples, values) rows: XLA's CPU backend does not vectorise
     elementwise ops over an image's trailing axis of size 1 (7x slower; benchmarks/README.md).
@@ -109,7 +115,7 @@ def lookup(split: Batch, batch: Batch, data_config: ml_collections.ConfigDict, s
     rows = {k: v.reshape(len(v), -1)[batch["index"]] for k, v in split.items()}
     image_shape = split["image"].shape[1:]
     transform = preprocessor(data_config, image_shape=image_shape, seed=seed, train=True)
-    rows = transform({**rows, "index": batch["index"], "step": batch["step"]})
+    rows = transform({**rows, **{k: batch[k] for k in ("index", "step", "epoch")}})
     return {k: rows[k].reshape(-1, *v.shape[1:]) for k, v in split.items()}
 
 

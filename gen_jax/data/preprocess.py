@@ -130,7 +130,21 @@ def horizontal_flip(images, batch: Batch, seed: int, data_config: ml_collections
     return _xp(images).where(flip[:, None, None, None], images[:, :, ::-1], images)
 
 
-RANDOM_STEPS: dict[str, Callable] = {"random_crop": random_crop, "horizontal_flip": horizontal_flip}
+def alternating_flip(images, batch: Batch, seed: int, data_config: ml_collections.ConfigDict):
+    """Each image mirrored in every other epoch of the batch's `epoch`, starting from a random
+    choice per image (airbench's): any two epochs in a row show every image both ways, where
+    independent flips show a quarter of them one way twice."""
+    del data_config
+    first = random_bits(seed, 3, 0, batch["index"]) & 1
+    flip = ((first ^ batch["epoch"].astype(np.uint32)) & 1).astype(bool)
+    return _xp(images).where(flip[:, None, None, None], images[:, :, ::-1], images)
+
+
+RANDOM_STEPS: dict[str, Callable] = {
+    "random_crop": random_crop,
+    "horizontal_flip": horizontal_flip,
+    "alternating_flip": alternating_flip,
+}
 STEPS = sorted([*SCALINGS, *RANDOM_STEPS])
 
 
