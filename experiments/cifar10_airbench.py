@@ -7,9 +7,10 @@ translations.
 
     gen-jax train experiments/cifar10_airbench.py --workdir runs/cifar10_airbench [--stop_at STEP]
 
-Not (yet) airbench's: lookahead, alternating flips (data.preprocess 'alternating_flip' exists; the
-QUICK run below is of independent flips), reflection padding in the crops, freezing the whitening
-bias after 3 epochs. Goal (issue 22): >= 93.5% test accuracy within 0.6 PFLOP.
+Not (yet) in the recipe: airbench's lookahead (optimizer.lookahead_every=5) and alternating flips
+(data.preprocess 'alternating_flip'), which exist but await a measured QUICK run; reflection
+padding in the crops; freezing the whitening bias after 3 epochs.
+Goal (issue 22): >= 93.5% test accuracy within 0.6 PFLOP.
 Reproduces: not yet measured. Its QUICK run (20 steps): 52.9%, ~30 s per step of 1024 on a
 2-core Intel Xeon VM beside another training (RESULTS.md).
 """

@@ -272,6 +272,8 @@ def base_config() -> ml_collections.ConfigDict:
             "b2": 0.999,
             "weight_decay": 0.0,  # adamw: decoupled; sgd: L2, added to the gradient
             "bias_lr_scale": 1.0,  # batch norm biases: this multiple of the rate (decay / it)
+            "lookahead_every": 0,  # steps between lookahead's syncs (optim.lookahead); 0: off
+            "lookahead_decay": 0.95**5,  # the slow weights' final decay per sync (airbench's)
             "schedule": "constant",  # or "cosine", "linear": decay to end_fraction at the end
             "warmup_steps": 0,
             "warmup_from": 0.0,  # the warm-up starts at this fraction of the peak rate

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -76,16 +77,57 @@ def batch_norm_biases(params) -> Any:
     return jax.tree_util.tree_map_with_path(label, params)
 
 
+class LookaheadState(NamedTuple):
+    inner: Any  # the wrapped optimizer's state
+    slow: Any  # the slow weights
+    count: jax.Array  # steps taken
+
+
+def lookahead(
+    inner: optax.GradientTransformation, every: int, decay: float, num_steps: int
+) -> optax.GradientTransformation:
+    """Lookahead (Zhang et al., 2019) as airbench's: every `every` steps the slow weights move to
+    decay_t * slow + (1 - decay_t) * fast and the weights are set to them, decay_t rising as
+    decay * (step / num_steps)^3; at the last step the weights become the slow ones. Here rather
+    than optax.lookahead, which keeps (fast, slow) pairs as the parameters and a fixed rate."""
+
+    def init(params) -> LookaheadState:
+        return LookaheadState(inner.init(params), params, jnp.zeros((), jnp.int32))
+
+    def update(grads, state: LookaheadState, params):
+        updates, inner_state = inner.update(grads, state.inner, params)
+        count = state.count + 1
+        due, last = count % every == 0, count == num_steps
+        rate = jnp.where(due, 1 - decay * (count / num_steps) ** 3, 0.0)
+        fast = optax.apply_updates(params, updates)
+        slow = jax.tree.map(lambda s, f: s + (rate * (f - s)).astype(s.dtype), state.slow, fast)
+        updates = jax.tree.map(
+            lambda u, s, p: jnp.where(due | last, s - p, u), updates, slow, params
+        )
+        return updates, LookaheadState(inner_state, slow, count)
+
+    return optax.GradientTransformation(init, update)
+
+
 def build(config: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
     """The optimizer named by `config.name` with the config's schedule; with `bias_lr_scale`,
     batch norm biases at that multiple of the rate and the weight decay divided by it, so that
-    their decay per step stays the others' (airbench's)."""
+    their decay per step stays the others' (airbench's); with `lookahead_every`, wrapped in
+    `lookahead`."""
     schedule = learning_rate_schedule(config, num_steps)
     optimizer = _optimizer(config, schedule, config.weight_decay)
     scale = config.bias_lr_scale
-    if scale == 1:
-        return optimizer
     if scale <= 0:
         raise GenJaxError(f"optimizer.bias_lr_scale is {scale}; use a positive multiple")
-    biases = _optimizer(config, lambda step: scale * schedule(step), config.weight_decay / scale)
-    return optax.partition({"bias": biases, "other": optimizer}, batch_norm_biases)
+    if scale != 1:
+        biases = _optimizer(
+            config, lambda step: scale * schedule(step), config.weight_decay / scale
+        )
+        optimizer = optax.partition({"bias": biases, "other": optimizer}, batch_norm_biases)
+    every, decay = config.lookahead_every, config.lookahead_decay
+    if not isinstance(every, int) or every < 0 or not 0 <= decay < 1:
+        raise GenJaxError(
+            f"optimizer.lookahead_every {every!r} and lookahead_decay {decay!r}: use a number of "
+            "steps (0: off) and a decay in [0, 1)"
+        )
+    return lookahead(optimizer, every, decay, num_steps) if every else optimizer

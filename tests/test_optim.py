@@ -72,9 +72,25 @@ def test_batch_norm_biases_take_a_scaled_rate_and_the_same_decay_per_step():
     np.testing.assert_allclose(step["Dense_0"]["bias"], -0.5)
 
 
+def test_lookahead_pulls_the_weights_to_the_slow_ones_every_k_steps_and_ends_on_them():
+    settings = {"momentum": 0.0, "lookahead_every": 2, "lookahead_decay": 0.5}
+    optimizer = optim.build(optimizer_config(learning_rate=1.0, **settings), 5)
+    params, grads = jnp.zeros(()), -jnp.ones(())  # plain SGD alone: +1 a step
+    state, seen = optimizer.init(params), []
+    for _ in range(5):
+        updates, state = optimizer.update(grads, state, params)
+        params = params + updates
+        seen.append(float(params))
+    # step 2: slow = 0 + (1 - 0.5 * (2/5)^3) * (2 - 0); step 4: 1.936 + 0.744 * (3.936 - 1.936);
+    # step 5, the last: the slow weights
+    np.testing.assert_allclose(seen, [1.0, 1.936, 2.936, 3.424, 3.424], rtol=1e-6)
+
+
 @pytest.mark.parametrize(
     "settings, message",
     [
+        ({"lookahead_every": -1}, "use a number of steps"),
+        ({"lookahead_every": 5, "lookahead_decay": 1.0}, r"a decay in \[0, 1\)"),
         ({"schedule": "linear", "decay_fraction": 0.0}, "use a fraction in"),
         ({"schedule": "cosine", "decay_fraction": 1.5}, "use a fraction in"),
         ({"schedule": "step"}, "unknown optimizer.schedule"),
@@ -88,4 +104,4 @@ def test_batch_norm_biases_take_a_scaled_rate_and_the_same_decay_per_step():
 )
 def test_bad_schedule_settings_are_refused(settings, message):
     with pytest.raises(GenJaxError, match=message):
-        schedule(**settings)
+        optim.build(optimizer_config(**settings), 100)
