@@ -131,8 +131,8 @@ def horizontal_flip(images, batch: Batch, seed: int, data_config: ml_collections
 
 
 def alternating_flip(images, batch: Batch, seed: int, data_config: ml_collections.ConfigDict):
-    """Each image mirrored in every other epoch of the batch's `epoch`, starting from a random
-    choice per image (airbench's): any two epochs in a row show every image both ways, where
+    """Each image mirrored in alternate epochs (each row's `epoch`), from a random first choice
+    per image (airbench's): any two epochs in a row show every image both ways, where
     independent flips show a quarter of them one way twice."""
     del data_config
     first = random_bits(seed, 3, 0, batch["index"]) & 1
