@@ -1,6 +1,6 @@
 """A recipe's training compute and how fast this machine does it: the train step's FLOPs (XLA's
 cost analysis), times the recipe's steps, and the step's time and GFLOP/s here beside a float32
-matmul's (the machine's compute limit), in this process.
+matmul's (benchmarks/speed.py's peak, the machine's compute limit), in this process.
 
     python benchmarks/train_flops.py experiments/cifar10_airbench.py [--steps 3]
         [--config.data.batch_size=512 ...]
@@ -17,21 +17,11 @@ import time
 
 import jax
 import jax.numpy as jnp
+from speed import matmul_peak  # this folder; run as a script
 
 from gen_jax import config as config_lib
 from gen_jax import data, parallel, tasks, train
 from gen_jax.tasks.base import init_state
-
-
-def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
-    """GFLOP/s of a float32 size x size matmul."""
-    a = jax.random.normal(jax.random.PRNGKey(0), (size, size))
-    matmul = jax.jit(lambda x: x @ x)
-    matmul(a).block_until_ready()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        matmul(a).block_until_ready()
-    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
 def main() -> None:
@@ -56,7 +46,7 @@ def main() -> None:
         state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
     seconds = (time.perf_counter() - start) / args.steps
-    peak, steps = matmul_gflops(), config.train.num_steps
+    peak, steps = matmul_peak(args)["gflops"], config.train.num_steps
     print(f"{args.experiment}, batch {config.data.batch_size}, {jax.devices()[0].device_kind}")
     print(
         "| GFLOP / step | steps | training PFLOP | s / step | GFLOP/s | matmul peak GFLOP/s "
