@@ -11,7 +11,7 @@ import pytest
 
 from gen_jax import models
 from gen_jax.errors import GenJaxError
-from gen_jax.models import airbench
+from gen_jax.models import airbench, layers
 
 
 def count(params) -> int:
@@ -180,6 +180,24 @@ def test_dcgan_image_size_must_halve_once_per_upsampling():
 def test_bad_dcgan_downsampling_is_a_clear_error(settings, message):
     with pytest.raises(GenJaxError, match=message):
         models.build(ml_collections.ConfigDict({"name": "dcgan", **settings}))
+
+
+@pytest.mark.parametrize(
+    "shape, window", [((3, 31, 31, 8), 2), ((2, 9, 9, 5), 3), ((2, 3, 3, 4), 3)]
+)
+@pytest.mark.parametrize("ties", [False, True])
+def test_max_pool_and_its_gradient_are_flax_max_pools_bit_for_bit(shape, window, ties):
+    rng = np.random.default_rng(0)
+    # small integers tie within most windows: the gradient must pick the same maximum as XLA's
+    x = rng.integers(0, 3, shape) if ties else rng.standard_normal(shape)
+    x = jnp.asarray(x, jnp.float32)
+    pooled_shape = (shape[0], shape[1] // window, shape[2] // window, shape[3])
+    cotangent = jnp.asarray(rng.standard_normal(pooled_shape), jnp.float32)
+    flax_pool = lambda x: nn.max_pool(x, (window, window), strides=(window, window))
+    ours, pullback = jax.vjp(lambda x: layers.max_pool(x, window), x)
+    theirs, flax_pullback = jax.vjp(flax_pool, x)
+    np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_array_equal(pullback(cotangent)[0], flax_pullback(cotangent)[0])
 
 
 def test_space_to_depth_undoes_depth_to_space():

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from gen_jax.models.cnn import FEATURES
+from gen_jax.models.layers import max_pool
 
 
 def patches(images: jax.Array, size: int) -> jax.Array:
@@ -83,7 +84,7 @@ class ConvGroup(nn.Module):
             )
             return nn.gelu(layer(x), approximate=False)
 
-        x = nn.max_pool(conv(x), (2, 2), strides=(2, 2))
+        x = max_pool(conv(x), 2)
         return norm(conv(norm(x)))
 
 
@@ -118,7 +119,7 @@ class Airbench(nn.Module):
         x = nn.gelu(x + bias.astype(self.dtype), approximate=False)
         for width in self.widths:
             x = ConvGroup(width, self.batchnorm_momentum, self.dtype)(x, train)
-        x = nn.max_pool(x, (3, 3), strides=(3, 3))
+        x = max_pool(x, 3)
         x = x.reshape((x.shape[0], -1))
         self.sow("intermediates", FEATURES, x)
         head = nn.Dense(
