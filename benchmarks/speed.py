@@ -360,8 +360,13 @@ def gen_jax_dcgan(args) -> dict:
 
 
 def gen_jax_airbench(args) -> dict:
-    """The recipe's run, its final evaluation without the test-time augmentations."""
-    overrides = ["--config.task.test_flips=False", "--config.task.test_shift=0"]
+    """The recipe's run, without its warm-up (longer than the row's steps) and its final
+    evaluation without the test-time augmentations."""
+    overrides = [
+        "--config.optimizer.warmup_steps=0",
+        "--config.task.test_flips=False",
+        "--config.task.test_shift=0",
+    ]
     return gen_jax_training("cifar10_airbench", _cifar(args), *overrides)
 
 
@@ -570,8 +575,11 @@ def main() -> None:
         result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
         return
+    from gen_jax.reproduce import hardware
+
     results = {row: measure_in_fresh_process(row) for row in ROWS}
     print(f"jax {jax.__version__}, {args.steps} timed steps per training row, one CPU device")
+    print(f"CPU: {hardware()}")
     print(table(results))
 
 

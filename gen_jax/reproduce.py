@@ -16,9 +16,10 @@ again: its logged final evaluation is reported (delete the folder to start afres
 runs from a run's first metrics record to its last training record, summed over the processes
 that trained it when it was stopped and resumed. The table goes between two
 marker lines of the output file (RESULTS.md; RUNS/quick/RESULTS.md with `--quick`), keeping the
-text around it. An experiment that fails to run gets an error row, and the others still run.
-With `--figures DIR`, each run's latest pictures are copied to DIR/NAME_KIND.png, and a 2-d VAE's
-latent map and decoded manifold are drawn there too.
+text around it and the rows of experiments this call did not run; each row names the call
+(date, versions, hardware) that measured it. An experiment that fails to run gets an error row,
+and the others still run. With `--figures DIR`, each run's latest pictures are copied to
+DIR/NAME_KIND.png, and a 2-d VAE's latent map and decoded manifold are drawn there too.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import dataclasses
 import datetime
 import os
 import platform
+import re
 import shutil
 import traceback
 from pathlib import Path
@@ -41,6 +43,7 @@ from gen_jax.errors import GenJaxError
 from gen_jax.metric_writer import logged_metrics, read_metrics
 
 BEGIN, END = "<!-- gen-jax reproduce: begin -->", "<!-- gen-jax reproduce: end -->"
+VECTOR_EXTENSIONS = (("avx512f", "AVX-512"), ("avx2", "AVX2"))  # widest first
 GOALS = {"<=": lambda value, bound: value <= bound, ">=": lambda value, bound: value >= bound}
 
 
@@ -198,36 +201,89 @@ def hardware() -> str:
 
 
 def _cpu_model() -> str | None:
+    """The CPU's model name, family and model numbers (which tell a VM's generic name apart),
+    core count and widest vector extension: what its speed depends on."""
     cpuinfo = Path("/proc/cpuinfo")
     if not cpuinfo.is_file():
         return None
-    for line in cpuinfo.read_text().splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    return None
+    fields = dict(
+        line.split(":", 1) for line in cpuinfo.read_text().splitlines()[:40] if ":" in line
+    )
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    if "model name" not in fields:
+        return None
+    flags = fields.get("flags", "").split()
+    vector = next((name for flag, name in VECTOR_EXTENSIONS if flag in flags), None)
+    family = f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}"
+    details = ", ".join(filter(None, [family, f"{os.cpu_count()} cores", vector]))
+    return f"{fields['model name']} ({details})"
 
 
-def table(rows: list[Row], quick: bool) -> str:
-    """The results as one Markdown table, with what it ran on and when."""
+def run_description(quick: bool) -> str:
+    """What one call of `gen-jax reproduce` ran: mode, time, versions and hardware."""
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     mode = "quick (shortened runs, looser tolerances)" if quick else "full recipes"
-    lines = [
+    return (
         f"`gen-jax reproduce{' --quick' if quick else ''}`, {mode}; {stamp}; "
-        f"gen_jax {gen_jax.__version__}, jax {jax.__version__}; {hardware()}.",
-        "",
-        "| experiment | metric | value | expected | result | training time |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        if row.error:
-            lines.append(f"| {row.experiment} | — | — | — | **ERROR**: {row.error} | — |")
+        f"gen_jax {gen_jax.__version__}, jax {jax.__version__}; {hardware()}"
+    )
+
+
+def row_cells(row: Row) -> list[str]:
+    """A row's table cells, the run column left out."""
+    if row.error:
+        return [row.experiment, "—", "—", "—", f"**ERROR**: {row.error}", "—"]
+    result = "pass" if row.passed else "**FAIL**"
+    value, minutes = f"{row.value:.4g}", f"{row.minutes:.1f} min"
+    return [row.experiment, row.metric, value, row.expected, result, minutes]
+
+
+def earlier_rows(block: str) -> list[tuple[list[str], str]]:
+    """(cells without the run column, run description) of each row of a table `table` wrote; a
+    table from before the run column has one run, described by its first line."""
+    runs = dict(re.findall(r"^- run (\d+): (.*)$", block, flags=re.MULTILINE))
+    only_run = "" if runs else block.split("\n", 1)[0].rstrip(".")
+    rows = []
+    for line in block.splitlines():
+        if not line.startswith("| ") or line.startswith(("| experiment |", "|---")):
             continue
-        result = "pass" if row.passed else "**FAIL**"
-        lines.append(
-            f"| {row.experiment} | {row.metric} | {row.value:.4g} | {row.expected} | {result} | "
-            f"{row.minutes:.1f} min |"
-        )
+        cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        rows.append((cells[:6], runs.get(cells[6], "") if len(cells) > 6 else only_run))
+    return rows
+
+
+def table(rows: list[Row], quick: bool, earlier: str = "") -> str:
+    """One Markdown table of this call's rows and, for experiments it did not run, the rows of
+    the `earlier` table (the one between the markers), each naming the call that measured it."""
+    now = run_description(quick)
+    ran = {row.experiment for row in rows}
+    new = [(row_cells(row), now) for row in rows]
+    merged = []
+    for cells, run in earlier_rows(earlier):
+        if cells[0] not in ran:
+            merged.append((cells, run))
+        elif not any(c[0] == cells[0] for c, _ in merged):  # this call's rows take its place
+            merged += [(c, r) for c, r in new if c[0] == cells[0]]
+    merged += [(c, r) for c, r in new if not any(m[0] == c[0] for m, _ in merged)]
+    numbers = {run: str(i + 1) for i, run in enumerate(dict.fromkeys(run for _, run in merged))}
+    lines = [
+        "Each row names the `gen-jax reproduce` call that measured it:",
+        "",
+        *[f"- run {number}: {run}" for run, number in numbers.items()],
+        "",
+        "| experiment | metric | value | expected | result | training time | run |",
+        "|---|---|---|---|---|---|---|",
+        *["| " + " | ".join([*cells, numbers[run]]) + " |" for cells, run in merged],
+    ]
     return "\n".join(lines) + "\n"
+
+
+def table_in(path: Path) -> str:
+    """The text between the marker lines of `path` ("" when there is none)."""
+    text = path.read_text() if path.is_file() else ""
+    if BEGIN not in text or END not in text:
+        return ""
+    return text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
 
 
 def write_table(text: str, path: Path) -> None:
@@ -270,8 +326,9 @@ def main(
     """The CLI command: 0 when every metric passes, 1 otherwise."""
     runs = runs / "quick" if quick else runs
     rows = reproduce(names or all_experiments(experiments), experiments, runs, quick, figures)
-    text = table(rows, quick)
     if jax.process_index() == 0:
-        write_table(text, out or (runs / "RESULTS.md" if quick else Path("RESULTS.md")))
+        path = out or (runs / "RESULTS.md" if quick else Path("RESULTS.md"))
+        text = table(rows, quick, earlier=table_in(path))
+        write_table(text, path)
         print(text)
     return 0 if all(row.passed for row in rows) else 1

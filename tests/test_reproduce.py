@@ -23,6 +23,42 @@ def test_the_table_goes_between_the_markers_and_keeps_the_text_around_it(tmp_pat
     assert "second table" in text and "first table" not in text
 
 
+def test_a_call_replaces_its_experiments_rows_and_keeps_the_others_with_their_runs():
+    legacy = (  # a table from before the run column: its first line describes its one run
+        "`gen-jax reproduce`, full recipes; 2026-11-23 10:44 UTC; jax 0.10.2; AMD EPYC.\n\n"
+        "| experiment | metric | value | expected | result | training time |\n"
+        "|---|---|---|---|---|---|\n"
+        "| cnn | accuracy | 0.99 | 0.99 ± 0.01 | pass | 3.0 min |\n"
+        "| gan | fid | 9 | 9 ± 1 | pass | 50.0 min |\n"
+        "| gan | inception_score | 9 | 9 ± 1 | pass | 50.0 min |\n"
+        "| vae | — | — | — | **ERROR**: a \\| b | — |\n"
+    )
+    rows = [
+        reproduce.Row("gan", "fid", 7.5, (7.5, 1.0), 40.0),
+        reproduce.Row("new", "nll", 80.0, ("<=", 84.0), 2.0),
+    ]
+    text = reproduce.table(rows, quick=False, earlier=legacy)
+    lines = text.splitlines()
+    body = [line for line in lines if line.startswith("| ") and "experiment" not in line]
+    assert [line.split(" | ")[0:2] for line in body] == [
+        ["| cnn", "accuracy"],
+        ["| gan", "fid"],  # this call's rows, in the place of the old ones
+        ["| vae", "—"],
+        ["| new", "nll"],
+    ]
+    assert body[0].endswith("| 1 |") and body[2].endswith("| 1 |")  # kept, from the old run
+    assert body[1].endswith("| 2 |") and "| 7.5 |" in body[1] and "| 40.0 min |" in body[1]
+    assert "**ERROR**: a \\| b" in body[2]
+    assert "- run 1: `gen-jax reproduce`, full recipes; 2026-11-23 10:44 UTC" in text
+    assert "- run 2: `gen-jax reproduce`, full recipes;" in text and reproduce.hardware() in text
+
+    again = reproduce.table(
+        [reproduce.Row("cnn", "accuracy", 0.98, (0.99, 0.02), 3.5)], False, text
+    )
+    runs = [line for line in again.splitlines() if line.startswith("- run ")]
+    assert len(runs) == 3 and sum("| 0.98 |" in line for line in again.splitlines()) == 1
+
+
 def tiny_experiment(folder, expected: tuple[float, float]):
     """A tiny classifier experiment file declaring a QUICK check of its accuracy."""
     path = write_experiment(folder / "tiny.py", "classifier")
