@@ -1,18 +1,17 @@
 """CIFAR-10 (JPEG copy) at airbench's speed (Keller Jordan's airbench94, 94.01% on canonical
 CIFAR-10 in 0.36 PFLOP): its network (`gen_jax/models/airbench.py`: whitening layer from the data,
 three conv groups, 1.97M parameters), batch 1024, Nesterov SGD with its decoupled hyperparameters
-(batch norm biases at 64x the rate), label smoothing 0.2, 2-pixel random crops and flips, a warm-up
-from 0.2x over 23% of 9.9 epochs then a linear decay to 0.07x, test-time flips and 1-pixel
-translations.
+(batch norm biases at 64x the rate), label smoothing 0.2, 2-pixel random crops, flips alternating
+by epoch, a warm-up from 0.2x over 23% of 9.9 epochs then a linear decay to 0.07x, lookahead every
+5 steps, test-time flips and 1-pixel translations.
 
     gen-jax train experiments/cifar10_airbench.py --workdir runs/cifar10_airbench [--stop_at STEP]
 
-Not (yet) in the recipe: airbench's lookahead (optimizer.lookahead_every=5) and alternating flips
-(data.preprocess 'alternating_flip'), which exist but await a measured QUICK run; reflection
-padding in the crops; freezing the whitening bias after 3 epochs.
+Not (yet) in the recipe: reflection padding in the crops; freezing the whitening bias after 3
+epochs.
 Goal (issue 22): >= 93.5% test accuracy within 0.6 PFLOP.
-Reproduces: not yet measured. Its QUICK run (20 steps): 52.9%, ~30 s per step of 1024 on a
-2-core Intel Xeon VM beside another training (RESULTS.md).
+Reproduces: not yet measured. Its QUICK run (20 steps): 46.0%, ~8 s per step of 1024 on a 2-core
+Intel Xeon VM (RESULTS.md).
 """
 
 from gen_jax.config import base_config
@@ -32,7 +31,7 @@ def get_config():
     config.data.folder = "../shared/data/cifar10_jpeg"  # relative to where you run gen-jax
     config.data.batch_size = BATCH
     config.data.eval_batch_size = 1000
-    config.data.preprocess = ("random_crop", "horizontal_flip", "normalize")
+    config.data.preprocess = ("random_crop", "alternating_flip", "normalize")
     config.data.crop_padding = 2
     config.data.mean = (0.4913, 0.4821, 0.4465)  # the training split's (experiments/cifar10_cnn.py)
     config.data.std = (0.2452, 0.2428, 0.2606)
@@ -51,6 +50,7 @@ def get_config():
             "schedule": "linear",
             "warmup_from": 0.2,
             "end_fraction": 0.07,
+            "lookahead_every": 5,
         }
     )
     config.train.num_steps = round(9.9 * EPOCH)
@@ -62,13 +62,14 @@ def get_config():
 
 # `gen-jax reproduce` checks: metric -> (value, tolerance) or a goal ('<=' | '>=', bound).
 EXPECTED = {"accuracy": (">=", 0.935)}  # the goal; not yet measured
-# QUICK: measured once (Intel Xeon VM): 20 steps (0.4 epochs), test-time flips only; a young
-# network, which another CPU's rounding moves by points
+# QUICK: measured once (Intel Xeon VM, family 6 model 207): 20 steps (0.4 epochs), test-time
+# flips only; lookahead makes its weights mostly step 15's. A young network, which another CPU's
+# rounding moves by points
 QUICK = {
     "overrides": [
         "--config.train.num_steps=20",
         "--config.optimizer.warmup_steps=5",
         "--config.task.test_shift=0",
     ],
-    "expected": {"accuracy": (0.529, 0.04)},
+    "expected": {"accuracy": (0.460, 0.04)},
 }
