@@ -23,7 +23,7 @@ def test_the_table_goes_between_the_markers_and_keeps_the_text_around_it(tmp_pat
     assert "second table" in text and "first table" not in text
 
 
-def test_a_call_replaces_its_experiments_rows_and_keeps_the_others_with_their_runs():
+def test_a_call_replaces_its_experiments_rows_and_keeps_the_others_with_their_runs(monkeypatch):
     legacy = (  # a table from before the run column: its first line describes its one run
         "`gen-jax reproduce`, full recipes; 2026-11-23 10:44 UTC; jax 0.10.2; AMD EPYC.\n\n"
         "| experiment | metric | value | expected | result | training time |\n"
@@ -52,11 +52,17 @@ def test_a_call_replaces_its_experiments_rows_and_keeps_the_others_with_their_ru
     assert "- run 1: `gen-jax reproduce`, full recipes; 2026-11-23 10:44 UTC" in text
     assert "- run 2: `gen-jax reproduce`, full recipes;" in text and reproduce.hardware() in text
 
+    monkeypatch.setattr(reproduce, "run_description", lambda quick: "a later call")
     again = reproduce.table(
         [reproduce.Row("cnn", "accuracy", 0.98, (0.99, 0.02), 3.5)], False, text
     )
-    runs = [line for line in again.splitlines() if line.startswith("- run ")]
-    assert len(runs) == 3 and sum("| 0.98 |" in line for line in again.splitlines()) == 1
+    runs = dict(
+        line[len("- run ") :].split(": ", 1) for line in again.splitlines() if "- run" in line
+    )
+    rows = {line.split(" | ")[0][2:]: line for line in again.splitlines() if line.startswith("| ")}
+    run_of = lambda experiment: runs[rows[experiment].split(" | ")[-1].rstrip(" |")]
+    assert len(runs) == 3 and "| 0.98 |" in rows["cnn"] and run_of("cnn") == "a later call"
+    assert run_of("vae").endswith("AMD EPYC") and run_of("gan") == run_of("new") != run_of("cnn")
 
 
 def tiny_experiment(folder, expected: tuple[float, float]):
