@@ -81,7 +81,7 @@ def conv_matmul_filter_grad(
     """`lax.conv_general_dilated` (as `nn.Conv(conv_general_dilated=...)` calls it) whose kernel
     gradient, for a stride-1 NHWC convolution, is one matmul per kernel tap: XLA's CPU backend
     runs the backward-filter convolution of wide layers at a fraction of its matmul speed (the
-    airbench step trains 1.6x faster: benchmarks/README.md). The same numbers up to float
+    airbench step trains 1.5x faster: benchmarks/README.md). The same numbers up to float
     rounding; any other convolution goes to `lax.conv_general_dilated` unchanged."""
     ones = lambda values: all(v == 1 for v in values or ())
     nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
