@@ -10,8 +10,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gen_jax.models.layers import max_pool
-
 FEATURES = "features"  # the penultimate activations, sown for feature-space metrics (FID)
 
 
@@ -57,7 +55,7 @@ class BatchNormCNN(nn.Module):
             x = nn.Conv(features, (3, 3), use_bias=False, dtype=self.dtype)(x)
             x = nn.relu(norm(x))
             if index in self.pool_after:
-                x = max_pool(x, 2)
+                x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(norm(nn.Dense(self.hidden, use_bias=False, dtype=self.dtype)(x)))
         self.sow("intermediates", FEATURES, x)

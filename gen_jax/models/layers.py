@@ -38,17 +38,18 @@ def max_pool(x: jax.Array, window: int) -> jax.Array:
     return nn.max_pool(x, (window, window), strides=(window, window))
 
 
-def _max_pool_forward(x: jax.Array, window: int) -> tuple[jax.Array, tuple]:
-    pooled = max_pool(x, window)
-    return pooled, (x, pooled)
+def _max_pool_forward(x: jax.Array, window: int) -> tuple[jax.Array, jax.Array]:
+    return max_pool(x, window), x
 
 
-def _max_pool_backward(window: int, saved: tuple, grad: jax.Array) -> tuple[jax.Array]:
-    x, pooled = saved
+def _max_pool_backward(window: int, x: jax.Array, grad: jax.Array) -> tuple[jax.Array]:
     batch, height, width, channels = x.shape
-    rows, columns = pooled.shape[1:3]
+    rows, columns = height // window, width // window
     blocks = x[:, : rows * window, : columns * window]
     blocks = blocks.reshape(batch, rows, window, columns, window, channels)
+    # the maxima of these very values: XLA may recompute x rather than keep it, and a maximum
+    # kept from the forward pass could then differ from every entry of its window in the last bit
+    pooled = blocks.max(axis=(2, 4))
     taken = jnp.zeros(pooled.shape, bool)  # whether a window's maximum was met already
     grad_rows = []
     for i in range(window):
