@@ -206,10 +206,9 @@ def _cpu_model() -> str | None:
     cpuinfo = Path("/proc/cpuinfo")
     if not cpuinfo.is_file():
         return None
-    fields = dict(
-        line.split(":", 1) for line in cpuinfo.read_text().splitlines()[:40] if ":" in line
-    )
-    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    first_processor = cpuinfo.read_text().split("\n\n", 1)[0].splitlines()
+    pairs = (line.split(":", 1) for line in first_processor if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in pairs}
     if "model name" not in fields:
         return None
     flags = fields.get("flags", "").split()
@@ -255,16 +254,14 @@ def earlier_rows(block: str) -> list[tuple[list[str], str]]:
 def table(rows: list[Row], quick: bool, earlier: str = "") -> str:
     """One Markdown table of this call's rows and, for experiments it did not run, the rows of
     the `earlier` table (the one between the markers), each naming the call that measured it."""
-    now = run_description(quick)
-    ran = {row.experiment for row in rows}
-    new = [(row_cells(row), now) for row in rows]
-    merged = []
+    by_experiment: dict[str, list[tuple[list[str], str]]] = {}
     for cells, run in earlier_rows(earlier):
-        if cells[0] not in ran:
-            merged.append((cells, run))
-        elif not any(c[0] == cells[0] for c, _ in merged):  # this call's rows take its place
-            merged += [(c, r) for c, r in new if c[0] == cells[0]]
-    merged += [(c, r) for c, r in new if not any(m[0] == c[0] for m, _ in merged)]
+        by_experiment.setdefault(cells[0], []).append((cells, run))
+    now, fresh = run_description(quick), {}
+    for row in rows:
+        fresh.setdefault(row.experiment, []).append((row_cells(row), now))
+    by_experiment.update(fresh)  # a rerun experiment keeps its place; a new one goes last
+    merged = [entry for entries in by_experiment.values() for entry in entries]
     numbers = {run: str(i + 1) for i, run in enumerate(dict.fromkeys(run for _, run in merged))}
     lines = [
         "Each row names the `gen-jax reproduce` call that measured it:",
