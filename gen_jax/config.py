@@ -251,7 +251,8 @@ def base_config() -> ml_collections.ConfigDict:
             "preprocess": ("scale_to_unit",),  # named steps, gen_jax/data/preprocess.py
             "mean": (),  # per channel, in [0, 1] units: the "normalize" step's
             "std": (),
-            "crop_padding": 4,  # the "random_crop" step's zero padding
+            "crop_padding": 4,  # the "random_crop" step's padding, in pixels a side ...
+            "crop_mode": "zeros",  # ... of zeros, or "reflect": the image's pixels mirrored
             # a training split of more decoded bytes (or any, with `streaming`) is read from
             # disk by index through grain's `workers` processes instead of held in memory
             "memory_budget": 2 * 2**30,
@@ -274,6 +275,8 @@ def base_config() -> ml_collections.ConfigDict:
             "bias_lr_scale": 1.0,  # batch norm biases: this multiple of the rate (decay / it)
             "lookahead_every": 0,  # steps between lookahead's syncs (optim.lookahead); 0: off
             "lookahead_decay": 0.95**5,  # the slow weights' final decay per sync (airbench's)
+            "freeze": "",  # a parameter name (last key): trained for the first freeze_at steps
+            "freeze_at": 0,  # only, then held (airbench's whitening bias: 3 epochs)
             "schedule": "constant",  # or "cosine", "linear": decay to end_fraction at the end
             "warmup_steps": 0,
             "warmup_from": 0.0,  # the warm-up starts at this fraction of the peak rate

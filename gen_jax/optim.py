@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -66,15 +67,29 @@ def _optimizer(
     raise GenJaxError(f"unknown optimizer.name '{config.name}'; use one of {OPTIMIZERS}")
 
 
-def batch_norm_biases(params) -> Any:
-    """Each parameter's group: "bias" for a batch norm's bias, else "other" (optax.partition)."""
+def parameter_groups(scaled_biases: bool, freeze: str) -> Callable[[Any], Any]:
+    """A function of the parameters giving each its group (optax.partition): "bias" for a batch
+    norm's bias where `scaled_biases`, "frozen" for the parameters named `freeze` (their last
+    key), else "other"."""
 
     def label(path, _) -> str:
-        names = [getattr(key, "key", "") for key in path]
-        is_bias = names[-1] == "bias" and any(str(n).startswith("BatchNorm") for n in names)
-        return "bias" if is_bias else "other"
+        names = [str(getattr(key, "key", "")) for key in path]
+        if freeze and names[-1] == freeze:
+            return "frozen"
+        if scaled_biases and names[-1] == "bias" and any(n.startswith("BatchNorm") for n in names):
+            return "bias"
+        return "other"
 
-    return jax.tree_util.tree_map_with_path(label, params)
+    def labels(params) -> Any:
+        groups = jax.tree_util.tree_map_with_path(label, params)
+        if freeze and "frozen" not in jax.tree.leaves(groups):
+            raise GenJaxError(
+                f"optimizer.freeze names '{freeze}', but the model has no parameter of that "
+                "name; use the last key of one of its parameters, or '' for none"
+            )
+        return groups
+
+    return labels
 
 
 class LookaheadState(NamedTuple):
@@ -112,18 +127,29 @@ def lookahead(
 def build(config: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
     """The optimizer named by `config.name` with the config's schedule; with `bias_lr_scale`,
     batch norm biases at that multiple of the rate and the weight decay divided by it, so that
-    their decay per step stays the others' (airbench's); with `lookahead_every`, wrapped in
-    `lookahead`."""
+    their decay per step stays the others' (airbench's); with `freeze`, that parameter's rate
+    zero from step `freeze_at` on; with `lookahead_every`, wrapped in `lookahead`."""
     schedule = learning_rate_schedule(config, num_steps)
     optimizer = _optimizer(config, schedule, config.weight_decay)
     scale = config.bias_lr_scale
     if scale <= 0:
         raise GenJaxError(f"optimizer.bias_lr_scale is {scale}; use a positive multiple")
+    groups = {"other": optimizer}
     if scale != 1:
-        biases = _optimizer(
+        groups["bias"] = _optimizer(
             config, lambda step: scale * schedule(step), config.weight_decay / scale
         )
-        optimizer = optax.partition({"bias": biases, "other": optimizer}, batch_norm_biases)
+    if config.freeze:
+        at = config.freeze_at
+        if not isinstance(at, int) or at <= 0:
+            raise GenJaxError(
+                f"optimizer.freeze_at is {at!r}; use the number of steps that train "
+                f"'{config.freeze}' before it is held"
+            )
+        trained = lambda step: jnp.where(step < at, schedule(step), 0.0)
+        groups["frozen"] = _optimizer(config, trained, config.weight_decay)
+    if len(groups) > 1:
+        optimizer = optax.partition(groups, parameter_groups(scale != 1, config.freeze))
     every, decay = config.lookahead_every, config.lookahead_decay
     if not isinstance(every, int) or every < 0 or not 0 <= decay < 1:
         raise GenJaxError(

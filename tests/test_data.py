@@ -95,6 +95,8 @@ def test_named_preprocessing_scales_pixels():
     np.testing.assert_allclose(symmetric.ravel(), [-1, 1])
     with pytest.raises(GenJaxError, match=r"unknown data\.preprocess step"):
         data.preprocessor(data_config(preprocess=("normalise",)))
+    with pytest.raises(GenJaxError, match=r"unknown data\.crop_mode 'mirror'; use one of"):
+        data.preprocessor(data_config(preprocess=("random_crop",), crop_mode="mirror"))
 
 
 def test_normalize_gives_zero_mean_unit_std_per_channel_and_needs_its_statistics():
@@ -116,17 +118,19 @@ def test_normalize_gives_zero_mean_unit_std_per_channel_and_needs_its_statistics
 AUGMENT = ("random_crop", "horizontal_flip", "scale_to_unit")
 
 
-def test_random_crop_and_flip_move_each_image_within_its_padding():
-    """Every output is its input shifted by at most the padding (zero-filled) and maybe mirrored;
-    across 200 examples every offset and both flips occur."""
+@pytest.mark.parametrize("mode, numpy_mode", [("zeros", "constant"), ("reflect", "reflect")])
+def test_random_crop_and_flip_move_each_image_within_its_padding(mode, numpy_mode):
+    """Every output is its input shifted by at most the padding (zeros, or the image mirrored at
+    its borders) and maybe mirrored; across 200 examples every offset and both flips occur."""
     split = in_memory(200, (6, 6, 1))
-    config = data_config(preprocess=AUGMENT, crop_padding=2, batch_size=200)
+    config = data_config(preprocess=AUGMENT, crop_padding=2, crop_mode=mode, batch_size=200)
     batch = next(data.train_iterator(split, config, seed=1))
     pad = 2
     seen = set()
     for out, label in zip(batch["image"], batch["label"], strict=True):
         image = split.arrays["image"][label]  # labels number the examples
-        padded = np.pad(image[..., 0], pad).astype(np.float32) * np.float32(1 / 255)
+        padded = np.pad(image[..., 0], pad, mode=numpy_mode)
+        padded = padded.astype(np.float32) * np.float32(1 / 255)
         matches = {
             (dy, dx, flip)
             for dy in range(2 * pad + 1)
@@ -168,11 +172,13 @@ def test_alternating_flips_mirror_each_image_in_every_other_epoch_on_host_and_de
     assert {seen[0] for seen in flips.values()} == {False, True}
 
 
-def test_random_steps_are_keyed_by_seed_step_and_example_the_same_on_host_and_device():
+@pytest.mark.parametrize("crop_mode", ["zeros", "reflect"])
+def test_random_steps_are_keyed_by_seed_step_and_example_the_same_on_host_and_device(crop_mode):
     """The host pipeline and the compiled lookup (data.on_device) give the same bits; a batch's
     draws depend on (seed, step, example), not on the batch it sits in; evaluation skips them."""
     split = in_memory(40, (8, 8, 3))
-    config = data_config(preprocess=(*AUGMENT[:2], "normalize"), mean=(0.5,) * 3, std=(0.25,) * 3)
+    normalize = {"mean": (0.5,) * 3, "std": (0.25,) * 3, "crop_mode": crop_mode}
+    config = data_config(preprocess=(*AUGMENT[:2], "normalize"), **normalize)
     host = [next(it) for it in [data.train_iterator(split, config, seed=5)] for _ in range(6)]
     indices = data.train_iterator(split, config, seed=5, indices_only=True)
     lookup = jax.jit(lambda s, b: data.lookup(s, b, config, seed=5))

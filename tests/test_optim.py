@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from gen_jax import config as config_lib
@@ -87,6 +88,26 @@ def test_lookahead_pulls_the_weights_to_the_slow_ones_every_k_steps_and_ends_on_
     np.testing.assert_allclose(seen, [1.0, 1.936, 2.936, 3.424, 3.424], rtol=1e-6)
 
 
+def test_a_frozen_parameter_trains_for_its_steps_then_holds_while_the_others_go_on():
+    settings = {"momentum": 0.9, "weight_decay": 0.1, "freeze": "whitening_bias", "freeze_at": 3}
+    optimizer = optim.build(optimizer_config(learning_rate=0.5, **settings), 10)
+    params = {"whitening_bias": jnp.ones(2), "Conv_0": {"kernel": jnp.ones(2)}}
+    state, seen = optimizer.init(params), []
+    for _ in range(6):
+        grads = jax.tree.map(jnp.ones_like, params)
+        updates, state = optimizer.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        seen.append((float(params["whitening_bias"][0]), float(params["Conv_0"]["kernel"][0])))
+    frozen, other = zip(*seen, strict=True)
+    # the same updates for both while it trains (momentum, decay); then it holds, with its
+    # momentum, while the other goes on
+    assert frozen[:3] == other[:3]
+    assert frozen[2] == frozen[3] == frozen[5] and other[2] > other[3] > other[5]
+    with pytest.raises(GenJaxError, match="no parameter of that name"):
+        optimizer = optim.build(optimizer_config(freeze="whitening", freeze_at=3), 10)
+        optimizer.init(params)
+
+
 @pytest.mark.parametrize(
     "settings, message",
     [
@@ -101,6 +122,7 @@ def test_lookahead_pulls_the_weights_to_the_slow_ones_every_k_steps_and_ends_on_
             "warmup_steps 100 must be at least 0 and below train.num_steps 100",
         ),
         ({"warmup_steps": -1}, "warmup_steps -1 must be at least 0"),
+        ({"freeze": "whitening_bias"}, "freeze_at is 0; use the number of steps that train"),
     ],
 )
 def test_bad_schedule_settings_are_refused(settings, message):

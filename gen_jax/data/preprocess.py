@@ -108,12 +108,17 @@ def random_bits(seed: int, salt: int, step, index):
     return _mix(h ^ index.astype(np.uint32))
 
 
+CROP_MODES = {"zeros": "constant", "reflect": "reflect"}  # data.crop_mode -> numpy's pad mode
+
+
 def random_crop(images, batch: Batch, seed: int, data_config: ml_collections.ConfigDict):
-    """Each image zero-padded by data.crop_padding pixels a side, then cropped back to its size
-    at a random offset (the CIFAR-10 augmentation of He et al., 2016)."""
+    """Each image padded by data.crop_padding pixels a side, with zeros (the CIFAR-10
+    augmentation of He et al., 2016) or its own pixels mirrored (`data.crop_mode="reflect"`,
+    airbench's), then cropped back to its size at a random offset."""
     xp, pad = _xp(images), data_config.crop_padding
     height, width = images.shape[1:3]
-    padded = xp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    mode = CROP_MODES[data_config.crop_mode]
+    padded = xp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode=mode)
     bits = random_bits(seed, 1, batch["step"], batch["index"])
     offset_y = (bits % (2 * pad + 1)).astype(np.int32)
     offset_x = ((bits >> 16) % (2 * pad + 1)).astype(np.int32)
@@ -148,11 +153,15 @@ RANDOM_STEPS: dict[str, Callable] = {
 STEPS = sorted([*SCALINGS, *RANDOM_STEPS])
 
 
-def check(names: tuple[str, ...]) -> None:
-    """Refuse unknown step names before anything runs."""
-    unknown = [n for n in names if n not in STEPS]
+def check(data_config: ml_collections.ConfigDict) -> None:
+    """Refuse unknown step names and crop modes before anything runs."""
+    unknown = [n for n in data_config.preprocess if n not in STEPS]
     if unknown:
         raise GenJaxError(f"unknown data.preprocess step(s) {unknown}; available: {STEPS}")
+    if data_config.crop_mode not in CROP_MODES:
+        raise GenJaxError(
+            f"unknown data.crop_mode '{data_config.crop_mode}'; use one of {sorted(CROP_MODES)}"
+        )
 
 
 def preprocessor(
@@ -167,7 +176,7 @@ def preprocessor(
     (examples, values) rows (`image_shape` then gives their shape): the scalings keep whatever
     layout they get, the random steps work on images and give back the layout they got.
     Picklable, for grain's worker processes."""
-    check(tuple(data_config.preprocess))
+    check(data_config)
     return functools.partial(
         _apply, data_config=data_config, image_shape=image_shape, seed=seed, train=train
     )

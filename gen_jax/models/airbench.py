@@ -5,10 +5,10 @@ The first layer's 2x2 filters whiten the image patches: they are the eigenvector
 second moment, scaled by 1 / sqrt(eigenvalue + eps), and their negatives (so that GELU keeps both
 signs). They are computed from the images the network is initialised with (the training state's
 example batch, spread over the training split) and kept with the batch statistics, as the
-statistic of the data they are: no optimizer or weight decay moves them (airbench trains their
-bias for 3 epochs only; here always). Batch norm has no scale; each 3x3 convolution starts as the
-identity on its first input channels, the rest as PyTorch's defaults; the logits are scaled by
-`scaling` (1/9).
+statistic of the data they are: no optimizer or weight decay moves them (their bias is a
+parameter, which airbench trains for 3 epochs only: `optimizer.freeze`). Batch norm has no
+scale; each 3x3 convolution starts as the identity on its first input channels, the rest as
+PyTorch's defaults; the logits are scaled by `scaling` (1/9).
 """
 
 from __future__ import annotations
