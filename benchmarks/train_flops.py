@@ -2,17 +2,26 @@
 cost analysis), times the recipe's steps, and the step's time and GFLOP/s here beside a float32
 matmul's (benchmarks/speed.py's peak, the machine's compute limit), in this process.
 
-    python benchmarks/train_flops.py experiments/cifar10_airbench.py [--steps 3]
+    python benchmarks/train_flops.py experiments/cifar10_airbench.py [--steps 3] [--profile 20]
         [--config.data.batch_size=512 ...]
 
 The step is the task's own (`task.train_step`, as `gen-jax train` compiles it, without the input
 pipeline) on the example batch a run starts from, timed over `--steps` steps after one untimed
-call. The estimated training time is the step's time here times the recipe's steps.
+call. The estimated training time is the step's time here times the recipe's steps. With
+`--profile N`, the same steps run again under `jax.profiler` and the N operations of the compiled
+step that took longest are listed, each with its convolution or dot product (shapes, window),
+which is where to look first.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import glob
+import gzip
+import json
+import re
+import tempfile
 import time
 
 import jax
@@ -24,10 +33,39 @@ from gen_jax import data, parallel, tasks, train
 from gen_jax.tasks.base import init_state
 
 
+def top_operations(step, state, batch, steps: int, count: int) -> list[tuple[float, str, str]]:
+    """(ms per step, name, the convolution or dot inside it) of the `count` operations of the
+    compiled `step` that took longest over `steps` traced steps."""
+    hlo = step.as_text()
+    operations = set(re.findall(r"\n\s*(?:ROOT )?%?([\w.-]+) = ", hlo))
+    called = dict(re.findall(r"%?([\w.-]+) = [^\n]*? fusion\(.*?calls=%?([\w.-]+)", hlo))
+    bodies = dict(re.findall(r"\n%?([\w.-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.S))
+    with tempfile.TemporaryDirectory() as folder:
+        with jax.profiler.trace(folder, create_perfetto_trace=True):
+            for _ in range(steps):
+                state, metrics = step(state, batch)
+            jax.block_until_ready(metrics)
+        (path,) = glob.glob(f"{folder}/**/*.trace.json.gz", recursive=True)
+        with gzip.open(path) as trace:
+            events = json.load(trace)["traceEvents"]
+    total = collections.Counter()
+    for event in events:  # the step's operations, and the runtime's and Python's own spans
+        if event.get("ph") == "X" and event.get("name") in operations:
+            total[event["name"]] += event["dur"] / 1e3 / steps
+    detail = r"window=\{[^}]*\}|lhs_contracting[^,]*"
+    rows = []
+    for name, ms in total.most_common(count):
+        body = bodies.get(called.get(name, ""), "")
+        found = re.findall(rf"= (\S+) (?:convolution|dot)\(.*?({detail})", body)
+        rows.append((ms, name, "; ".join(f"{shape} {what}" for shape, what in found)))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("experiment", help="an experiment file")
     parser.add_argument("--steps", type=int, default=3, help="timed steps")
+    parser.add_argument("--profile", type=int, default=0, help="list this many longest ops")
     args, overrides = parser.parse_known_args()
     config = config_lib.load_experiment(args.experiment)
     config_lib.apply_overrides(config, overrides)
@@ -58,6 +96,11 @@ def main() -> None:
         f"{flops / seconds / 1e9:.0f} | {peak:.0f} | {flops / seconds / 1e9 / peak:.0%} | "
         f"{seconds * steps / 3600:.2f} |"
     )
+    if args.profile:
+        print(f"\n| ms / step (of {seconds * 1e3:.0f}) | operation | its convolution or dot |")
+        print("|---|---|---|")
+        for ms, name, ops in top_operations(step, state, batch, args.steps, args.profile):
+            print(f"| {ms:.1f} | {name} | {ops} |")
 
 
 if __name__ == "__main__":
