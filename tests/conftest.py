@@ -353,7 +353,9 @@ REAL_DIFFUSION = [  # experiments/mnist_cflow.py with the tiny U-Net, 200 steps 
     "--config.optimizer.warmup_steps=20",
     "--config.data.batch_size=32",
     "--config.task.final_eval_samples=500",
+    "--config.task.sampler=euler",  # one network evaluation per step, unguided: cheap to sample
     "--config.task.sample_steps=8",
+    "--config.task.guidance_scale=1.0",
 ]
 
 
