@@ -16,13 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from gen_jax.errors import GenJaxError
-from gen_jax.models.layers import (
-    DOWNSAMPLINGS,
-    UPSAMPLINGS,
-    Upsample,
-    conv_matmul_filter_grad,
-    downsample,
-)
+from gen_jax.models.layers import DOWNSAMPLINGS, UPSAMPLINGS, Upsample, downsample
 
 NORMS = ("batch", "layer", "none")
 
@@ -61,9 +55,7 @@ class Generator(nn.Module):
         x = x.reshape((-1, start, start, self.features[0]))
         x = nn.leaky_relu(_normalize("batch", train)(x), 0.2)
         for features in self.features[1:]:
-            # kernel gradients as matmuls: the step 1.1x faster on a CPU (benchmarks/README.md)
-            conv = conv_matmul_filter_grad
-            x = Upsample(features, self.upsampling, use_bias=False, conv_general_dilated=conv)(x)
+            x = Upsample(features, self.upsampling, use_bias=False)(x)
             x = nn.leaky_relu(_normalize("batch", train)(x), 0.2)
         return jnp.tanh(nn.Conv(self.channels, (3, 3))(x))
 

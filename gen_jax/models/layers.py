@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -153,27 +152,19 @@ _conv_nhwc.defvjp(_conv_nhwc_forward, _conv_nhwc_backward)
 class Upsample(nn.Module):
     """2x spatial upsampling to `features` channels.
 
-    "pixel_shuffle": a 3x3 convolution to 4x the features (by `conv_general_dilated`, e.g.
-    `conv_matmul_filter_grad`), then `depth_to_space`; "transpose": a stride-2 transposed
-    convolution (the DCGAN paper's layer). XLA's CPU backend runs the transposed convolution ~5x
-    slower for the same shapes (benchmarks/upsampling.py).
+    "pixel_shuffle": a 3x3 convolution to 4x the features, then `depth_to_space`;
+    "transpose": a stride-2 transposed convolution (the DCGAN paper's layer). XLA's CPU backend
+    runs the transposed convolution ~5x slower for the same shapes (benchmarks/upsampling.py).
     """
 
     features: int
     mode: str = "pixel_shuffle"
     use_bias: bool = True
-    conv_general_dilated: Callable = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.mode == "pixel_shuffle":
-            conv = nn.Conv(
-                4 * self.features,
-                (3, 3),
-                use_bias=self.use_bias,
-                conv_general_dilated=self.conv_general_dilated,
-            )
-            return depth_to_space(conv(x))
+            return depth_to_space(nn.Conv(4 * self.features, (3, 3), use_bias=self.use_bias)(x))
         if self.mode == "transpose":
             return nn.ConvTranspose(self.features, (4, 4), strides=(2, 2), use_bias=self.use_bias)(
                 x
