@@ -382,6 +382,7 @@ def diffusion_config() -> ml_collections.ConfigDict:
             "objective": "ddpm",  # or "flow": rectified flow / conditional flow matching
             "schedule": "cosine",  # ddpm's noise schedule, or "linear"
             "prediction": "epsilon",  # ddpm: or "v"; flow: "velocity"
+            "time_distribution": "uniform",  # of training times; or "logit_normal"
             "label_dropout": 0.1,  # class-conditional: labels replaced by "no label" (guidance)
             "ema_decay": 0.999,
             "sampler": "ddim",  # or "ddpm", "euler", "heun" (gen_jax/tasks/samplers.py)

@@ -215,6 +215,16 @@ def test_training_lowers_the_denoising_loss_on_a_fixed_batch(settings):
     assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10]), losses
 
 
+@pytest.mark.parametrize("distribution, middle", [("uniform", 0.5), ("logit_normal", 0.7275)])
+def test_training_times_follow_task_time_distribution(distribution, middle):
+    task = tiny_diffusion(**{"task.time_distribution": distribution})
+    times, _ = task._draws(jax.random.PRNGKey(0), jnp.zeros((100_000, 1)))
+    assert float(times.min()) > 0 and float(times.max()) < 1
+    # the share of times within 0.25 of the middle: 0.5 for uniform times, P(|z| < logit(0.75))
+    # = 0.7275 for the sigmoid of a standard normal z; 100k draws: standard error ~0.0015
+    np.testing.assert_allclose(np.mean(np.abs(times - 0.5) < 0.25), middle, atol=0.006)
+
+
 def test_the_eval_loss_covers_the_first_eval_samples_test_images_only():
     task = tiny_diffusion(**{"task.eval_samples": 5, "model.channel_multipliers": (1,)})
     images = jax.random.uniform(jax.random.PRNGKey(0), (8, 28, 28, 1), minval=-1, maxval=1)
@@ -254,6 +264,7 @@ def test_guidance_mixes_the_conditional_and_unconditional_outputs():
     [
         ({"task.objective": "score"}, "unknown task.objective 'score'"),
         ({"task.schedule": "sigmoid"}, "unknown task.schedule"),
+        ({"task.time_distribution": "beta"}, "unknown task.time_distribution 'beta'"),
         ({"task.objective": "flow"}, "does not fit task.objective 'flow'"),
         ({"task.sampler": "dpm"}, "unknown sampler 'dpm'"),
         ({"task.eval_steps": 0}, "at least 1 step"),

@@ -1,14 +1,15 @@
 """Denoising diffusion (DDPM) and flow matching: one task, `task.objective` "ddpm" or "flow".
 
-A step draws a time t ~ U(0, 1) and a noise per image from (seed, step), trains the network to
-regress the path's target at x_t (`gaussian_paths`), and moves an EMA of the weights, which
-evaluations and samples use. A class-conditional model sees "no label" for a `label_dropout`
-fraction of the images, so that it is also the unconditional model of classifier-free
-guidance. Evaluations report the test denoising loss at fixed times and noise, and, with a
-classifier run, the samples' scores (`sample_quality.SampleScorer`) with the sampler's network
-evaluations per image (`nfe`): periodic ones score `eval_samples` images drawn in `eval_steps`
-steps, the final one `final_eval_samples` in `sample_steps`; the loss is over as many test
-images (the first ones), which keeps a periodic evaluation's network cost to its sampling.
+A step draws a time t in (0, 1) (`task.time_distribution`) and a noise per image from (seed,
+step), trains the network to regress the path's target at x_t (`gaussian_paths`), and moves an
+EMA of the weights, which evaluations and samples use. A class-conditional model sees "no label"
+for a `label_dropout` fraction of the images, so that it is also the unconditional model of
+classifier-free guidance. Evaluations report the test denoising loss at fixed times and noise,
+and, with a classifier run, the samples' scores (`sample_quality.SampleScorer`) with the
+sampler's network evaluations per image (`nfe`): periodic ones score `eval_samples` images drawn
+in `eval_steps` steps, the final one `final_eval_samples` in `sample_steps`; the loss is over as
+many test images (the first ones), which keeps a periodic evaluation's network cost to its
+sampling.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from gen_jax.tasks.base import (
     split_value_and_grad,
     step_key,
 )
-from gen_jax.tasks.gaussian_paths import GaussianPath
+from gen_jax.tasks.gaussian_paths import GaussianPath, check_time_distribution, sample_times
 
 TRAJECTORY_FRAMES = 10  # x_t shown along one sampling trajectory, noise to image
 
@@ -63,6 +64,7 @@ class DiffusionTask:
             )
         task = config.task
         self.path = GaussianPath(task.objective, task.schedule, task.prediction)
+        self.time_distribution = task.time_distribution
         self.num_classes = self.model.num_classes
         self.image_shape = tuple(self.model.image_shape)
         self.label_dropout, self.guidance_scale = task.label_dropout, task.guidance_scale
@@ -77,6 +79,7 @@ class DiffusionTask:
         self.scorer = sample_quality.scorer(config, self.image_shape)
 
     def _check(self, config: ml_collections.ConfigDict) -> None:
+        check_time_distribution(self.time_distribution)
         for steps in self.steps.values():
             samplers.check(self.sampler, steps, self.eta)
         for key in ("eval_samples", "final_eval_samples"):
@@ -192,9 +195,9 @@ class DiffusionTask:
         )
 
     def _draws(self, rng: jax.Array, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """A time in [0, 1) and a standard-normal noise per image, from one key."""
+        """A time in (0, 1) and a standard-normal noise per image, from one key."""
         time_rng, noise_rng = jax.random.split(rng)
-        times = jax.random.uniform(time_rng, (images.shape[0],))
+        times = sample_times(time_rng, images.shape[0], self.time_distribution)
         return times, jax.random.normal(noise_rng, images.shape)
 
     def loss(self, params, x0: jax.Array, noise, times, labels=None) -> jax.Array:

@@ -8,7 +8,8 @@
 Both clip a^2 / (a^2 + s^2) to [MIN_SIGNAL, 1 - MIN_SIGNAL], so that every t has a finite
 signal-to-noise ratio. A network predicts noise ("epsilon"), DDPM's "v" (a noise - s x_0), or the
 path's velocity ("velocity", d x_t / dt); `denoised` turns any of them into estimates of x_0 and
-of the noise, which is what the samplers step with.
+of the noise, which is what the samplers step with. Training draws its times from
+`TIME_DISTRIBUTIONS`: uniform, or logit-normal, which spends more of the steps mid-path.
 """
 
 from __future__ import annotations
@@ -25,11 +26,28 @@ MIN_SIGNAL = 1e-6  # of a^2 / (a^2 + s^2): log-SNR stays within +-13.8
 OBJECTIVES = ("ddpm", "flow")
 SCHEDULES = ("linear", "cosine")
 PREDICTIONS = {"ddpm": ("epsilon", "v"), "flow": ("velocity",)}
+TIME_DISTRIBUTIONS = ("uniform", "logit_normal")
 
 
 def _expand(values: jax.Array, x: jax.Array) -> jax.Array:
     """Per-example values (B,) broadcast against images (B, H, W, C)."""
     return values.reshape(values.shape + (1,) * (x.ndim - values.ndim))
+
+
+def check_time_distribution(name: str) -> None:
+    if name not in TIME_DISTRIBUTIONS:
+        raise GenJaxError(
+            f"unknown task.time_distribution '{name}'; use one of {TIME_DISTRIBUTIONS}"
+        )
+
+
+def sample_times(rng: jax.Array, count: int, distribution: str = "uniform") -> jax.Array:
+    """`count` training times in (0, 1): uniform, or logit-normal (sigmoid of a standard normal;
+    Esser et al., 2024's best for rectified flow), which favours the middle of the path, where
+    the target is hardest to predict, over its ends."""
+    if distribution == "logit_normal":
+        return jax.nn.sigmoid(jax.random.normal(rng, (count,)))
+    return jax.random.uniform(rng, (count,))
 
 
 @dataclasses.dataclass(frozen=True)
