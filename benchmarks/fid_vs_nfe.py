@@ -12,7 +12,7 @@ sampler and guidance scale. Heun makes 2 steps - 1 evaluations, so its NFE are t
 or below those asked for; a guided sampler (--guidance, for a class-conditional run) evaluates the
 network twice per step, so its NFE are twice those. With --results, the sweeps are also kept in
 a JSON file, and the table and plot show every sweep in it: a long sweep can run in slices, one
-run or sampler at a time.
+run or sampler at a time (with no run named, the saved sweeps are only shown).
 """
 
 from __future__ import annotations
@@ -53,14 +53,14 @@ def merge(path: Path, results: dict[tuple, list[dict]], samples: int) -> dict[tu
     """The sweeps saved in `path` with `results` added (replacing those of the same run, sampler
     and guidance), written back."""
     saved = json.loads(path.read_text()) if path.is_file() else {"samples": samples, "sweeps": []}
-    if saved["samples"] != samples:
+    if results and saved["samples"] != samples:
         raise SystemExit(
             f"{path} holds sweeps of {saved['samples']} samples, not {samples}: name another file"
         )
     sweeps = {tuple(entry["key"]): entry["rows"] for entry in saved["sweeps"]}
     sweeps.update(results)
     listed = [{"key": list(key), "rows": rows} for key, rows in sweeps.items()]
-    path.write_text(json.dumps({"samples": samples, "sweeps": listed}, indent=1) + "\n")
+    path.write_text(json.dumps({"samples": saved["samples"], "sweeps": listed}, indent=1) + "\n")
     return sweeps
 
 
@@ -82,6 +82,10 @@ def plot(results: dict[tuple, list[dict]], path: Path, samples: int) -> None:
     floor = next(iter(results.values()))[0]["floor_fid"]
     axis.axhline(floor, color="gray", linestyle="--", label="real floor")
     axis.set(xscale="log", yscale="log", xlabel="network evaluations (NFE)", ylabel="FID")
+    plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
+    axis.xaxis.set_major_formatter(plain)  # 3, 10, 20 rather than 3x10^0, 10^1, 2x10^1
+    axis.yaxis.set_major_formatter(plain)
+    axis.yaxis.set_minor_formatter(plain)
     axis.set_title(f"{samples:,} samples per point", fontsize=9)
     axis.legend(fontsize=8)
     figure.tight_layout()
@@ -91,7 +95,12 @@ def plot(results: dict[tuple, list[dict]], path: Path, samples: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", help="finished diffusion runs with a classifier")
+    parser.add_argument(
+        "runs",
+        nargs="*",
+        help="finished diffusion runs with a classifier (none: with --results, "
+        "only print and plot the saved sweeps)",
+    )
     parser.add_argument("--nfe", type=int, nargs="+", default=[10, 25, 50, 100])
     parser.add_argument("--samplers", nargs="+", default=["ddim", "euler", "heun"])
     parser.add_argument(
@@ -101,15 +110,19 @@ def main() -> None:
     parser.add_argument("--results", type=Path, help="a JSON file the sweeps are added to")
     parser.add_argument("--plot", type=Path, help="a PNG of FID against NFE")
     args = parser.parse_args()
+    if not args.runs and not (args.results and args.results.is_file()):
+        parser.error("name a run to sweep, or --results with a file of saved sweeps to show")
     results = {
         (workdir, sampler, scale): sweep(workdir, sampler, args.nfe, args.samples, scale)
         for workdir in args.runs
         for sampler in args.samplers
         for scale in args.guidance
     }
+    samples = args.samples
     if args.results:
-        results = merge(args.results, results, args.samples)
-    print(f"{args.samples} samples per point; FID in each run's classifier features")
+        results = merge(args.results, results, samples)
+        samples = json.loads(args.results.read_text())["samples"]  # the file's, if none ran
+    print(f"{samples} samples per point; FID in each run's classifier features")
     print("| run, sampler | NFE | " + " | ".join(COLUMNS) + " | eval s |")
     print("|---" * (len(COLUMNS) + 3) + "|")
     for key, rows in results.items():
@@ -117,7 +130,7 @@ def main() -> None:
             values = " | ".join(f"{r[k]:.3f}" for k in COLUMNS)
             print(f"| {name(*key)} | {r['nfe']:.0f} | {values} | {r['seconds']:.0f} |")
     if args.plot:
-        plot(results, args.plot, args.samples)
+        plot(results, args.plot, samples)
         print(f"plot: {args.plot}")
 
 
