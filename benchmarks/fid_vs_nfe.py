@@ -49,19 +49,23 @@ def sweep(
     return rows
 
 
-def merge(path: Path, results: dict[tuple, list[dict]], samples: int) -> dict[tuple, list[dict]]:
+def merge(
+    path: Path, results: dict[tuple, list[dict]], samples: int
+) -> tuple[dict[tuple, list[dict]], int]:
     """The sweeps saved in `path` with `results` added (replacing those of the same run, sampler
-    and guidance), written back."""
+    and guidance), written back when there are new ones; and the file's samples per point."""
     saved = json.loads(path.read_text()) if path.is_file() else {"samples": samples, "sweeps": []}
-    if results and saved["samples"] != samples:
-        raise SystemExit(
-            f"{path} holds sweeps of {saved['samples']} samples, not {samples}: name another file"
-        )
     sweeps = {tuple(entry["key"]): entry["rows"] for entry in saved["sweeps"]}
-    sweeps.update(results)
-    listed = [{"key": list(key), "rows": rows} for key, rows in sweeps.items()]
-    path.write_text(json.dumps({"samples": saved["samples"], "sweeps": listed}, indent=1) + "\n")
-    return sweeps
+    if results:
+        if saved["samples"] != samples:
+            raise SystemExit(
+                f"{path} holds sweeps of {saved['samples']} samples, not {samples}: "
+                "name another file"
+            )
+        sweeps.update(results)
+        listed = [{"key": list(key), "rows": rows} for key, rows in sweeps.items()]
+        path.write_text(json.dumps({"samples": samples, "sweeps": listed}, indent=1) + "\n")
+    return sweeps, saved["samples"]
 
 
 def name(workdir: str, sampler: str, guidance: float | None) -> str:
@@ -119,9 +123,8 @@ def main() -> None:
         for scale in args.guidance
     }
     samples = args.samples
-    if args.results:
-        results = merge(args.results, results, samples)
-        samples = json.loads(args.results.read_text())["samples"]  # the file's, if none ran
+    if args.results:  # with no run named, the file's sample count
+        results, samples = merge(args.results, results, samples)
     print(f"{samples} samples per point; FID in each run's classifier features")
     print("| run, sampler | NFE | " + " | ".join(COLUMNS) + " | eval s |")
     print("|---" * (len(COLUMNS) + 3) + "|")

@@ -1,6 +1,6 @@
 """Denoising diffusion (DDPM) and flow matching: one task, `task.objective` "ddpm" or "flow".
 
-A step draws a time t in (0, 1) (`task.time_distribution`) and a noise per image from (seed,
+A step draws a time t in [0, 1) (`task.time_distribution`) and a noise per image from (seed,
 step), trains the network to regress the path's target at x_t (`gaussian_paths`), and moves an
 EMA of the weights, which evaluations and samples use. A class-conditional model sees "no label"
 for a `label_dropout` fraction of the images, so that it is also the unconditional model of
@@ -195,7 +195,7 @@ class DiffusionTask:
         )
 
     def _draws(self, rng: jax.Array, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """A time in (0, 1) and a standard-normal noise per image, from one key."""
+        """A time in [0, 1) and a standard-normal noise per image, from one key."""
         time_rng, noise_rng = jax.random.split(rng)
         times = sample_times(time_rng, images.shape[0], self.time_distribution)
         return times, jax.random.normal(noise_rng, images.shape)

@@ -35,6 +35,7 @@ def _expand(values: jax.Array, x: jax.Array) -> jax.Array:
 
 
 def check_time_distribution(name: str) -> None:
+    """A `task.time_distribution` that `sample_times` knows, or a clear error."""
     if name not in TIME_DISTRIBUTIONS:
         raise GenJaxError(
             f"unknown task.time_distribution '{name}'; use one of {TIME_DISTRIBUTIONS}"
@@ -42,9 +43,9 @@ def check_time_distribution(name: str) -> None:
 
 
 def sample_times(rng: jax.Array, count: int, distribution: str = "uniform") -> jax.Array:
-    """`count` training times in (0, 1): uniform, or logit-normal (sigmoid of a standard normal;
-    Esser et al., 2024's best for rectified flow), which favours the middle of the path, where
-    the target is hardest to predict, over its ends."""
+    """`count` training times: uniform in [0, 1), or logit-normal in (0, 1) (the sigmoid of a
+    standard normal; Esser et al., 2024's best for rectified flow), which favours the middle of
+    the path, where the target is hardest to predict, over its ends."""
     if distribution == "logit_normal":
         return jax.nn.sigmoid(jax.random.normal(rng, (count,)))
     return jax.random.uniform(rng, (count,))
