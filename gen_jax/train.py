@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import json
@@ -49,32 +50,114 @@ def many_steps(task: Task, prepare: Callable, state, batches: data.Batch, split:
     return jax.lax.scan(lambda s, batch: task.train_step(s, prepare(split, batch)), state, batches)
 
 
+class TrainCalls:
+    """The task's train step, jitted for one batch and for `train.steps_per_call` stacked
+    batches (a `lax.scan`), batches sharded on `data`, state replicated and donated.
+
+    `compile_ahead` compiles one variant in a background thread: XLA releases the GIL while it
+    compiles, so that runs beside whatever the caller does meanwhile (decoding the data,
+    initialising or restoring the state) instead of delaying the first step.
+    """
+
+    def __init__(self, task: Task, config: ml_collections.ConfigDict, mesh: Mesh, on_device: bool):
+        replicated = parallel.replicated(mesh)
+        prepare = _as_given
+        if on_device:  # batches carry indices into the split, in device memory
+            prepare = functools.partial(data.lookup, data_config=config.data, seed=config.seed)
+        self.jitted = {  # by whether a call takes stacked batches; compiled when first used
+            stacked: jax.jit(
+                functools.partial(many_steps if stacked else one_step, task, prepare),
+                in_shardings=(replicated, parallel.data_sharded(mesh, int(stacked)), replicated),
+                out_shardings=(replicated, replicated),
+                donate_argnums=0,
+            )
+            for stacked in (False, True)
+        }
+        self.compiled: dict[bool, concurrent.futures.Future] = {}
+
+    def compile_ahead(self, stacked: bool, state, batches: dict, split: dict) -> None:
+        """Start compiling a variant for these abstract arguments (`jax.ShapeDtypeStruct`s)."""
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        lower = self.jitted[stacked].lower
+        self.compiled[stacked] = pool.submit(lambda: lower(state, batches, split).compile())
+        pool.shutdown(wait=False)  # the thread ends when the compile does
+
+    def __call__(self, stacked: bool, state, batches: dict, split: dict):
+        """(state, metrics) after the steps; waits for a variant compiled ahead, and raises the
+        error that compiling it raised."""
+        if stacked in self.compiled:
+            return self.compiled[stacked].result()(state, batches, split)
+        return self.jitted[stacked](state, batches, split)
+
+
+def _as_given(split: data.Batch, batch: data.Batch) -> data.Batch:
+    """The batch as the iterator made it (no split held in device memory)."""
+    return batch
+
+
+def compile_first_call(
+    task: Task,
+    config: ml_collections.ConfigDict,
+    mesh: Mesh,
+    source: data.Split,
+    batch: dict,
+    on_device: bool,
+    start: int,
+) -> TrainCalls:
+    """The run's train calls, the variant of its first call (from step `start`) compiling in
+    the background, for the state `task.init` makes from `batch`, the training batches of
+    `source` and, `on_device`, the whole split in device memory; all abstract, so the compile
+    needs neither the decoded split nor the state."""
+    calls = TrainCalls(task, config, mesh, on_device)
+    if start >= config.train.num_steps:  # nothing left to train
+        return calls
+    count = _call_size(start, config.train)
+    abstract = jax.eval_shape(task.init, jax.random.PRNGKey(config.seed), batch)
+    state = parallel.replicate(abstract, mesh)
+    local = data.train_batch_like(
+        source,
+        config.data,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        indices_only=on_device,
+    )
+    stack = (count,) if count > 1 else ()  # a call of several steps stacks their batches
+    sharding = parallel.data_sharded(mesh, len(stack))
+    batches = {  # the global batch: every process's rows
+        k: jax.ShapeDtypeStruct(
+            (*stack, len(v) * jax.process_count(), *v.shape[1:]), v.dtype, sharding=sharding
+        )
+        for k, v in local.items()
+    }
+    split = {}
+    if on_device:  # the arrays `data.get_split` decodes, shaped from one example's
+        replicated = parallel.replicated(mesh)
+        split = {
+            k: jax.ShapeDtypeStruct((len(source), *v.shape[1:]), v.dtype, sharding=replicated)
+            for k, v in source.read(np.arange(1)).items()
+        }
+    calls.compile_ahead(count > 1, state, batches, split)
+    return calls
+
+
 def compile_steps(
     task: Task,
     config: ml_collections.ConfigDict,
     mesh: Mesh,
     eval_split: data.Split,
     device_split: data.Batch | None = None,
+    train_calls: TrainCalls | None = None,
 ) -> Steps:
     """Jit the task's steps: batch sharded on `data`, state replicated (and donated to training).
 
     With a `device_split` (the training split in device memory), train batches carry only
     example indices, looked up and preprocessed inside the compiled step (`data.on_device`).
+    `train_calls` are the train steps made (and maybe compiled) beforehand.
     """
     replicated, sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
-    if device_split is None:
-        prepare, device_split = (lambda split, batch: batch), {}
-    else:
-        prepare = functools.partial(data.lookup, data_config=config.data, seed=config.seed)
-    train_steps = {  # by the number of batches a call takes; compiled when first used
-        stacked: jax.jit(
-            functools.partial(many_steps if stacked else one_step, task, prepare),
-            in_shardings=(replicated, parallel.data_sharded(mesh, int(stacked)), replicated),
-            out_shardings=(replicated, replicated),
-            donate_argnums=0,
-        )
-        for stacked in (False, True)
-    }
+    train_calls = train_calls or TrainCalls(task, config, mesh, device_split is not None)
+    device_split = {} if device_split is None else device_split
     eval_steps = {  # jit compiles lazily: the final variant only when first used
         final: jax.jit(
             functools.partial(task.eval_step, final=final),
@@ -91,7 +174,7 @@ def compile_steps(
         else:
             local = local_batches[0]
         batches = parallel.global_batch(local, mesh, int(stacked))
-        return train_steps[stacked](state, batches, device_split)
+        return train_calls(stacked, state, batches, device_split)
 
     def evaluate(state, final: bool = False) -> dict[str, float]:
         """The task's numbers over the whole eval split (every example counted exactly once)."""
@@ -276,6 +359,7 @@ def run(
     compiled call that reaches it; for time-sliced jobs); running again continues exactly as if
     it had never stopped.
     """
+    started = time.perf_counter()
     workdir = Path(workdir)
     config = config_lib.with_absolute_paths(config)
     mesh = parallel.make_mesh()
@@ -287,9 +371,15 @@ def run(
     task = tasks.build(config)
     is_main = jax.process_index() == 0
 
+    source = data.open_split(config.data, config.data.train_split)  # decoded below
+    on_device = config.data.on_device and data.fits_in_memory(config.data, source)
+    batch = example_batch(source, config, mesh)
+    workdir.mkdir(parents=True, exist_ok=True)
+    checkpointer = Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
+    start = checkpointer.latest_step() or 0
+    train_calls = compile_first_call(task, config, mesh, source, batch, on_device, start)
     train_split = data.get_split(config.data, config.data.train_split)
     eval_split = data.get_split(config.data, config.data.eval_split)
-    on_device = config.data.on_device and isinstance(train_split, data.InMemory)
     iterator = data.train_iterator(
         train_split,
         config.data,
@@ -298,9 +388,6 @@ def run(
         process_count=jax.process_count(),
         indices_only=on_device,
     )
-    workdir.mkdir(parents=True, exist_ok=True)
-    checkpointer = Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
-    batch = example_batch(train_split, config, mesh)
     state, iterator = resume(task, config, mesh, batch, checkpointer, iterator, workdir)
     if is_main:  # only now: a workdir refused above keeps the config it was made with
         record_config(config, workdir, int(state.step))
@@ -308,11 +395,11 @@ def run(
     device_split = None
     if on_device:
         device_split = jax.device_put(train_split.arrays, parallel.replicated(mesh))
-    steps = compile_steps(task, config, mesh, eval_split, device_split)
+    steps = compile_steps(task, config, mesh, eval_split, device_split, train_calls)
     writer = MetricWriter(workdir, enabled=is_main, start_step=int(state.step))
     peer_lost = False
     try:
-        results = _loop(config, state, iterator, steps, checkpointer, writer, stop_at)
+        results = _loop(config, state, iterator, steps, checkpointer, writer, stop_at, started)
         checkpointer.wait()  # in the try: a process lost in the last save is one lost in a step
         return results
     except Exception as error:  # only a lost process is caught; anything else goes on
@@ -330,8 +417,11 @@ def run(
         writer.close()
 
 
-def _loop(config, state, iterator, steps: Steps, checkpointer, writer, stop_at) -> dict[str, float]:
+def _loop(
+    config, state, iterator, steps: Steps, checkpointer, writer, stop_at, started: float
+) -> dict[str, float]:
     """Step from the state's step to `num_steps` (or `stop_at`): log, evaluate, checkpoint.
+    `started`: when `run` began (`time.perf_counter()`), for the start-up time.
 
     Steps go `train.steps_per_call` to a compiled call, except just before a logging, evaluation
     or checkpoint step, which single steps reach exactly. `stop_at` ends after the call that
@@ -346,12 +436,11 @@ def _loop(config, state, iterator, steps: Steps, checkpointer, writer, stop_at) 
             results = steps.evaluate(state, final=True)
             writer.write(start, eval_split, results)
         return results
-    log = TrainLog(writer, config.data.batch_size, start, train.num_steps)
+    log = TrainLog(writer, config.data.batch_size, start, train.num_steps, started)
     results = {}
     step = start
     while step < end:
-        room = _next_event(step, train) - step
-        count = train.steps_per_call if room >= train.steps_per_call else 1
+        count = _call_size(step, train)
         state, metrics = steps.train(state, [next(iterator) for _ in range(count)])
         step += count
         log.record(step, metrics)
@@ -379,6 +468,13 @@ def _due(step: int, every: int) -> bool:
     return every > 0 and step % every == 0
 
 
+def _call_size(step: int, train: ml_collections.ConfigDict) -> int:
+    """The steps of the compiled call made at `step`: `train.steps_per_call`, or 1 when fewer
+    are left before the next event."""
+    room = _next_event(step, train) - step
+    return train.steps_per_call if room >= train.steps_per_call else 1
+
+
 def _next_event(step: int, train: ml_collections.ConfigDict) -> int:
     """The first step after `step` that logs, evaluates, checkpoints or ends the run."""
     periods = [p for p in (train.log_every, train.eval_every, train.checkpoint_every) if p > 0]
@@ -387,10 +483,14 @@ def _next_event(step: int, train: ml_collections.ConfigDict) -> int:
 
 class TrainLog:
     """Per-step train metrics: kept on device until needed, checked for divergence, averaged
-    over each logging window, with the time of the first (compiling) step and a progress bar."""
+    over each logging window, with the time of the first call (`first_step_seconds`: what is
+    left of its compile, which starts in the background, and the steps) and of the whole
+    start-up up to its end (`startup_seconds`, from `started`), and a progress bar."""
 
-    def __init__(self, writer: MetricWriter, batch_size: int, start: int, total: int):
-        self.writer, self.batch_size, self.start = writer, batch_size, start
+    def __init__(
+        self, writer: MetricWriter, batch_size: int, start: int, total: int, started: float
+    ):
+        self.writer, self.batch_size, self.start, self.started = writer, batch_size, start, started
         self.pending: list[tuple[int, dict]] = []  # (step, device metrics) not yet fetched
         self.window: list[dict] = []  # host metrics since the last write
         self.window_start = time.perf_counter()
@@ -398,10 +498,11 @@ class TrainLog:
 
     def record(self, step: int, metrics: dict) -> None:
         """Keep the metrics of the steps up to `step` (a leading axis, one row per step)."""
-        if step - len(metrics["loss"]) == self.start:  # the first call: compilation
+        if step - len(metrics["loss"]) == self.start:  # the first call
             jax.block_until_ready(metrics)
-            seconds = time.perf_counter() - self.window_start
-            self.writer.write(step, "train", {"first_step_seconds": seconds})
+            now = time.perf_counter()
+            seconds = {"first_step_seconds": now - self.window_start}
+            self.writer.write(step, "train", {**seconds, "startup_seconds": now - self.started})
         self.pending.append((step, metrics))
         self.bar.update(len(metrics["loss"]))
 

@@ -92,6 +92,39 @@ def test_a_run_writes_config_metrics_tensorboard_and_checkpoints(experiment, tmp
     assert load_run(workdir).evaluate() == {"step": 10, **final}
 
 
+@pytest.mark.parametrize("steps_per_call", [1, 5])  # 5: each call scans 5 stacked batches
+def test_the_first_call_runs_the_step_compiled_in_the_background_bit_for_bit(
+    steps_per_call, experiment, tmp_path, mock_mnist, monkeypatch
+):
+    config = load(
+        experiment(),
+        f"--config.train.steps_per_call={steps_per_call}",
+        f"--config.train.log_every={steps_per_call}",
+    )
+    compile_ahead = train.TrainCalls.compile_ahead
+    ahead = []  # the variants compiled ahead: stacked or not
+
+    def spy(self, stacked, *abstract):
+        ahead.append(stacked)
+        compile_ahead(self, stacked, *abstract)
+
+    monkeypatch.setattr(train.TrainCalls, "compile_ahead", spy)
+    train.run(config, tmp_path / "ahead")
+    assert ahead == [steps_per_call > 1]
+    monkeypatch.setattr(train.TrainCalls, "compile_ahead", lambda *args: None)
+    train.run(config, tmp_path / "lazy")  # jit compiles at the first call
+    records = {run: read_metrics(tmp_path / run) for run in ("ahead", "lazy")}
+    losses = {
+        run: [r["value"] for r in rs if r["name"] == "loss" and r["split"] == "train"]
+        for run, rs in records.items()
+    }
+    assert len(losses["ahead"]) == 10 // steps_per_call
+    assert losses["ahead"] == losses["lazy"]
+    first = records["ahead"][0]["step"]
+    times = {r["name"]: r["value"] for r in records["ahead"] if r["step"] == first}
+    assert 0 < times["first_step_seconds"] < times["startup_seconds"]
+
+
 def test_a_resumed_run_replaces_the_records_written_after_its_checkpoint(
     experiment, tiny_run, tmp_path, mock_mnist
 ):

@@ -7,6 +7,7 @@ from gen_jax.data.pipeline import (
     lookup,
     map_batches,
     spread_batch,
+    train_batch_like,
     train_iterator,
 )
 from gen_jax.data.preprocess import pixel_range, preprocessor
@@ -19,6 +20,7 @@ from gen_jax.data.sources import (
     clear_cache,
     data_dir,
     describe,
+    fits_in_memory,
     get_split,
     load_split,
     open_split,
@@ -34,6 +36,7 @@ __all__ = [
     "data_dir",
     "describe",
     "eval_batches",
+    "fits_in_memory",
     "get_split",
     "load_split",
     "lookup",
@@ -42,5 +45,6 @@ __all__ = [
     "pixel_range",
     "preprocessor",
     "spread_batch",
+    "train_batch_like",
     "train_iterator",
 ]

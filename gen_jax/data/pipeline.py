@@ -69,20 +69,12 @@ def train_iterator(
     With `indices_only`, batches hold only each row's example `index` and `step`, for a split kept
     in device memory (`lookup` fetches and preprocesses the rows inside the compiled step).
     """
-    batch_size = data_config.batch_size
-    if batch_size > len(split):
-        raise GenJaxError(
-            f"data.batch_size {batch_size} exceeds the {len(split)} training examples"
-        )
-    transform = preprocessor(data_config, seed=seed, train=True)
-    read = _ReadBatch(
-        split, _process_slice(batch_size, process_index, process_count), transform, indices_only
-    )
+    read = _train_reader(split, data_config, seed, process_index, process_count, indices_only)
     dataset = (
         grain.MapDataset.range(len(split))
         .shuffle(seed=seed)
         .repeat(None)
-        .batch(batch_size, drop_remainder=True)
+        .batch(data_config.batch_size, drop_remainder=True)
         .map_with_index(read)
     )
     options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=PREFETCH)
@@ -94,6 +86,39 @@ def train_iterator(
         )
         dataset = dataset.mp_prefetch(workers)
     return iter(dataset)
+
+
+def train_batch_like(
+    split: Split,
+    data_config: ml_collections.ConfigDict,
+    *,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    indices_only: bool = False,
+) -> Batch:
+    """A batch with the keys, shapes and dtypes of `train_iterator`'s (the split's first
+    examples, unshuffled), to compile the train step before the iterator is made."""
+    read = _train_reader(split, data_config, seed, process_index, process_count, indices_only)
+    return read(0, np.arange(data_config.batch_size))
+
+
+def _train_reader(
+    split: Split,
+    data_config: ml_collections.ConfigDict,
+    seed: int,
+    process_index: int,
+    process_count: int,
+    indices_only: bool,
+) -> _ReadBatch:
+    batch_size = data_config.batch_size
+    if batch_size > len(split):
+        raise GenJaxError(
+            f"data.batch_size {batch_size} exceeds the {len(split)} training examples"
+        )
+    rows = _process_slice(batch_size, process_index, process_count)
+    transform = preprocessor(data_config, seed=seed, train=True)
+    return _ReadBatch(split, rows, transform, indices_only)
 
 
 def _allow_unparsed_flags() -> None:

@@ -217,9 +217,14 @@ def get_split(data_config: ml_collections.ConfigDict, split: str) -> Split:
     """The split in memory, or read from disk by index when its decoded images exceed
     `data.memory_budget` bytes or `data.streaming` is set."""
     source = open_split(data_config, split)
-    if data_config.streaming or source.nbytes() > data_config.memory_budget:
+    if not fits_in_memory(data_config, source):
         return source
     return _load(_key(data_config), split)
+
+
+def fits_in_memory(data_config: ml_collections.ConfigDict, source: Split) -> bool:
+    """Whether `get_split` decodes this opened split into memory (or streams it from disk)."""
+    return not data_config.streaming and source.nbytes() <= data_config.memory_budget
 
 
 def describe(data_config: ml_collections.ConfigDict) -> DataSpec:
