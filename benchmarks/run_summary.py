@@ -7,8 +7,10 @@
 Prints one table row per workdir: the last evaluation's metrics, training wall time (first to
 last record, so start-up before the first step is excluded), the median examples/s of the
 logged windows after the first (which holds compilation; the median also ignores windows that
-held an evaluation, in runs made before evaluations were left out of the timing), and the time of
-the first step (compilation included). `--history` prints every evaluation of each run instead.
+held an evaluation, in runs made before evaluations were left out of the timing), the time of
+the first step (with what is left of its compile: runs since b259649 compile it in the
+background while the data are decoded) and the start-up (from `train.run` to the first step's
+metrics; blank for runs before b259649). `--history` prints every evaluation of each run instead.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from gen_jax.metric_writer import read_metrics
 
 
 def summarise(workdir: Path) -> dict:
-    """Last eval metrics, wall seconds, steady examples/s and first-step seconds of a run."""
+    """Last eval metrics, wall seconds, steady examples/s, first-step and start-up seconds."""
     records = read_metrics(workdir)
 
     def values(split: str, name: str) -> list[tuple[int, float]]:
@@ -38,6 +40,7 @@ def summarise(workdir: Path) -> dict:
         "wall_seconds": records[-1]["time"] - records[0]["time"],
         "examples_per_second": statistics.median(v for _, v in rates[1:]),
         "first_step_seconds": values("train", "first_step_seconds")[0][1],
+        "startup_seconds": next(iter(values("train", "startup_seconds")), (0, None))[1],
     }
 
 
@@ -66,16 +69,17 @@ def main() -> None:
         for workdir in args.workdirs:
             history(workdir, shown)
         return
-    print("| run | steps | last evaluation | wall time | examples/s | first step |")
-    print("|---|---|---|---|---|---|")
+    print("| run | steps | last evaluation | wall time | examples/s | first step | start-up |")
+    print("|---|---|---|---|---|---|---|")
     for workdir in args.workdirs:
         s = summarise(workdir)
         names = shown or sorted(s["eval"])
         metrics = ", ".join(f"{name} {s['eval'][name]:.4g}" for name in names if name in s["eval"])
+        startup = "" if s["startup_seconds"] is None else f"{s['startup_seconds']:.2f} s"
         print(
             f"| {workdir.name} | {s['steps']} | {metrics} | "
             f"{s['wall_seconds'] / 60:.1f} min | {s['examples_per_second']:,.0f} | "
-            f"{s['first_step_seconds']:.2f} s |"
+            f"{s['first_step_seconds']:.2f} s | {startup} |"
         )
 
 

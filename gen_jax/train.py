@@ -50,6 +50,15 @@ def many_steps(task: Task, prepare: Callable, state, batches: data.Batch, split:
     return jax.lax.scan(lambda s, batch: task.train_step(s, prepare(split, batch)), state, batches)
 
 
+def in_background(function: Callable, *args, **kwargs) -> concurrent.futures.Future:
+    """`function(*args, **kwargs)` in a thread of its own. For compiling (and running) jitted
+    functions: XLA releases the GIL meanwhile, so the caller goes on with its own work."""
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(function, *args, **kwargs)
+    pool.shutdown(wait=False)  # the thread ends when the function does
+    return future
+
+
 class TrainCalls:
     """The task's train step, jitted for one batch and for `train.steps_per_call` stacked
     batches (a `lax.scan`), batches sharded on `data`, state replicated and donated.
@@ -77,10 +86,8 @@ class TrainCalls:
 
     def compile_ahead(self, stacked: bool, state, batches: dict, split: dict) -> None:
         """Start compiling a variant for these abstract arguments (`jax.ShapeDtypeStruct`s)."""
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         lower = self.jitted[stacked].lower
-        self.compiled[stacked] = pool.submit(lambda: lower(state, batches, split).compile())
-        pool.shutdown(wait=False)  # the thread ends when the compile does
+        self.compiled[stacked] = in_background(lambda: lower(state, batches, split).compile())
 
     def __call__(self, stacked: bool, state, batches: dict, split: dict):
         """(state, metrics) after the steps; waits for a variant compiled ahead, and raises the
@@ -235,6 +242,14 @@ def example_batch(
     return parallel.global_batch(local, mesh)
 
 
+def fresh_state(
+    task: Task, config: ml_collections.ConfigDict, mesh: Mesh, batch: dict
+) -> concurrent.futures.Future:
+    """The state initialised from the seed (`init_state`, replicated), made in the background."""
+    rng = jax.random.PRNGKey(config.seed)
+    return in_background(init_state, task, rng, batch, out_shardings=parallel.replicated(mesh))
+
+
 def initial_state(
     task: Task,
     config: ml_collections.ConfigDict,
@@ -244,15 +259,17 @@ def initial_state(
     iterator=None,
     step: int | None = None,
     require: bool = False,
+    fresh: concurrent.futures.Future | None = None,
 ):
-    """Restore the latest (or given) checkpoint if there is one, else initialise from the seed.
+    """Restore the latest (or given) checkpoint if there is one, else initialise from the seed
+    (or take the `fresh` state being initialised in the background: `fresh_state`).
 
     With `require`, a workdir without checkpoints is an error instead of a fresh start.
     """
     rng = jax.random.PRNGKey(config.seed)
     if checkpointer.latest_step() is None and not require:
-        state = init_state(task, rng, batch, out_shardings=parallel.replicated(mesh))
-        return state, iterator
+        fresh = fresh or fresh_state(task, config, mesh, batch)
+        return fresh.result(), iterator
     abstract = jax.eval_shape(task.init, rng, batch)
     return checkpointer.restore(parallel.replicate(abstract, mesh), iterator, step)
 
@@ -265,8 +282,10 @@ def resume(
     checkpointer: Checkpointer,
     iterator,
     workdir: Path,
+    fresh: concurrent.futures.Future | None = None,
 ):
-    """The training run's `initial_state`: from the newest checkpoint that restores completely.
+    """The training run's `initial_state`: from the newest checkpoint that restores completely,
+    else the `fresh` state if one is being made.
 
     Newer ones whose files are damaged are moved to `damaged_checkpoints/` (never deleted), which
     stderr and `damaged_checkpoints.jsonl` (step, where it went, the step resumed at, the error)
@@ -276,7 +295,9 @@ def resume(
     damaged: list[DamagedCheckpointError] = []
     for step in sorted(checkpointer.all_steps(), reverse=True) or [None]:  # None: a fresh start
         try:
-            state, iterator = initial_state(task, config, mesh, batch, checkpointer, iterator, step)
+            state, iterator = initial_state(
+                task, config, mesh, batch, checkpointer, iterator, step, fresh=fresh
+            )
             break
         except DamagedCheckpointError as error:
             damaged.append(error)
@@ -376,8 +397,10 @@ def run(
     batch = example_batch(source, config, mesh)
     workdir.mkdir(parents=True, exist_ok=True)
     checkpointer = Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
-    start = checkpointer.latest_step() or 0
-    train_calls = compile_first_call(task, config, mesh, source, batch, on_device, start)
+    start = checkpointer.latest_step()
+    # compiled (and the state initialised) in the background while the data are decoded
+    train_calls = compile_first_call(task, config, mesh, source, batch, on_device, start or 0)
+    fresh = None if start else fresh_state(task, config, mesh, batch)
     train_split = data.get_split(config.data, config.data.train_split)
     eval_split = data.get_split(config.data, config.data.eval_split)
     iterator = data.train_iterator(
@@ -388,7 +411,7 @@ def run(
         process_count=jax.process_count(),
         indices_only=on_device,
     )
-    state, iterator = resume(task, config, mesh, batch, checkpointer, iterator, workdir)
+    state, iterator = resume(task, config, mesh, batch, checkpointer, iterator, workdir, fresh)
     if is_main:  # only now: a workdir refused above keeps the config it was made with
         record_config(config, workdir, int(state.step))
         record_dataset(workdir, config.data, {"train": train_split, "eval": eval_split})
