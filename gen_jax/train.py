@@ -400,7 +400,7 @@ def run(
     start = checkpointer.latest_step()
     # compiled (and the state initialised) in the background while the data are decoded
     train_calls = compile_first_call(task, config, mesh, source, batch, on_device, start or 0)
-    fresh = None if start else fresh_state(task, config, mesh, batch)
+    fresh = fresh_state(task, config, mesh, batch) if start is None else None
     train_split = data.get_split(config.data, config.data.train_split)
     eval_split = data.get_split(config.data, config.data.eval_split)
     iterator = data.train_iterator(
