@@ -40,6 +40,18 @@ def test_train_batches_are_a_seeded_permutation_each_epoch():
     assert not np.array_equal(np.concatenate(other_seed), first_epoch)
 
 
+@pytest.mark.parametrize("indices_only", [False, True])
+def test_a_batch_like_the_iterators_has_their_keys_shapes_and_dtypes(indices_only):
+    config = data_config(preprocess=("scale_to_unit",))
+    options = {"seed": 0, "process_index": 1, "process_count": 2, "indices_only": indices_only}
+    like = data.train_batch_like(in_memory(), config, **options)
+    first = next(data.train_iterator(in_memory(), config, **options))
+    assert {k: (v.shape, v.dtype) for k, v in like.items()} == {
+        k: (v.shape, v.dtype) for k, v in first.items()
+    }
+    assert like["index" if indices_only else "image"].shape[0] == 5  # this process's rows
+
+
 def test_processes_split_each_global_batch_into_disjoint_contiguous_shards():
     config = data_config(batch_size=8)
     whole = labels_of(data.train_iterator(in_memory(), config, seed=0), 6)

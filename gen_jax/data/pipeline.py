@@ -111,6 +111,7 @@ def _train_reader(
     process_count: int,
     indices_only: bool,
 ) -> _ReadBatch:
+    """What turns each global batch's example indices into this process's training rows."""
     batch_size = data_config.batch_size
     if batch_size > len(split):
         raise GenJaxError(
