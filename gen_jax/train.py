@@ -108,27 +108,20 @@ def compile_first_call(
     mesh: Mesh,
     source: data.Split,
     batch: dict,
+    local: data.Batch,
     on_device: bool,
     start: int,
 ) -> TrainCalls:
     """The run's train calls, the variant of its first call (from step `start`) compiling in
-    the background, for the state `task.init` makes from `batch`, the training batches of
-    `source` and, `on_device`, the whole split in device memory; all abstract, so the compile
-    needs neither the decoded split nor the state."""
+    the background, for the state `task.init` makes from `batch`, training batches shaped like
+    this process's `local` one and, `on_device`, the whole `source` split in device memory; all
+    abstract, so the compile needs neither the decoded split nor the state."""
     calls = TrainCalls(task, config, mesh, on_device)
     if start >= config.train.num_steps:  # nothing left to train
         return calls
     count = _call_size(start, config.train)
     abstract = jax.eval_shape(task.init, jax.random.PRNGKey(config.seed), batch)
     state = parallel.replicate(abstract, mesh)
-    local = data.train_batch_like(
-        source,
-        config.data,
-        seed=config.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        indices_only=on_device,
-    )
     stack = (count,) if count > 1 else ()  # a call of several steps stacks their batches
     sharding = parallel.data_sharded(mesh, len(stack))
     batches = {  # the global batch: every process's rows
@@ -398,19 +391,21 @@ def run(
     workdir.mkdir(parents=True, exist_ok=True)
     checkpointer = Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
     start = checkpointer.latest_step()
+    pipeline = {  # this process's share of the training batches
+        "seed": config.seed,
+        "process_index": jax.process_index(),
+        "process_count": jax.process_count(),
+        "indices_only": on_device,
+    }
+    local = data.train_batch_like(source, config.data, **pipeline)
     # compiled (and the state initialised) in the background while the data are decoded
-    train_calls = compile_first_call(task, config, mesh, source, batch, on_device, start or 0)
+    train_calls = compile_first_call(
+        task, config, mesh, source, batch, local, on_device, start or 0
+    )
     fresh = fresh_state(task, config, mesh, batch) if start is None else None
     train_split = data.get_split(config.data, config.data.train_split)
     eval_split = data.get_split(config.data, config.data.eval_split)
-    iterator = data.train_iterator(
-        train_split,
-        config.data,
-        seed=config.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        indices_only=on_device,
-    )
+    iterator = data.train_iterator(train_split, config.data, **pipeline)
     state, iterator = resume(task, config, mesh, batch, checkpointer, iterator, workdir, fresh)
     if is_main:  # only now: a workdir refused above keeps the config it was made with
         record_config(config, workdir, int(state.step))
