@@ -7,7 +7,8 @@ Every row runs in a fresh process, one after another, on the real MNIST training
 - matmul peak: a 2048x2048 float32 matmul through jax, the machine's compute limit; divided by
   the CNN's XLA-counted FLOPs per trained example it gives the "fraction of limit" column;
 - plain CNN loop: the Flax example's style (numpy batches from memory, a fresh permutation per
-  epoch, one jitted step per Python iteration, default allocator), the baseline of the ratios;
+  epoch, one jitted step per Python iteration, default allocator, XLA's own CPU settings: its
+  convolutions in YNNPACK, which gen_jax leaves out, `gen_jax.host`), the baseline of the ratios;
 - PyTorch eager CNN: the same network, optimiser and batch in PyTorch (`pip install
   torch==2.13.0`; the row says so when it is absent);
 - gen_jax CNN / MLP VAE / DCGAN: `gen_jax.train.run` of experiments/mnist_cnn.py,
@@ -37,6 +38,7 @@ import copy
 import functools
 import itertools
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -64,6 +66,7 @@ ROWS = (
     "PyTorch compiled airbench",
 )
 TORCH_MISSING = "PyTorch not installed: pip install torch==2.13.0"
+PLAIN_JAX_ROWS = ("plain CNN loop",)  # with XLA's own CPU settings, not gen_jax's
 
 
 # ----------------------------------------------------------------------------- rows
@@ -516,6 +519,16 @@ def gen_jax_training(name: str, args, *overrides: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- table
+def xla_defaults() -> None:
+    """Give this process XLA's own CPU settings in place of gen_jax's (`gen_jax.host`): a plain
+    JAX loop has them. Before JAX starts its backends."""
+    from gen_jax import host
+
+    ours = f"{host.YNN_FUSION_FLAG}={host.YNN_FUSIONS}"
+    flags = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = flags.replace(ours, f"{host.YNN_FUSION_FLAG}={host.XLA_YNN_FUSIONS}")
+
+
 def measure_in_fresh_process(row: str) -> dict:
     command = [sys.executable, __file__, "--row", row, *sys.argv[1:]]
     output = subprocess.run(command, capture_output=True, text=True)
@@ -577,6 +590,8 @@ def main() -> None:
     parser.add_argument("--row", choices=ROWS, help="measure one row here and print it as JSON")
     args = parser.parse_args()
     if args.row:
+        if args.row in PLAIN_JAX_ROWS:
+            xla_defaults()
         result = MEASURE[args.row](args)
         result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))

@@ -4,10 +4,10 @@
 
 Each row runs in a fresh process (XLA reads its flags once): the compiled train step of an
 experiment (batch 128, one synthetic batch from host memory) timed over 100 steps after warm-up,
-under XLA flags, with or without gen_jax's allocator setting
-(`gen_jax.host.keep_freed_memory_in_heap`), with the batch split into `train.batch_splits`
-concurrent slices. Prints a table of examples/s. (Several CPU devices are left out: see
-benchmarks/README.md.)
+under XLA flags (none: gen_jax's own, `gen_jax.host`), with or without gen_jax's allocator
+setting (`gen_jax.host.keep_freed_memory_in_heap`), with the batch split into
+`train.batch_splits` concurrent slices. Prints a table of examples/s. (Several CPU devices are
+left out: see benchmarks/README.md.)
 """
 
 from __future__ import annotations
@@ -17,19 +17,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gen_jax.host import XLA_YNN_FUSIONS, YNN_FUSION_FLAG
+
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+XLA_DEFAULT = f"{YNN_FUSION_FLAG}={XLA_YNN_FUSIONS}"  # XLA's own, which gen_jax replaces
 
 VARIANTS = [  # (label, experiment, XLA_FLAGS, gen_jax's allocator setting, batch splits)
-    ("default", "mnist_cnn", "", False, 1),
-    ("oneDNN", "mnist_cnn", "--xla_cpu_use_onednn=true", False, 1),
-    ("XNNPACK", "mnist_cnn", "--xla_cpu_use_xnnpack=true", False, 1),
-    ("no multi-threaded Eigen", "mnist_cnn", "--xla_cpu_multi_thread_eigen=false", False, 1),
-    ("freed memory kept in heap", "mnist_cnn", "", True, 1),
-    ("heap + batch in 2 slices", "mnist_cnn", "", True, 2),
-    ("heap + batch in 4 slices", "mnist_cnn", "", True, 4),
-    ("heap + batch in 8 slices", "mnist_cnn", "", True, 8),
-    ("heap", "mnist_vae", "", True, 1),
-    ("heap + batch in 4 slices", "mnist_vae", "", True, 4),
+    ("XLA's defaults", "mnist_cnn", XLA_DEFAULT, False, 1),
+    ("oneDNN", "mnist_cnn", f"{XLA_DEFAULT} --xla_cpu_use_onednn=true", False, 1),
+    ("freed memory kept in heap", "mnist_cnn", XLA_DEFAULT, True, 1),
+    ("heap + batch in 4 slices", "mnist_cnn", XLA_DEFAULT, True, 4),
+    ("heap + batch in 8 slices", "mnist_cnn", XLA_DEFAULT, True, 8),
+    ("heap + convolutions by XLA (gen_jax)", "mnist_cnn", "", True, 1),
+    ("heap + convolutions by XLA + 4 slices", "mnist_cnn", "", True, 4),
+    ("heap + convolutions by XLA + 8 slices", "mnist_cnn", "", True, 8),
+    ("... by XLA on one thread", "mnist_cnn", "--xla_cpu_multi_thread_eigen=false", True, 1),
+    ("XLA's defaults + heap", "mnist_vae", XLA_DEFAULT, True, 1),
+    ("XLA's defaults + heap + 4 slices", "mnist_vae", XLA_DEFAULT, True, 4),
+    ("heap + convolutions by XLA (gen_jax)", "mnist_vae", "", True, 1),
+    ("heap + convolutions by XLA + 4 slices", "mnist_vae", "", True, 4),
 ]
 
 STEP = """

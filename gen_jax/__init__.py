@@ -3,7 +3,10 @@
 `gen_jax.load_run(workdir)` loads a trained run for notebooks (see `gen_jax.run`).
 """
 
+from gen_jax import host
+
 __version__ = "0.1.0"
+host.multithreaded_convolutions()  # before JAX starts: XLA flags apply only then
 
 
 def __getattr__(name: str):

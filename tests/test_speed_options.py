@@ -1,12 +1,18 @@
 """The speed options change how fast a run goes, never what it computes: split batches,
-several steps per compiled call, no retracing, and bfloat16 compute."""
+several steps per compiled call, no retracing, and bfloat16 compute; and gen_jax's XLA setting
+for CPU convolutions applies when it can, and only then."""
+
+import importlib.metadata
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
 from gen_jax import config as config_lib
-from gen_jax import tasks, train
+from gen_jax import host, tasks, train
 from gen_jax.checkpoint import Checkpointer
 from gen_jax.errors import GenJaxError
 from gen_jax.metric_writer import read_metrics
@@ -210,3 +216,45 @@ def test_a_split_kept_on_device_trains_exactly_as_host_batches(
     train.run(load(experiment(family=family), "--config.data.on_device=False"), tmp_path / "run")
     on_host = load_run(tmp_path / "run").state.params
     assert_trees_equal(on_device, on_host)
+
+
+CONVOLUTION_HLO = """
+import os, sys, warnings
+import jax, jax.numpy as jnp
+if sys.argv[1] == "after_jax":
+    jnp.zeros(1).block_until_ready()
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import gen_jax
+nhwc = ("NHWC", "HWIO", "NHWC")  # as flax's nn.Conv
+conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=nhwc)
+hlo = jax.jit(conv).lower(jnp.zeros((8, 14, 14, 32)), jnp.zeros((3, 3, 32, 64))).compile().as_text()
+late = any("import gen_jax first" in str(w.message) for w in caught)
+print(os.environ.get("XLA_FLAGS", ""), "|", "ynn_fusion" in hlo, late)
+"""
+
+
+def convolution_hlo(case: str, xla_flags: str | None = None) -> str:
+    """A fresh Python (XLA reads its flags once) that imports gen_jax, `first` or `after_jax`
+    ran a computation, and compiles a convolution: its XLA_FLAGS, whether YNNPACK runs the
+    convolution and whether gen_jax warned that it came too late."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    if xla_flags is not None:
+        env["XLA_FLAGS"] = xla_flags
+    command = [sys.executable, "-c", CONVOLUTION_HLO, case]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.mark.skipif(
+    not importlib.metadata.version("jaxlib").startswith(host.MEASURED_JAXLIB),
+    reason="gen_jax leaves other jaxlib versions' XLA flags as they are",
+)
+def test_importing_gen_jax_keeps_convolutions_out_of_ynnpack_unless_told_otherwise():
+    ours = f"{host.YNN_FUSION_FLAG}={host.YNN_FUSIONS}"
+    assert convolution_hlo("first") == f"{ours} | False False"
+    xla_default = f"{host.YNN_FUSION_FLAG}={host.XLA_YNN_FUSIONS}"
+    user = f"--xla_force_host_platform_device_count=2 {xla_default}"
+    assert convolution_hlo("first", user) == f"{user} | True False"  # the user's setting stands
+    assert convolution_hlo("after_jax") == "| True True"  # too late: XLA's own, and a warning
