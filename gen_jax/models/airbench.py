@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from gen_jax.models.cnn import FEATURES
-from gen_jax.models.layers import conv_matmul_filter_grad, max_pool
+from gen_jax.models.layers import max_pool
 
 
 def patches(images: jax.Array, size: int) -> jax.Array:
@@ -71,7 +71,6 @@ class ConvGroup(nn.Module):
                 use_bias=False,
                 kernel_init=identity_then_default,
                 dtype=self.dtype,
-                conv_general_dilated=conv_matmul_filter_grad,
             )
             return layer(x)
 

@@ -7,7 +7,6 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 UPSAMPLINGS = ("pixel_shuffle", "transpose")
 DOWNSAMPLINGS = ("strided", "space_to_depth")
@@ -65,88 +64,6 @@ def _max_pool_backward(window: int, x: jax.Array, grad: jax.Array) -> tuple[jax.
 
 
 max_pool.defvjp(_max_pool_forward, _max_pool_backward)
-
-
-def conv_matmul_filter_grad(
-    lhs: jax.Array,
-    rhs: jax.Array,
-    window_strides,
-    padding,
-    lhs_dilation=None,
-    rhs_dilation=None,
-    dimension_numbers=None,
-    feature_group_count: int = 1,
-    precision=None,
-    **options,
-) -> jax.Array:
-    """`lax.conv_general_dilated` (as `nn.Conv(conv_general_dilated=...)` calls it) whose kernel
-    gradient, for a stride-1 NHWC convolution, is one matmul per kernel tap: XLA's CPU backend
-    runs the backward-filter convolution of wide layers at a fraction of its matmul speed (the
-    airbench step trains 1.5x faster: benchmarks/README.md). The same numbers up to float
-    rounding; any other convolution goes to `lax.conv_general_dilated` unchanged."""
-    ones = lambda values: all(v == 1 for v in values or ())
-    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
-    if not (
-        lhs.ndim == 4
-        and ones(window_strides)
-        and ones(lhs_dilation)
-        and ones(rhs_dilation)
-        and feature_group_count == 1
-        and not options
-        and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
-    ):
-        return lax.conv_general_dilated(
-            lhs,
-            rhs,
-            window_strides,
-            padding,
-            lhs_dilation,
-            rhs_dilation,
-            dimension_numbers,
-            feature_group_count,
-            precision=precision,
-            **options,
-        )
-    if isinstance(padding, str):
-        padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
-    return _conv_nhwc(lhs, rhs, tuple(tuple(pair) for pair in padding), precision)
-
-
-def _plain_conv_nhwc(x: jax.Array, kernel: jax.Array, padding: tuple, precision) -> jax.Array:
-    numbers = ("NHWC", "HWIO", "NHWC")
-    return lax.conv_general_dilated(
-        x, kernel, (1, 1), padding, dimension_numbers=numbers, precision=precision
-    )
-
-
-_conv_nhwc = jax.custom_vjp(_plain_conv_nhwc, nondiff_argnums=(2, 3))
-
-
-def _conv_nhwc_forward(x, kernel, padding, precision) -> tuple[jax.Array, tuple]:
-    return _plain_conv_nhwc(x, kernel, padding, precision), (x, kernel)
-
-
-def _conv_nhwc_backward(padding, precision, saved, grad) -> tuple[jax.Array, jax.Array]:
-    x, kernel = saved
-    height, width = grad.shape[1:3]
-    rows, columns, inputs, outputs = kernel.shape
-    padded = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-    grad_rows = grad.reshape(-1, outputs)
-    taps = [  # kernel[i, j] = sum over output pixels of (input seen by tap i, j) x grad
-        jnp.dot(
-            padded[:, i : i + height, j : j + width].reshape(-1, inputs).T,
-            grad_rows,
-            precision=precision,
-        )
-        for i in range(rows)
-        for j in range(columns)
-    ]
-    kernel_grad = jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
-    _, input_pullback = jax.vjp(lambda x: _plain_conv_nhwc(x, kernel, padding, precision), x)
-    return input_pullback(grad)[0], kernel_grad
-
-
-_conv_nhwc.defvjp(_conv_nhwc_forward, _conv_nhwc_backward)
 
 
 class Upsample(nn.Module):
