@@ -27,7 +27,9 @@ def get_config():
     config.train.num_steps = 8 * EPOCH
     config.train.eval_every = 4 * EPOCH
     config.train.checkpoint_every = 2 * EPOCH
-    config.train.batch_splits = 4  # faster on a 2-core CPU (benchmarks/README.md); 1 on a GPU
+    # 4 slices, as trained for RESULTS: as fast as 1 on 2 CPU cores since benchmarks/README.md's
+    # finding 16 (1.4x faster before it); 1 on a GPU
+    config.train.batch_splits = 4
     return config
 
 

@@ -19,7 +19,7 @@ def get_config():
     config.train.num_steps = 10 * EPOCH
     config.train.eval_every = EPOCH
     config.train.checkpoint_every = EPOCH
-    config.train.batch_splits = 4  # 1.6x faster on a 2-core CPU (benchmarks/README.md); 1 on a GPU
+    config.train.batch_splits = 4  # 1.3x faster on a 2-core CPU (benchmarks/README.md); 1 on a GPU
     return config
 
 

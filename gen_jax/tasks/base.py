@@ -93,7 +93,7 @@ def split_value_and_grad(loss_fn: Callable, splits: int) -> Callable:
     equal slices of the batch and averaged: the same numbers up to float rounding.
 
     The slices are separate branches of the compiled step, and XLA's CPU runtime runs independent
-    branches concurrently, so one CPU device uses several cores (the CNN trains 1.6x faster on 2
+    branches concurrently, so one CPU device uses several cores (the CNN trains 1.3x faster on 2
     cores with 4 slices: benchmarks/README.md). `loss_fn(params, *batch)` must return
     (loss, aux), both means over the examples; every array of `batch` has examples on axis 0.
     Slice i takes rows i, i + splits, ..., so each device's rows spread evenly over the slices.
