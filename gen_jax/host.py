@@ -10,9 +10,9 @@ import sys
 import warnings
 
 # XLA:CPU's operations handed to the YNNPACK library: jaxlib 0.10's default without the
-# convolutions, which YNNPACK runs on one core and
-# XLA's own (Eigen) kernels on all of them: conv nets train 1.3-2x faster (benchmarks/README.md,
-# finding 16). Measured on jaxlib 0.10 only; other versions keep their default.
+# convolutions, which XLA's own multi-threaded (Eigen) kernels run faster: conv nets train
+# 1.3-2x faster on 2 cores (benchmarks/README.md, finding 16). Measured on jaxlib 0.10 only;
+# other versions keep their default.
 YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 YNN_FUSIONS = "individual_dot,reduce"
 XLA_YNN_FUSIONS = "individual_dot,reduce,individual_convolution"  # jaxlib 0.10's own default
@@ -57,8 +57,8 @@ def multithreaded_convolutions() -> bool:
         return False
     if "jax" in sys.modules and _backends_started():
         warnings.warn(
-            "gen_jax was imported after JAX ran a computation, so XLA's CPU convolutions stay on "
-            "one core here (slower, and rounded differently from `gen-jax train`); import gen_jax "
+            "gen_jax was imported after JAX ran a computation, so XLA's CPU convolutions stay in "
+            "YNNPACK here (slower, and rounded differently from `gen-jax train`); import gen_jax "
             "first, or set XLA_FLAGS yourself",
             stacklevel=3,
         )
