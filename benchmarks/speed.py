@@ -524,9 +524,8 @@ def xla_defaults() -> None:
     JAX loop has them. Before JAX starts its backends."""
     from gen_jax import host
 
-    ours = f"{host.YNN_FUSION_FLAG}={host.YNN_FUSIONS}"
     flags = os.environ.get("XLA_FLAGS", "")
-    os.environ["XLA_FLAGS"] = flags.replace(ours, f"{host.YNN_FUSION_FLAG}={host.XLA_YNN_FUSIONS}")
+    os.environ["XLA_FLAGS"] = flags.replace(host.GEN_JAX_YNN_FUSIONS, host.XLA_YNN_FUSIONS)
 
 
 def measure_in_fresh_process(row: str) -> dict:

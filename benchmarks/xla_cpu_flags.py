@@ -17,10 +17,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gen_jax.host import XLA_YNN_FUSIONS, YNN_FUSION_FLAG
+from gen_jax.host import XLA_YNN_FUSIONS as XLA_DEFAULT  # XLA's own, which gen_jax replaces
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-XLA_DEFAULT = f"{YNN_FUSION_FLAG}={XLA_YNN_FUSIONS}"  # XLA's own, which gen_jax replaces
 
 VARIANTS = [  # (label, experiment, XLA_FLAGS, gen_jax's allocator setting, batch splits)
     ("XLA's defaults", "mnist_cnn", XLA_DEFAULT, False, 1),

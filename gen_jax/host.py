@@ -14,8 +14,8 @@ import warnings
 # 1.3-2x faster on 2 cores (benchmarks/README.md, finding 16). Measured on jaxlib 0.10 only;
 # other versions keep their default.
 YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
-YNN_FUSIONS = "individual_dot,reduce"
-XLA_YNN_FUSIONS = "individual_dot,reduce,individual_convolution"  # jaxlib 0.10's own default
+GEN_JAX_YNN_FUSIONS = f"{YNN_FUSION_FLAG}=individual_dot,reduce"
+XLA_YNN_FUSIONS = f"{YNN_FUSION_FLAG}=individual_dot,reduce,individual_convolution"  # its own
 MEASURED_JAXLIB = "0.10."
 
 # glibc mallopt parameters (malloc.h)
@@ -42,7 +42,8 @@ def keep_freed_memory_in_heap() -> bool:
 
 def multithreaded_convolutions() -> bool:
     """Set `XLA_FLAGS` so that XLA:CPU keeps convolutions in its own multi-threaded kernels
-    (`YNN_FUSIONS`) in this process: `import gen_jax` calls it, before JAX starts its backends.
+    (`GEN_JAX_YNN_FUSIONS`) in this process: `import gen_jax` calls it, before JAX starts its
+    backends.
 
     Left alone (returns False): a flag the user set in `XLA_FLAGS`, another jaxlib than the one
     measured (an unknown flag would stop XLA), or backends already started, where a flag no longer
@@ -63,7 +64,7 @@ def multithreaded_convolutions() -> bool:
             stacklevel=3,
         )
         return False
-    os.environ["XLA_FLAGS"] = f"{flags} {YNN_FUSION_FLAG}={YNN_FUSIONS}".strip()
+    os.environ["XLA_FLAGS"] = f"{flags} {GEN_JAX_YNN_FUSIONS}".strip()
     return True
 
 

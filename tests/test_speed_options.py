@@ -252,9 +252,7 @@ def convolution_hlo(case: str, xla_flags: str | None = None) -> str:
     reason="gen_jax leaves other jaxlib versions' XLA flags as they are",
 )
 def test_importing_gen_jax_keeps_convolutions_out_of_ynnpack_unless_told_otherwise():
-    ours = f"{host.YNN_FUSION_FLAG}={host.YNN_FUSIONS}"
-    assert convolution_hlo("first") == f"{ours} | False False"
-    xla_default = f"{host.YNN_FUSION_FLAG}={host.XLA_YNN_FUSIONS}"
-    user = f"--xla_force_host_platform_device_count=2 {xla_default}"
+    assert convolution_hlo("first") == f"{host.GEN_JAX_YNN_FUSIONS} | False False"
+    user = f"--xla_force_host_platform_device_count=2 {host.XLA_YNN_FUSIONS}"
     assert convolution_hlo("first", user) == f"{user} | True False"  # the user's setting stands
     assert convolution_hlo("after_jax") == "| True True"  # too late: XLA's own, and a warning
