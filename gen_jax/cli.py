@@ -10,7 +10,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from gen_jax.errors import GenJaxError, PeerLostError
+from gen_jax.errors import GenJaxError, PeerLostError, RunStopped
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         if overrides and args.command != "train":
             raise GenJaxError(f"unrecognised arguments: {' '.join(overrides)}")
         return _run(args, overrides)
+    except RunStopped as stopped:
+        print(f"gen-jax: {stopped}\n  {shlex.join(['gen-jax', *argv])}", file=sys.stderr)
+        return stopped.status
     except GenJaxError as error:
         lost = isinstance(error, PeerLostError)
         rerun = f" On this process:\n  {shlex.join(['gen-jax', *argv])}" if lost else ""

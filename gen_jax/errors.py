@@ -1,4 +1,5 @@
-"""The one exception type users see: a message that says what went wrong and what to do."""
+"""The exceptions users see: a message that says what went wrong (or why a run stopped) and
+what to do."""
 
 from pathlib import Path
 
@@ -37,4 +38,16 @@ class PeerLostError(GenJaxError):
             f"process {index} stopped too. {saved} (a save under way when it stopped is "
             "incomplete and is never restored). Run the same command again on every process to "
             "resume."
+        )
+
+
+class RunStopped(Exception):
+    """A SIGINT or SIGTERM stopped training early, after a checkpoint (not an error: the CLI
+    exits with `status`, the shell's for that signal, 128 + its number)."""
+
+    def __init__(self, step: int, checkpoints: Path, status: int):
+        self.status = status
+        super().__init__(
+            f"stopped by a signal at step {step}, saved in {checkpoints}. Run the same command "
+            "again (on every process) to continue from there."
         )

@@ -21,8 +21,9 @@ from jax.sharding import Mesh
 from gen_jax import checkpoint, data, parallel, tasks
 from gen_jax import config as config_lib
 from gen_jax.checkpoint import Checkpointer, DamagedCheckpointError
-from gen_jax.errors import GenJaxError, NonFiniteLossError, PeerLostError
+from gen_jax.errors import GenJaxError, NonFiniteLossError, PeerLostError, RunStopped
 from gen_jax.metric_writer import MetricWriter, logged_metrics, progress_bar
+from gen_jax.stop_signals import StopSignals
 from gen_jax.tasks.base import Task, init_state
 
 # ----------------------------------------------------------------------------- compiled steps
@@ -443,7 +444,8 @@ def _loop(
 
     Steps go `train.steps_per_call` to a compiled call, except just before a logging, evaluation
     or checkpoint step, which single steps reach exactly. `stop_at` ends after the call that
-    reaches it, so a stopped and resumed run makes the same calls as one that never stopped.
+    reaches it, so a stopped and resumed run makes the same calls as one that never stopped; a
+    SIGINT or SIGTERM likewise ends after a call, with a checkpoint, raising `RunStopped`.
     """
     train, eval_split = config.train, config.data.eval_split
     start = int(state.step)
@@ -456,27 +458,31 @@ def _loop(
         return results
     log = TrainLog(writer, config.data.batch_size, start, train.num_steps, started)
     results = {}
-    step = start
-    while step < end:
-        count = _call_size(step, train)
-        state, metrics = steps.train(state, [next(iterator) for _ in range(count)])
-        step += count
-        log.record(step, metrics)
-        log_now = _due(step, train.log_every) or step >= end
-        eval_now = _due(step, train.eval_every) or step == train.num_steps
-        save_now = _due(step, train.checkpoint_every) or step >= end
-        if log_now or eval_now or save_now:
-            log.check_finite()  # before any save: a diverged state is never checkpointed
-        if log_now:
-            log.write(step)
-        with log.paused():  # evaluations and saves do not count against training throughput
-            if eval_now:
-                results = steps.evaluate(state, final=step == train.num_steps)
-                writer.write(step, eval_split, results)
-                writer.write_images(step, steps.pictures(state))
-            if save_now:
-                checkpointer.save(step, state, iterator)
+    step, calls, stop = start, 0, False
+    with StopSignals() as signals:
+        while step < end and not stop:
+            count = _call_size(step, train)
+            state, metrics = steps.train(state, [next(iterator) for _ in range(count)])
+            step, calls = step + count, calls + 1
+            log.record(step, metrics)
+            stop = signals.requested(calls)
+            log_now = _due(step, train.log_every) or step >= end or stop
+            eval_now = _due(step, train.eval_every) or step == train.num_steps
+            save_now = _due(step, train.checkpoint_every) or step >= end or stop
+            if log_now or eval_now or save_now:
+                log.check_finite()  # before any save: a diverged state is never checkpointed
+            if log_now:
+                log.write(step)
+            with log.paused():  # evaluations and saves do not count against training throughput
+                if eval_now:
+                    results = steps.evaluate(state, final=step == train.num_steps)
+                    writer.write(step, eval_split, results)
+                    writer.write_images(step, steps.pictures(state))
+                if save_now:
+                    checkpointer.save(step, state, iterator)
     log.close()
+    if stop and step < end:  # `run` waits for the save as it closes the checkpointer
+        raise RunStopped(step, checkpointer.manager.directory, signals.exit_status())
     return results
 
 

@@ -32,7 +32,7 @@ from tests.conftest import (
 pytestmark = pytest.mark.slow
 
 DUMP_PARAMS = {"GEN_JAX_DUMP_PARAMS": "1"}  # tests/mocked_cli.py: each process's own params
-TWO_HOST_STEPS = 20
+TWO_HOST_STEPS = 60  # long enough that a SIGTERM stops the run before its end
 STOP_SECONDS = 20  # how soon a process whose peer was killed must have stopped
 
 
@@ -157,8 +157,8 @@ def dumped_params(workdir, process, step):
 
 @pytest.fixture(scope="module")
 def two_host_run(tmp_path_factory):
-    """(experiment, workdir) of an uninterrupted two-process run: 20 steps, a checkpoint every
-    5, ~3 s of training after ~20 s of start: time to kill a process during a save mid-run."""
+    """(experiment, workdir) of an uninterrupted two-process run: 60 steps, a checkpoint every
+    5, several seconds of training after ~20 s of start: time to kill or stop a process mid-run."""
     root = tmp_path_factory.mktemp("two_hosts")
     experiment = write_experiment(root / "tiny.py", **{"train.num_steps": TWO_HOST_STEPS})
     with two_hosts(experiment, root / "run") as hosts:
@@ -218,6 +218,75 @@ def test_a_killed_host_stops_the_other_with_a_message_and_both_resume_bitwise(
     assert "Traceback" not in output and "stack trace" not in output
     assert output.rstrip().endswith(shlex.join(["gen-jax", *survivor.args[2:]]))
 
+    with two_hosts(experiment, workdir) as hosts:
+        finish(hosts)
+    resumed_at = [r["step"] for r in read_metrics(workdir) if r["name"] == "first_step_seconds"]
+    assert resumed_at[-1] == latest + 1
+    for process in range(2):
+        assert_trees_equal(
+            dumped_params(uninterrupted, process, TWO_HOST_STEPS),
+            dumped_params(workdir, process, TWO_HOST_STEPS),
+        )
+
+
+def wait_for(ready, processes, what: str) -> None:
+    deadline = time.monotonic() + 120
+    while not ready():
+        assert all(p.poll() is None for p in processes), f"a process ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} after 120 s"
+        time.sleep(0.01)
+
+
+def assert_stopped_with_a_checkpoint(processes, outputs, signal_number, checkpoints, end) -> int:
+    """Every process exited with the signal's status after one message naming the same saved
+    step, before the run's end; returns that step."""
+    status = [128 + signal_number] * len(processes)
+    assert [p.returncode for p in processes] == status, "\n".join(outputs)
+    latest = checkpoint.latest_step(checkpoints)
+    assert latest < end, "the run ended before the signal stopped it: nothing was tested"
+    for output in outputs:
+        [message] = [line for line in output.splitlines() if "stopped by a signal" in line]
+        assert f"at step {latest}, saved in {checkpoints}." in message
+        assert "Traceback" not in output
+    return latest
+
+
+def test_ctrl_c_stops_after_the_step_under_way_with_a_checkpoint_and_resumes_bitwise(
+    tmp_path, mock_mnist
+):
+    steps = 100
+    overrides = {"train.num_steps": steps, "train.checkpoint_every": 0}
+    experiment = write_experiment(tmp_path / "tiny.py", **overrides)
+    reference, workdir = tmp_path / "reference", tmp_path / "run"
+    check_call_mocked_cli(train_args(experiment, reference))
+    piped = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+    with mocked_cli(train_args(experiment, workdir), **piped) as process:
+        first_step = lambda: (workdir / "metrics.jsonl").exists() and read_metrics(workdir)
+        wait_for(first_step, [process], "a first step")  # the training loop is running
+        process.send_signal(signal.SIGINT)
+        outputs = [process.communicate(timeout=60)[0]]
+    checkpoints = workdir / "checkpoints"
+    latest = assert_stopped_with_a_checkpoint([process], outputs, signal.SIGINT, checkpoints, steps)
+    check_call_mocked_cli(train_args(experiment, workdir))
+    resumed_at = [r["step"] for r in read_metrics(workdir) if r["name"] == "first_step_seconds"]
+    assert resumed_at == [1, latest + 1]
+    assert_trees_equal(train.load_state(reference)[3], train.load_state(workdir)[3])
+
+
+def test_a_sigterm_to_one_host_stops_both_after_the_same_step_and_they_resume_bitwise(
+    two_host_run, tmp_path
+):
+    experiment, uninterrupted = two_host_run
+    workdir = tmp_path / "run"
+    with two_hosts(experiment, workdir) as hosts:
+        # process 0 writes it once every process has joined jax.distributed
+        wait_for((workdir / "config.json").exists, hosts, "config.json")
+        hosts[1].send_signal(signal.SIGTERM)  # as a scheduler announces a preemption
+        outputs = [host.communicate(timeout=120)[0] for host in hosts]
+    checkpoints = workdir / "checkpoints"
+    latest = assert_stopped_with_a_checkpoint(
+        hosts, outputs, signal.SIGTERM, checkpoints, TWO_HOST_STEPS
+    )
     with two_hosts(experiment, workdir) as hosts:
         finish(hosts)
     resumed_at = [r["step"] for r in read_metrics(workdir) if r["name"] == "first_step_seconds"]

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import signal
 
 import jax
 import numpy as np
@@ -13,6 +14,7 @@ from gen_jax.checkpoint import Checkpointer
 from gen_jax.errors import GenJaxError, NonFiniteLossError
 from gen_jax.metric_writer import logged_metrics, read_metrics
 from gen_jax.run import load_run
+from gen_jax.stop_signals import StopSignals
 from gen_jax.tasks.base import init_state
 from tests.conftest import assert_trees_equal, check_call_mocked_cli, copied_run
 
@@ -234,6 +236,17 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     assert Checkpointer(workdir / "checkpoints").latest_step() == 5
     _, _, _, kept = train.load_state(workdir)
     assert jax.tree.all(jax.tree.map(np.array_equal, good, kept))
+
+
+def test_a_first_stop_signal_asks_the_loop_to_stop_and_a_second_acts_as_it_did_before():
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with StopSignals() as signals:
+        assert not signals.requested(1)
+        signal.raise_signal(signal.SIGTERM)  # would have ended pytest without the handler
+        assert signals.requested(2) and signals.exit_status() == 128 + signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):  # Python's own SIGINT handler, called again
+            signal.raise_signal(signal.SIGINT)
+    assert {s: signal.getsignal(s) for s in before} == before
 
 
 def test_reading_a_run_leaves_a_save_in_progress_and_names_the_steps_it_has(
