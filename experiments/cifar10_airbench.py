@@ -2,21 +2,24 @@
 CIFAR-10 in 0.36 PFLOP): its network (`gen_jax/models/airbench.py`: whitening layer from the data,
 three conv groups, 1.97M parameters), batch 1024, Nesterov SGD with its decoupled hyperparameters
 (batch norm biases at 64x the rate), label smoothing 0.2, 2-pixel random crops, flips alternating
-by epoch, a warm-up from 0.2x over 23% of 9.9 epochs then a linear decay to 0.07x, lookahead every
-5 steps, test-time flips and 1-pixel translations.
+by epoch, a warm-up from 0.2x over 23% of the run then a linear decay to 0.07x, lookahead every
+5 steps, test-time flips and 1-pixel translations; 18 epochs, where airbench94 trains 9.9.
 
     gen-jax train experiments/cifar10_airbench.py --workdir runs/cifar10_airbench [--stop_at STEP]
 
-Goal (issue 22): >= 93.5% test accuracy within 0.6 PFLOP (0.308 PFLOP here).
-Measured: 90.34% test accuracy (the goal is not reached), ~9 s per step of 1024 on a 2-core Intel
-Xeon VM, before the crops' reflection padding and the whitening bias's freeze after 3 epochs
-(airbench's) were added; with them, not yet measured (RESULTS.md).
+Goal (issue 22): >= 93.5% test accuracy within 0.6 PFLOP (0.56 PFLOP here).
+Measured with airbench94's 9.9 epochs (0.31 PFLOP): 90.34% test accuracy, ~9 s per step of 1024 on
+a 2-core Intel Xeon VM, before the crops' reflection padding and the whitening bias's freeze after
+3 epochs (airbench's) were added (RESULTS.md). 18 epochs: not yet measured (~7 s a step there).
 """
 
 from gen_jax.config import base_config
 
 BATCH = 1024
 EPOCH = 50_000 // BATCH  # 48 full batches
+# airbench94's 9.9 epochs reached 90.34% on the JPEG copy; the goal's 0.6 PFLOP allows ~19 epochs
+# of this network, and airbench's schedules are fractions of the run, so they stretch with it
+EPOCHS = 18
 MOMENTUM = 0.85
 # airbench's rates are per 1024 examples of a summed loss, its momentum's gain 1 / (1 - momentum)
 # divided out; for a mean loss at batch 1024: lr 11.5 / (1 + 1 / (1 - m)) = 1.5, and the weight
@@ -55,7 +58,7 @@ def get_config():
             "freeze_at": 3 * EPOCH,
         }
     )
-    config.train.num_steps = round(9.9 * EPOCH)
+    config.train.num_steps = EPOCHS * EPOCH
     config.optimizer.warmup_steps = int(0.23 * config.train.num_steps)
     config.train.eval_every = 0  # the final evaluation only
     config.train.checkpoint_every = EPOCH
@@ -63,7 +66,7 @@ def get_config():
 
 
 # `gen-jax reproduce` checks: metric -> (value, tolerance) or a goal ('<=' | '>=', bound).
-EXPECTED = {"accuracy": (">=", 0.935)}  # the goal; the first run reached 0.9034
+EXPECTED = {"accuracy": (">=", 0.935)}  # the goal; 9.9 epochs reached 0.9034
 # QUICK: measured once (Intel Xeon VM, family 6 model 207): 20 steps (0.4 epochs), test-time
 # flips only; lookahead makes its weights mostly step 15's. A young network, which another CPU's
 # rounding moves by points
