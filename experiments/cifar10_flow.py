@@ -8,7 +8,10 @@ folder data: a U-Net this small is far from a good CIFAR-10 model.
     gen-jax train experiments/cifar10_cnn.py --workdir runs/cifar10_cnn  # the feature space
     gen-jax train experiments/cifar10_flow.py --workdir runs/cifar10_flow
 
-Reproduces: not yet measured.
+Reproduces: FID 13.3 against a floor of 0.39 at 10k samples (33.9x), IS 1.69 (floor 3.44),
+precision 0.90, recall 0.23, all 10 classes (the least 3.2% of samples), Heun 19 NFE, in the
+features of a 75.85% cifar10_cnn run; 48.5 min for the whole command (~1.4-1.5 steps/s, a ~6 min
+final evaluation) on a 2-core Intel Xeon (RESULTS.md).
 """
 
 from gen_jax.config import QUICK_DIFFUSION, flow_config
@@ -28,7 +31,13 @@ def get_config():
 
 
 # `gen-jax reproduce` checks: metric -> (value, tolerance) or a goal ('<=' | '>=', bound).
-EXPECTED = {"classes_covered": (">=", 8)}  # the full run is not yet measured
+# EXPECTED: measured once (Intel Xeon VM; RESULTS.md). Another CPU's rounding moves a trained
+# generator's FID by up to ~15%, its IS by a few per cent
+EXPECTED = {
+    "fid": (13.3, 2.0),
+    "inception_score": (1.69, 0.1),
+    "min_class_fraction": (">=", 0.015),
+}
 # QUICK: measured once (Intel Xeon VM), scored by the quick (200-step) classifier; a young model,
 # which another CPU's rounding moves a lot: ~30%, as the GANs'
 QUICK = {
