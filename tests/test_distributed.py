@@ -185,6 +185,20 @@ def test_two_hosts_log_each_step_once_and_write_one_valid_config(two_host_run):
     assert config_lib.load(workdir / "config.json") == expected
 
 
+def assert_two_hosts_resume_bitwise(experiment, workdir, latest: int, uninterrupted) -> None:
+    """Both processes, run again, resume after checkpoint `latest` and end with the params of the
+    `uninterrupted` run."""
+    with two_hosts(experiment, workdir) as hosts:
+        finish(hosts)
+    resumed_at = [r["step"] for r in read_metrics(workdir) if r["name"] == "first_step_seconds"]
+    assert resumed_at[-1] == latest + 1
+    for process in range(2):
+        assert_trees_equal(
+            dumped_params(uninterrupted, process, TWO_HOST_STEPS),
+            dumped_params(workdir, process, TWO_HOST_STEPS),
+        )
+
+
 def test_a_killed_host_stops_the_other_with_a_message_and_both_resume_bitwise(
     two_host_run, tmp_path
 ):
@@ -218,15 +232,7 @@ def test_a_killed_host_stops_the_other_with_a_message_and_both_resume_bitwise(
     assert "Traceback" not in output and "stack trace" not in output
     assert output.rstrip().endswith(shlex.join(["gen-jax", *survivor.args[2:]]))
 
-    with two_hosts(experiment, workdir) as hosts:
-        finish(hosts)
-    resumed_at = [r["step"] for r in read_metrics(workdir) if r["name"] == "first_step_seconds"]
-    assert resumed_at[-1] == latest + 1
-    for process in range(2):
-        assert_trees_equal(
-            dumped_params(uninterrupted, process, TWO_HOST_STEPS),
-            dumped_params(workdir, process, TWO_HOST_STEPS),
-        )
+    assert_two_hosts_resume_bitwise(experiment, workdir, latest, uninterrupted)
 
 
 def wait_for(ready, processes, what: str) -> None:
@@ -287,15 +293,7 @@ def test_a_sigterm_to_one_host_stops_both_after_the_same_step_and_they_resume_bi
     latest = assert_stopped_with_a_checkpoint(
         hosts, outputs, signal.SIGTERM, checkpoints, TWO_HOST_STEPS
     )
-    with two_hosts(experiment, workdir) as hosts:
-        finish(hosts)
-    resumed_at = [r["step"] for r in read_metrics(workdir) if r["name"] == "first_step_seconds"]
-    assert resumed_at[-1] == latest + 1
-    for process in range(2):
-        assert_trees_equal(
-            dumped_params(uninterrupted, process, TWO_HOST_STEPS),
-            dumped_params(workdir, process, TWO_HOST_STEPS),
-        )
+    assert_two_hosts_resume_bitwise(experiment, workdir, latest, uninterrupted)
 
 
 @pytest.fixture(scope="module")
