@@ -243,20 +243,21 @@ def pytorch_dcgan(args) -> dict:
     return _torch_rate(step, config, args)
 
 
-def pytorch_airbench(args, compiled: bool = False) -> dict:
-    """Examples/s of experiments/cifar10_airbench.py's step in PyTorch (eager, or `compiled` by
-    `torch.compile`): the same network (a fixed whitening conv, three conv groups with batch norm
-    of frozen scale, the scaled linear head), Nesterov SGD with L2 and the batch norm biases at
-    their own rate, label smoothing, the same batch; without the random crops and flips, which
-    gen_jax's row does in its step."""
-    try:
-        import torch
-        from torch import nn
-    except ImportError:
-        return {"skipped": TORCH_MISSING}
-    config = _experiment("cifar10_airbench", args)
+def torch_airbench(config):
+    """experiments/cifar10_airbench.py's network and optimizer in PyTorch: a fixed whitening conv
+    (its weights for the caller to set from the data), three conv groups with batch norm of
+    frozen scale, each conv starting as the identity on its first channels (airbench's), the
+    linear head; Nesterov SGD with L2, the batch norm biases at their own rate. Returns (network,
+    optimizer, its two parameter groups' base rates); the network's logits are unscaled."""
+    import torch
+    from torch import nn
+
     model = models_options("airbench", config)
-    torch.manual_seed(0)
+
+    def conv(inputs, width):
+        layer = nn.Conv2d(inputs, width, 3, padding=1, bias=False)
+        nn.init.dirac_(layer.weight.data[: min(inputs, width)])
+        return layer
 
     def norm(width):
         layer = nn.BatchNorm2d(width, momentum=1 - model["batchnorm_momentum"], eps=1e-12)
@@ -265,14 +266,17 @@ def pytorch_airbench(args, compiled: bool = False) -> dict:
 
     def group(inputs, width):
         return [
-            *[nn.Conv2d(inputs, width, 3, padding=1, bias=False), nn.MaxPool2d(2)],
+            conv(inputs, width),
+            nn.MaxPool2d(2),
             *norm(width),
-            *[nn.Conv2d(width, width, 3, padding=1, bias=False), *norm(width)],
+            conv(width, width),
+            *norm(width),
         ]
 
     size = model["whitening_size"]
     whitening = nn.Conv2d(3, 2 * size * size * 3, size)  # the patches' eigenvectors and negatives
     whitening.weight.requires_grad_(False)  # computed from the data, not trained
+    nn.init.zeros_(whitening.bias)
     widths = (whitening.out_channels, *model["widths"])
     network = nn.Sequential(
         whitening,
@@ -289,21 +293,36 @@ def pytorch_airbench(args, compiled: bool = False) -> dict:
         p for p in network.parameters() if p.requires_grad and all(p is not b for b in biases)
     ]
     scale, decay = settings.bias_lr_scale, settings.weight_decay
+    rates = (settings.learning_rate, scale * settings.learning_rate)
     optimizer = torch.optim.SGD(
         [
-            {"params": others, "weight_decay": decay},
-            {"params": biases, "lr": scale * settings.learning_rate, "weight_decay": decay / scale},
+            {"params": others, "lr": rates[0], "weight_decay": decay},
+            {"params": biases, "lr": rates[1], "weight_decay": decay / scale},
         ],
-        lr=settings.learning_rate,
         momentum=settings.momentum,
         nesterov=True,
     )
+    return network, optimizer, rates
+
+
+def pytorch_airbench(args, compiled: bool = False) -> dict:
+    """Examples/s of experiments/cifar10_airbench.py's step in PyTorch (eager, or `compiled` by
+    `torch.compile`): `torch_airbench`'s network and optimizer, label smoothing, the same batch;
+    without the random crops and flips, which gen_jax's row does in its step."""
+    try:
+        import torch
+        from torch import nn
+    except ImportError:
+        return {"skipped": TORCH_MISSING}
+    config = _experiment("cifar10_airbench", args)
+    torch.manual_seed(0)
+    network, optimizer, _ = torch_airbench(config)
     forward = torch.compile(network) if compiled else network
-    smoothing = config.task.label_smoothing
+    smoothing, scaling = config.task.label_smoothing, models_options("airbench", config)["scaling"]
 
     def step(x, y):
         optimizer.zero_grad(set_to_none=True)
-        logits = forward(x) * model["scaling"]
+        logits = forward(x) * scaling
         loss = nn.functional.cross_entropy(logits, y, label_smoothing=smoothing)
         loss.backward()
         optimizer.step()
@@ -426,10 +445,13 @@ def _experiment(name: str, args, *overrides: str):
     return config
 
 
-def _train_arrays(config) -> tuple[np.ndarray, np.ndarray]:
+def _train_arrays(config, split: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """A split's (the training split's by default) images, scaled as the experiment does (no
+    random steps), and labels, in memory."""
     from gen_jax import data
 
-    arrays = data.preprocessor(config.data)(data.load_split(config.data, config.data.train_split))
+    split = split or config.data.train_split
+    arrays = data.preprocessor(config.data)(data.load_split(config.data, split))
     return arrays["image"], arrays["label"]
 
 
