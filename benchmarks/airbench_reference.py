@@ -92,13 +92,13 @@ def main() -> None:
     config = _experiment("cifar10_airbench", args)
     model, settings = models_options("airbench", config), config.optimizer
 
-    def nchw(split):
+    def nchw(split: str) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = _train_arrays(config, split)
-        return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(
-            labels
-        ).long()
+        images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+        return images, torch.from_numpy(labels).long()
 
-    (images, labels), (test_images, test_labels) = map(nchw, ("train", config.data.eval_split))
+    images, labels = nchw(config.data.train_split)
+    test_images, test_labels = nchw(config.data.eval_split)
     network, optimizer, rates = torch_airbench(config)
     network = network.to(memory_format=CHANNELS_LAST)
     whitening = network[0]
