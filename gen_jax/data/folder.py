@@ -172,11 +172,14 @@ def _unreadable_error(bad: list[Path]) -> GenJaxError:
 
 
 # ----------------------------------------------------------------------------- the cache
-def cache_root(data_config: ml_collections.ConfigDict) -> Path:
-    """data.cache_dir, else $XDG_CACHE_HOME/gen_jax, else ~/.cache/gen_jax."""
-    if data_config.cache_dir:
-        return Path(data_config.cache_dir)
+def user_cache_root() -> Path:
+    """$XDG_CACHE_HOME/gen_jax, else ~/.cache/gen_jax."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gen_jax"
+
+
+def cache_root(data_config: ml_collections.ConfigDict) -> Path:
+    """data.cache_dir, else the user's cache (`user_cache_root`)."""
+    return Path(data_config.cache_dir) if data_config.cache_dir else user_cache_root()
 
 
 def fingerprint(listing: Listing, data_config: ml_collections.ConfigDict) -> str:
