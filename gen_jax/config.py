@@ -336,6 +336,8 @@ def gan_config() -> ml_collections.ConfigDict:
             "r1_penalty": 0.0,  # weight of the R1 penalty, mean |grad_x D(real)|^2
             "ema_decay": 0.999,
             "classifier_workdir": "",  # a finished classifier run: FID, IS, precision, recall
+            "inception_samples": 0,  # > 0: the final evaluation's Inception-v3 FID, KID, P/R
+            "inception_reference": 0,  # train images of its reference statistics (0: all)
             "eval_samples": 10_000,  # generated images per evaluation (<= eval split size)
             "neighbours": 3,  # k of the k-NN manifolds of precision and recall
             "eval_seed": 0,  # fixes the evaluation noise and the picture noise
@@ -391,6 +393,8 @@ def diffusion_config() -> ml_collections.ConfigDict:
             "guidance_scale": 1.0,  # classifier-free guidance; 1: the conditional model alone
             "clip_denoised": True,  # clip the x_0 estimate to [-1, 1] at every step
             "classifier_workdir": "",  # a finished classifier run: FID, IS, precision, recall
+            "inception_samples": 0,  # > 0: the final evaluation's Inception-v3 FID, KID, P/R
+            "inception_reference": 0,  # train images of its reference statistics (0: all)
             "eval_samples": 1_000,  # images scored (and test loss images) by periodic evals ...
             "eval_steps": 20,  # ... drawn in this many steps
             "final_eval_samples": 10_000,  # ... and by the final one (<= eval split size)

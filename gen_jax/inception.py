@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gen_jax import torchscript
+from gen_jax.atomic import write_atomically
 from gen_jax.data.folder import user_cache_root
 from gen_jax.errors import GenJaxError
 from gen_jax.models.inception import FEATURES, INPUT_SIZE, InceptionV3
@@ -100,7 +101,8 @@ def weights_path(path: str | Path | None = None) -> Path:
         raise _missing()
     _check_torchscript(source)
     if not _cached_ok(cached):
-        _save_atomically(cached, convert(source))
+        flat = convert(source)
+        write_atomically(cached, lambda file: np.savez(file, source_sha1=np.array(SHA1), **flat))
     return cached
 
 
@@ -110,16 +112,6 @@ def _cached_ok(path: Path) -> bool:
             return str(stored["source_sha1"]) == SHA1
     except (OSError, ValueError, KeyError, EOFError):
         return False
-
-
-def _save_atomically(path: Path, flat: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as file:
-        np.savez(file, source_sha1=np.array(SHA1), **flat)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
 
 
 # ----------------------------------------------------------------------------- converting

@@ -199,7 +199,9 @@ def test_a_tfds_dataset_without_an_image_feature_lists_the_features_it_has(monke
     from gen_jax.data import sources
 
     features = {"audio": None, "speaker_id": None}
-    monkeypatch.setattr(sources, "_tfds_source", lambda name, split, directory: ([], features))
+    monkeypatch.setattr(
+        sources, "_tfds_source", lambda name, split, directory: ([], features, "1.0.0")
+    )
     config = config_lib.base_config().data
     config.name = "speech"
     with pytest.raises(GenJaxError, match=r"'speech' has no 'image' feature .*audio, speaker_id"):
@@ -223,7 +225,7 @@ def test_a_tfds_dataset_of_varying_image_sizes_needs_and_takes_image_size(monkey
         "image": SimpleNamespace(shape=(None, None, 1)),
         "label": SimpleNamespace(names=["a", "b"]),
     }
-    monkeypatch.setattr(sources, "_tfds_source", lambda *_: (Records(records), features))
+    monkeypatch.setattr(sources, "_tfds_source", lambda *_: (Records(records), features, "1.0.0"))
     config = config_lib.base_config().data
     with pytest.raises(GenJaxError, match=r"images of varying size \(None, None, 1\); set data"):
         sources._tfds_split(config, "train")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from gen_jax import checkpoint, sample_quality, tasks, train
+from gen_jax import checkpoint, feature_spaces, sample_quality, tasks, train
 from gen_jax import config as config_lib
 from gen_jax.errors import GenJaxError
 from gen_jax.metric_writer import logged_metrics
@@ -249,8 +249,9 @@ def test_a_classifier_run_that_has_not_finished_gives_no_features(classifier_run
     tiny_gan(**{"task.classifier_workdir": str(unfinished)})  # loading a GAN run still works
     image, preprocess = (28, 28, 1), config_lib.gan_config().data  # images in [-1, 1]
     with pytest.raises(GenJaxError, match=r"has not finished \(latest checkpoint: step 10 of 20\)"):
-        sample_quality.FeatureClassifier(unfinished, image, preprocess)
-    assert sample_quality.FeatureClassifier(classifier_run, image, preprocess).step == 10
+        feature_spaces.ClassifierRun(unfinished, preprocess).restore(image)
+    _, step = feature_spaces.ClassifierRun(classifier_run, preprocess).restore(image)
+    assert step == 10
 
 
 def test_a_mocked_run_with_a_classifier_reports_every_metric_and_conditional_pictures(

@@ -195,8 +195,9 @@ def reported_metrics(tmp_path_factory) -> dict[str, set[str]]:
             config = config_lib.load_experiment(write_experiment(root / f"{family}.py", family))
             task = tasks.build(config)
             if family in ("gan", "diffusion"):  # as if task.classifier_workdir named a run
-                task.scorer = sample_quality.SampleScorer("", (28, 28, 1), config.data, 3, 0)
-                task.scorer.__dict__["classifier"] = pixel_features
+                task.scorer = sample_quality.SampleScorer(
+                    pixel_features, None, config.data, config.task
+                )
             splits = {k: data.get_split(config.data, config.data[k]) for k in SPLITS}
             example = train.example_batch(splits["train_split"], config, mesh)
             state = jax.eval_shape(task.init, jax.random.PRNGKey(0), example)

@@ -41,10 +41,12 @@ class DataSpec:
 
 class Split:
     """A split's examples by index: `read(indices)` gives uint8 `image` (N, H, W, C) and, for
-    labelled data, int32 `label`. Picklable, so grain's worker processes can read it."""
+    labelled data, int32 `label`. Picklable, so grain's worker processes can read it.
+    `identity` names its examples (a cache key for features of them)."""
 
-    def __init__(self, records, decode, size: int, spec: DataSpec):
+    def __init__(self, records, decode, size: int, spec: DataSpec, identity: str = ""):
         self.records, self.decode, self.size, self.spec = records, decode, size, spec
+        self.identity = identity
 
     def __len__(self) -> int:
         return self.size
@@ -64,8 +66,8 @@ class Split:
 class InMemory(Split):
     """A split decoded into host arrays: `read` is indexing."""
 
-    def __init__(self, arrays: Batch, spec: DataSpec):
-        super().__init__(None, None, len(arrays["image"]), spec)
+    def __init__(self, arrays: Batch, spec: DataSpec, identity: str = ""):
+        super().__init__(None, None, len(arrays["image"]), spec, identity)
         self.arrays = arrays
 
     def read(self, indices: np.ndarray) -> Batch:
@@ -94,14 +96,14 @@ def _tfds_source(name: str, split: str, directory: str | None):
         )
     try:
         source = tfds.data_source(name, split=split, data_dir=directory, download=False)
-        features = tfds.builder(name, data_dir=directory).info.features
+        info = tfds.builder(name, data_dir=directory).info
     except Exception as error:  # tfds raises several types for "not prepared here"
         reason = str(error).splitlines()[0] if str(error) else ""
         raise GenJaxError(
             f"dataset '{name}' (split '{split}') cannot be read from {searched}: "
             f"{type(error).__name__}: {reason}\n{remedy}"
         ) from None
-    return source, features
+    return source, info.features, str(info.version)
 
 
 class _TFDSDecode:
@@ -121,7 +123,7 @@ class _TFDSDecode:
 
 def _tfds_split(data_config: ml_collections.ConfigDict, split: str) -> Split:
     name = data_config.name
-    source, features = _tfds_source(name, split, data_dir(data_config))
+    source, features, version = _tfds_source(name, split, data_dir(data_config))
     if "image" not in features:
         raise GenJaxError(
             f"TFDS dataset '{name}' has no 'image' feature (its features: "
@@ -140,7 +142,9 @@ def _tfds_split(data_config: ml_collections.ConfigDict, split: str) -> Split:
     names = tuple(getattr(features["label"], "names", ())) if labelled else ()
     spec = DataSpec((*shape[:2], channels), names, labelled)
     decode = _TFDSDecode(labelled, data_config.image_size, data_config.channels)
-    return Split(source, decode, _count(len(source), data_config), spec)
+    count = _count(len(source), data_config)
+    identity = f"tfds/{name}/{version}/{split}/{shape[0]}x{shape[1]}x{channels}/{count}"
+    return Split(source, decode, count, spec, identity)
 
 
 def _count(available: int, data_config: ml_collections.ConfigDict) -> int:
@@ -163,7 +167,8 @@ def _folder_split(data_config: ml_collections.ConfigDict, split: str) -> Split:
     if len(records) != meta["count"]:
         raise GenJaxError(f"the image cache {path.parent} is damaged; delete it to rebuild it")
     decode = functools.partial(_decode_record, shape)
-    return Split(records, decode, _count(meta["count"], data_config), spec)
+    count = _count(meta["count"], data_config)
+    return Split(records, decode, count, spec, f"folder/{meta['key']}/{count}")
 
 
 # ----------------------------------------------------------------------------- splits
@@ -205,7 +210,7 @@ def _load(key: str, split: str) -> InMemory:
         for start in range(0, len(source), DECODE_CHUNK)
     ]
     arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    return InMemory(arrays, source.spec)
+    return InMemory(arrays, source.spec, source.identity)
 
 
 def load_split(data_config: ml_collections.ConfigDict, split: str) -> Batch:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from gen_jax import models
+from gen_jax import models, sample_quality
 from gen_jax.data import DataSpec
 from gen_jax.errors import GenJaxError
 from gen_jax.tasks.base import Task
@@ -28,7 +28,10 @@ def build(config: ml_collections.ConfigDict) -> Task:
         raise GenJaxError(
             f"unknown task '{name}'; config.task.name must be one of {sorted(REGISTRY)}"
         )
-    return REGISTRY[name](config)
+    task_class = REGISTRY[name]
+    if getattr(task_class, "scored", False):  # its samples are scored: hand it the scorer
+        return task_class(config, sample_quality.scorer(config))
+    return task_class(config)
 
 
 LABELLED = {

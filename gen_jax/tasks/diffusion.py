@@ -56,7 +56,9 @@ class DiffusionState:
 class DiffusionTask:
     """Trains `config.model` (a U-Net) to denoise `batch['image']` in [-1, 1]."""
 
-    def __init__(self, config: ml_collections.ConfigDict):
+    scored = True  # tasks.build hands it a SampleScorer (or None)
+
+    def __init__(self, config: ml_collections.ConfigDict, scorer=None):
         self.model = models.build(config.model)
         if not isinstance(self.model, UNet):
             raise GenJaxError(
@@ -76,7 +78,7 @@ class DiffusionTask:
         self.batch_splits = config.train.batch_splits
         self._check(config)
         self.optimizer = optim.build(config.optimizer, config.train.num_steps)
-        self.scorer = sample_quality.scorer(config, self.image_shape)
+        self.scorer = scorer
 
     def _check(self, config: ml_collections.ConfigDict) -> None:
         check_time_distribution(self.time_distribution)
@@ -280,7 +282,7 @@ class DiffusionTask:
         sums = {"loss": loss, "count": jnp.sum(counted)}
         if self.scorer is None:
             return sums
-        outputs = self.scorer.outputs(batch, fake, samples)
+        outputs = self.scorer.outputs(batch, fake, samples, final)
         return {**sums, **outputs, "nfe": self.evaluations(steps), "samples": samples}
 
     def summarize(self, outputs: list[Metrics]) -> dict[str, float]:

@@ -64,7 +64,9 @@ class GANState:
 class GANTask:
     """Trains `config.model` (a generator and a discriminator) on `batch['image']` in [-1, 1]."""
 
-    def __init__(self, config: ml_collections.ConfigDict):
+    scored = True  # tasks.build hands it a SampleScorer (or None)
+
+    def __init__(self, config: ml_collections.ConfigDict, scorer=None):
         pair = models.build(config.model)
         if not isinstance(pair, GANModels):
             raise GenJaxError(
@@ -91,9 +93,7 @@ class GANTask:
             name: optim.build(config.optimizer[name], config.train.num_steps)
             for name in ("generator", "discriminator")
         }
-        self.scorer = sample_quality.scorer(
-            config, (self.generator.image_size,) * 2 + (self.generator.channels,)
-        )
+        self.scorer = scorer
 
     def _check(self, config: ml_collections.ConfigDict) -> None:
         if self.loss not in LOSSES:
@@ -274,12 +274,12 @@ class GANTask:
 
     def eval_step(self, state: GANState, batch: Batch, final: bool = False) -> Metrics:
         """Per-example classifier features and probabilities of the real images and of as many
-        generated ones (sample i from `eval_latents(i)`); masks say which rows count."""
-        del final  # periodic and final evaluations are the same
+        generated ones (sample i from `eval_latents(i)`), and in a final evaluation the samples
+        to score in Inception's features; masks say which rows count."""
         if self.scorer is None:
             return {"mask": batch["mask"]}
         fake = self.sample(state, *self.eval_latents(batch["index"]))
-        return self.scorer.outputs(batch, fake, self.eval_samples)
+        return self.scorer.outputs(batch, fake, self.eval_samples, final)
 
     def summarize(self, outputs: list[Metrics]) -> dict[str, float]:
         """The generated set's scores (`sample_quality.SampleScorer`); none without a classifier."""
