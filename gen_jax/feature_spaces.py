@@ -119,7 +119,7 @@ class Inception:
     """The FID Inception-v3: uint8 images (N, H, W, 1 or 3) -> (N, 2048) features, in batches of
     `batch_size` split over every device of the run's mesh."""
 
-    def __init__(self, weights: str | Path | None = None, batch_size: int = 200):
+    def __init__(self, weights: str | Path | None = None, batch_size: int = 100):
         self.params_host = inception.load_params(weights)
         self.mesh = parallel.make_mesh()
         devices = self.mesh.devices.size
@@ -141,11 +141,13 @@ class Inception:
         """Features of every image; `progress` names a progress bar (process 0, stderr)."""
         images = check_images(images)
         call, sharding = self._compiled
+        devices = self.mesh.devices.size
         parts = []
         with _progress(len(images), progress) as bar:
             for start in range(0, len(images), self.batch_size):
                 chunk = images[start : start + self.batch_size]
-                parts.append(call(_global_rows(chunk, self.batch_size, sharding))[: len(chunk)])
+                size = -(-len(chunk) // devices) * devices  # the last batch: padded to the mesh
+                parts.append(call(_global_rows(chunk, size, sharding))[: len(chunk)])
                 bar.update(len(chunk))
         return np.concatenate(parts)
 
