@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
         "fid",
         help="FID, KID, precision and recall of two image sets in the FID Inception-v3's features",
         description="A and B: a folder of images, an .npz of images, a gen_jax run (its "
-        "samples) or tfds:NAME:SPLIT. Prints JSON with the protocol and the counts.",
+        "samples), tfds:NAME:SPLIT or folder:ROOT:SPLIT (cached features). Prints JSON with "
+        "the protocol and the counts.",
     )
     fid.add_argument("a", help="the reference set, e.g. tfds:mnist:train or a folder")
     fid.add_argument("b", help="the set compared with it, e.g. runs/mnist_dcgan")

@@ -6,7 +6,9 @@ A set is named by one string:
 - an `.npz` file holding one array of images (N, H, W, C) or (N, C, H, W), C 1 or 3: uint8, or
   float in [0, 1];
 - a gen_jax run's workdir: that many of its samples (`Run.sample`, seed 0);
-- `tfds:NAME:SPLIT`, a prepared TFDS dataset (e.g. `tfds:mnist:train`), whose features are cached.
+- `tfds:NAME:SPLIT`, a prepared TFDS dataset (e.g. `tfds:mnist:train`), or `folder:ROOT:SPLIT`, a
+  split of an image-folder dataset (`ROOT/SPLIT/<class>/*.jpg`, as `data.folder` reads it): their
+  features are cached, and computed in slices that a stopped run resumes.
 """
 
 from __future__ import annotations
@@ -82,30 +84,38 @@ def _npz_images(path: Path, count: int, seed: int) -> np.ndarray:
     return images[sample_quality.reference_rows(len(images), count, seed)]
 
 
-def _tfds_config(name: str, data_dir: str | None) -> ml_collections.ConfigDict:
+DATASET_KINDS = ("tfds", "folder")
+
+
+def _dataset_config(kind: str, name: str, data_dir: str | None) -> ml_collections.ConfigDict:
     from gen_jax import config as config_lib
 
     data_config = config_lib.base_config().data
-    data_config.name, data_config.data_dir = name, data_dir or ""
+    if kind == "tfds":
+        data_config.name, data_config.data_dir = name, data_dir or ""
+    else:
+        data_config.folder = name
     return data_config
 
 
 def load(source: str, space: Inception, count: int = 0, data_dir: str | None = None, seed=0):
     """The `ImageSet` that `source` names (see the module's docstring), `count` images of it
     (0: all; a run: RUN_SAMPLES), a seeded random subset where it holds more."""
-    if source.startswith("tfds:"):
+    kind = source.split(":")[0]
+    if kind in DATASET_KINDS:
         parts = source.split(":")
         if len(parts) != 3:
             raise GenJaxError(
-                f"name a TFDS split as tfds:NAME:SPLIT (e.g. tfds:mnist:train), not {source}"
+                f"name a dataset split as tfds:NAME:SPLIT (e.g. tfds:mnist:train) or "
+                f"folder:ROOT:SPLIT, not {source}"
             )
-        data_config = _tfds_config(parts[1], data_dir)
+        data_config = _dataset_config(kind, parts[1], data_dir)
         return ImageSet(source, reference_features(space, data_config, parts[2], count), "dataset")
     path = Path(source)
     if not path.exists():
         raise GenJaxError(
             f"{source} does not exist: give a folder of images, an .npz of images, a gen_jax "
-            "run's workdir, or tfds:NAME:SPLIT"
+            "run's workdir, tfds:NAME:SPLIT or folder:ROOT:SPLIT"
         )
     if path.is_dir() and (path / "config.json").is_file():
         from gen_jax.run import load_run

@@ -20,6 +20,7 @@ from PIL import Image
 
 from gen_jax import cli, feature_spaces, image_sets, inception, sample_quality, torchscript
 from gen_jax.errors import GenJaxError
+from gen_jax.metric_writer import logged_metrics
 from tests.conftest import REPO, in_ci
 
 REFERENCE = Path(__file__).with_name("data") / "inception_reference.npz"
@@ -216,7 +217,7 @@ def test_gen_jax_fid_refuses_what_it_cannot_read(tmp_path, capsys):
         str(tmp_path / "missing"): "does not exist: give a folder of images, an .npz",
         str(tmp_path / "wide.npz"): "float images must be in [0, 1], these span [2, 2]",
         str(tmp_path / "empty"): "holds no images (.png, .jpg, .jpeg), even in sub-folders",
-        "tfds:mnist": "name a TFDS split as tfds:NAME:SPLIT",
+        "tfds:mnist": "name a dataset split as tfds:NAME:SPLIT",
     }
     for source, message in cases.items():
         assert cli.main(["fid", source, source]) == 2
@@ -232,11 +233,29 @@ def test_a_dataset_splits_features_are_computed_once_and_cached(
     cached = list((tmp_path / "gen_jax" / "inception" / "reference").glob("*.npy"))
     assert len(cached) == 1 and first.features.shape == (12, 2048)
     described = json.loads(cached[0].with_suffix(".json").read_text())
-    assert described["split"].startswith("tfds/mnist/") and described["rows"] == 12
+    assert described["split"].startswith("tfds/default/mnist/") and described["rows"] == 12
     monkeypatch.setattr(space, "features", lambda *_, **__: pytest.fail("not cached"))
     np.testing.assert_array_equal(
         image_sets.load("tfds:mnist:test", space, 12).features, first.features
     )
+
+
+def test_a_gan_run_reports_inception_scores_beside_the_classifiers_in_its_final_evaluation(
+    space, tiny_run, tmp_path, monkeypatch
+):
+    """16 samples of a tiny GAN on mocked MNIST against 32 train images' features (the cache
+    is this test's): every Inception score, finite, and the classifier space's as before."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    classifier = tiny_run("classifier")
+    settings = {"task.inception_samples": 16, "task.inception_reference": 32}
+    with pytest.warns(UserWarning, match="covariance has rank"):
+        run = tiny_run("gan", **settings, **{"task.classifier_workdir": str(classifier)})
+    final = logged_metrics(run, 10, "test")
+    names = ["fid", "fid_test", "kid", "kid_std", "precision", "recall", "floor_fid", "floor_kid"]
+    assert all(np.isfinite(final[f"inception_{name}"]) for name in names), final
+    assert (final["inception_samples"], final["inception_reference"]) == (16, 32)
+    assert {"fid", "inception_score", "floor_fid"} <= set(final)  # the classifier's space
+    assert len(list((tmp_path / "gen_jax" / "inception" / "reference").glob("*.npy"))) == 2
 
 
 def test_a_weights_path_in_the_environment_is_used(weights_file, tmp_path, monkeypatch):
