@@ -314,6 +314,11 @@ def vae_config() -> ml_collections.ConfigDict:
             "final_eval_samples": 1000,  # ... and of the final one (the reported number)
             "eval_sample_chunk": 50,  # decoded at once (memory: chunk x eval batch), same NLL
             "eval_seed": 0,  # fixes the test binarisation and the evaluation samples
+            "classifier_workdir": "",  # a finished classifier run: prior samples' FID, IS, P/R
+            "prior_samples": 10_000,  # prior samples scored (decoder means; <= eval split size)
+            "inception_samples": 0,  # > 0: the final evaluation's Inception-v3 FID, KID, P/R
+            "inception_reference": 0,  # train images of its reference statistics (0: all)
+            "neighbours": 3,  # k of the k-NN manifolds of precision and recall
         }
     )
     config.model = ml_collections.ConfigDict({"name": "conv_vae", "latent_dim": 32, "hidden": 256})

@@ -306,8 +306,11 @@ def scorer(config: ml_collections.ConfigDict) -> SampleScorer | None:
     from gen_jax import feature_spaces
 
     task = config.task
-    inception_samples = task.get("inception_samples", 0)
-    if not task.classifier_workdir and not inception_samples:
+    inception_samples, classifier_workdir = (
+        task.get("inception_samples", 0),
+        task.get("classifier_workdir", ""),
+    )
+    if not classifier_workdir and not inception_samples:
         if jax.process_index() == 0:
             print(SKIPPED_METRICS, file=sys.stderr)
         return None
@@ -315,7 +318,7 @@ def scorer(config: ml_collections.ConfigDict) -> SampleScorer | None:
         task.neighbours, inception_samples or task.neighbours + 1, "task.inception_samples"
     )
     classifier = None
-    if task.classifier_workdir:
-        classifier = feature_spaces.ClassifierRun(task.classifier_workdir, config.data)
+    if classifier_workdir:
+        classifier = feature_spaces.ClassifierRun(classifier_workdir, config.data)
     inception = feature_spaces.Inception() if inception_samples else None
     return SampleScorer(classifier, inception, config.data, task)

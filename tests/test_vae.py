@@ -14,6 +14,7 @@ from PIL import Image
 from gen_jax import config as config_lib
 from gen_jax import data, tasks, train
 from gen_jax.errors import GenJaxError
+from gen_jax.metric_writer import logged_metrics
 from gen_jax.run import load_run
 from gen_jax.tasks import likelihoods, vae
 from gen_jax.tasks.base import init_state
@@ -473,3 +474,12 @@ def test_a_short_run_of_a_logistic_vae_on_a_32x32x3_folder_reports_nll_and_bits(
     run = load_run(tmp_path / "run")
     samples = run.sample(3)
     assert samples.shape == (3, 32, 32, 3) and samples.min() >= 0 and samples.max() <= 1
+
+
+def test_a_vae_run_scores_its_prior_samples_in_the_classifiers_space(tiny_run):
+    """The decoder's mean images of 64 prior samples, scored by the same code as the GANs'."""
+    classifier = tiny_run("classifier")
+    run = tiny_run("vae", **{"task.classifier_workdir": str(classifier), "task.prior_samples": 64})
+    final = logged_metrics(run, 10, "test")
+    assert {"fid", "inception_score", "precision", "recall", "floor_fid", "nll"} <= set(final)
+    assert np.isfinite(final["fid"]) and final["classes_covered"] >= 1

@@ -88,6 +88,18 @@ def mean_of_sums(outputs: list[Metrics]) -> dict[str, float]:
     return {k: v / count for k, v in sums.items()}
 
 
+def means_and_scores(
+    outputs: list[Metrics], counted: tuple[str, ...], scorer, samples: int, ignored=()
+) -> dict[str, float]:
+    """Per-example means of the `counted` sums (`mean_of_sums`) and, with a scorer
+    (`sample_quality.SampleScorer`), the scores of the other outputs but `ignored`."""
+    results = mean_of_sums([{k: o[k] for k in counted} for o in outputs])
+    if scorer is None:
+        return results
+    scored = [{k: v for k, v in o.items() if k not in (*counted, *ignored)} for o in outputs]
+    return {**results, **scorer.summarize(scored, samples)}
+
+
 def split_value_and_grad(loss_fn: Callable, splits: int) -> Callable:
     """`jax.value_and_grad(loss_fn, has_aux=True)`, computed as `splits` independent gradients of
     equal slices of the batch and averaged: the same numbers up to float rounding.

@@ -33,7 +33,7 @@ from gen_jax.tasks.base import (
     check_image_shape,
     ema_decay,
     example_keys,
-    mean_of_sums,
+    means_and_scores,
     split_value_and_grad,
     step_key,
 )
@@ -288,14 +288,14 @@ class DiffusionTask:
     def summarize(self, outputs: list[Metrics]) -> dict[str, float]:
         """The test loss, and with a classifier the samples' scores and their NFE per image."""
         counted = ("loss", "count")
-        results = mean_of_sums([{k: o[k] for k in counted} for o in outputs])
         if self.scorer is None:
-            return results
+            return means_and_scores(outputs, counted, None, 0)
         samples, nfe = int(outputs[0]["samples"]), int(outputs[0]["nfe"])
-        scored = [
-            {k: v for k, v in o.items() if k not in (*counted, "nfe", "samples")} for o in outputs
-        ]
-        return {**results, **self.scorer.summarize(scored, samples), "nfe": float(nfe)}
+        ignored = ("nfe", "samples")
+        return {
+            **means_and_scores(outputs, counted, self.scorer, samples, ignored),
+            "nfe": float(nfe),
+        }
 
     def pictures(self, state: DiffusionState, images: jax.Array) -> dict[str, jax.Array]:
         """Samples at fixed noise (8x8, or one row per class) and one sampling trajectory, x_t at

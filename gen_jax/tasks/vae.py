@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from gen_jax import data, models, optim
+from gen_jax import data, models, optim, sample_quality
 from gen_jax.errors import GenJaxError
 from gen_jax.tasks import likelihoods
 from gen_jax.tasks.base import (
@@ -25,7 +25,7 @@ from gen_jax.tasks.base import (
     Metrics,
     check_image_shape,
     example_keys,
-    mean_of_sums,
+    means_and_scores,
     split_value_and_grad,
     step_key,
 )
@@ -114,9 +114,16 @@ class VAETask:
     """Trains `config.model` (a VAE) on `batch['image']` under `task.likelihood`: binarised anew
     each step ("bernoulli") or as they are ("logistic")."""
 
-    def __init__(self, config: ml_collections.ConfigDict):
+    scored = True  # tasks.build hands it a SampleScorer (or None) for its prior samples
+
+    def __init__(self, config: ml_collections.ConfigDict, scorer=None):
         task = config.task
         _check_objective(task)
+        self.scorer, self.prior_samples = scorer, task.get("prior_samples", 0)
+        if scorer is not None:
+            sample_quality.check_sample_count(
+                task.neighbours, self.prior_samples, "task.prior_samples"
+            )
         self.low, self.high = data.pixel_range(config.data)
         self.likelihood = likelihoods.build(task.likelihood, (self.low, self.high))
         outputs_per_channel = self.likelihood.outputs_per_channel
@@ -272,7 +279,24 @@ class VAETask:
         mask = batch["mask"]
         sums = {name: jnp.sum(value * mask) for name, value in per_example.items()}
         sums["bits_per_dim"] = sums["nll"] / (math.prod(batch["image"].shape[1:]) * math.log(2))
-        return {**sums, "count": jnp.sum(mask)}
+        sums["count"] = jnp.sum(mask)
+        if self.scorer is None:
+            return sums
+        return {
+            **sums,
+            **self.scorer.outputs(
+                batch, self.prior_images(state, batch), self.prior_samples, final
+            ),
+        }
+
+    def prior_images(self, state: VAEState, batch: Batch) -> jax.Array:
+        """The decoder's mean images of eval prior sample i (its latent fixed by `eval_seed`),
+        in the data's pixel range: what the sample scores see."""
+        keys = example_keys(self.eval_seed + 1, batch["index"])
+        latents = jax.vmap(lambda key: jax.random.normal(key, (self.latent_dim,)))(keys)
+        return self.low + self.decoded_images(state.params, latents) * (self.high - self.low)
 
     def summarize(self, outputs: list[Metrics]) -> dict[str, float]:
-        return mean_of_sums(outputs)
+        """Per-example means of the test bounds; with a scorer, the prior samples' scores."""
+        counted = ("recon", "kl", "nll", "neg_elbo", "bits_per_dim", "count")
+        return means_and_scores(outputs, counted, self.scorer, self.prior_samples)
