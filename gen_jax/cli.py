@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("workdir")
     sample.add_argument("--num", type=int, default=64, help="how many samples")
     sample.add_argument("--out", default="samples.png", help="the PNG file to write")
+    sample.add_argument(
+        "--folder", help="write each sample as its own PNG file here instead (e.g. for FID tools)"
+    )
     sample.add_argument("--seed", type=int, default=0, help="seed of the latents")
     sample.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
     sample.add_argument("--steps", type=int, help="diffusion: sampler steps (default the run's)")
@@ -156,7 +159,11 @@ def _sample(args: argparse.Namespace) -> dict:
     run = load_run(args.workdir, args.step)
     chosen = {"steps": args.steps, "sampler": args.sampler, "guidance_scale": args.guidance_scale}
     sampling = {k: v for k, v in chosen.items() if v is not None}
-    path = images.save_png(images.grid(run.sample(args.num, args.seed, **sampling)), args.out)
+    samples = run.sample(args.num, args.seed, **sampling)
+    if args.folder:
+        path = images.save_pngs(samples, args.folder)
+    else:
+        path = images.save_png(images.grid(samples), args.out)
     return {"out": str(path), "num": args.num, "seed": args.seed, "step": run.step, **sampling}
 
 

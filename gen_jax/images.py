@@ -38,6 +38,15 @@ def save_png(image: np.ndarray, path: str | Path) -> Path:
     return path
 
 
+def save_pngs(samples: np.ndarray, folder: str | Path) -> Path:
+    """Write each image (N, H, W, C) in [0, 1] as folder/000000.png, ... (uint8, rounded)."""
+    folder = Path(folder)
+    levels = np.round(np.clip(np.asarray(samples, np.float32), 0.0, 1.0) * 255).astype(np.uint8)
+    for i, image in enumerate(levels):
+        save_png(image, folder / f"{i:06d}.png")
+    return folder
+
+
 def figure(layout: np.ndarray, title: str = "", inches_per_pixel: float = 0.025):
     """A matplotlib figure showing `grid(layout)` (for notebooks), greyscale for one channel."""
     import matplotlib.pyplot as plt

@@ -138,6 +138,17 @@ def test_gen_jax_sample_writes_a_grid_and_refuses_a_classifier(runs, tmp_path, m
     assert "needs a vae or gan or diffusion run" in capsys.readouterr().err
 
 
+def test_gen_jax_sample_writes_each_sample_to_a_folder(runs, tmp_path, mock_mnist, capsys):
+    """As FID tools read samples: one PNG each, the grid's tiles, in order."""
+    folder = tmp_path / "samples"
+    assert cli.main(["sample", str(runs["gan"]), "--num", "5", "--folder", str(folder)]) == 0
+    files = sorted(folder.iterdir())
+    assert [f.name for f in files] == [f"{i:06d}.png" for i in range(5)]
+    expected = grid(gen_jax.load_run(runs["gan"]).sample(5)[:1])[2:-2, 2:-2, 0]
+    np.testing.assert_array_equal(np.asarray(Image.open(files[0])), expected)
+    assert json.loads(capsys.readouterr().out)["out"] == str(folder)
+
+
 def test_gen_jax_sample_takes_a_diffusion_runs_sampler_and_steps(
     runs, tmp_path, mock_mnist, capsys
 ):
