@@ -444,13 +444,19 @@ def flow_config() -> ml_collections.ConfigDict:
 # Overrides shared by the QUICK runs of `gen-jax reproduce --quick` (gen_jax/reproduce.py).
 QUICK_VAE = [  # 200 steps; 10 importance samples, so the final evaluation takes seconds
     "--config.train.num_steps=200",
+    "--config.task.inception_samples=0",  # the papers' Inception scores: full runs only
     "--config.task.eval_samples=10",
     "--config.task.final_eval_samples=10",
     "--config.task.eval_sample_chunk=10",
 ]
-QUICK_GAN = ["--config.train.num_steps=300", "--config.task.eval_samples=2000"]
+QUICK_GAN = [
+    "--config.train.num_steps=300",
+    "--config.task.eval_samples=2000",
+    "--config.task.inception_samples=0",
+]
 QUICK_DIFFUSION = [  # 250 steps of 32 images; 500 samples scored in the final evaluation
     "--config.train.num_steps=250",
     "--config.data.batch_size=32",
+    "--config.task.inception_samples=0",
     "--config.task.final_eval_samples=500",
 ]
