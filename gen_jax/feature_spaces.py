@@ -185,8 +185,8 @@ def reference_features(
     space: Inception, data_config: ml_collections.ConfigDict, split: str, count: int = 0
 ) -> np.ndarray:
     """The Inception features of `count` images of a dataset split (0: all), computed once and
-    cached by the split's identity (TFDS name, version and split, or the folder's cache key)
-    and the protocol; saved in slices, so a stopped computation resumes where it was."""
+    cached by the split's identity (TFDS name, version and split, or the hash of the images a
+    folder decodes to) and the protocol; saved in slices, so a stopped computation resumes."""
     source = data.open_split(data_config, split)
     rows = reference_rows(len(source), count)
     described = {"split": source.identity, "rows": len(rows), "of": len(source)}

@@ -47,6 +47,33 @@ def pytest_unconfigure(config):
         shutil.rmtree(config.stash[XLA_CACHE], ignore_errors=True)
 
 
+INCEPTION_IMAGES_AT_MOST = 512  # a test proves the Inception path on a few hundred images
+
+
+@pytest.fixture(autouse=True, scope="session")
+def few_inception_images() -> Iterator[None]:
+    """Fail at once, and say why, where a test would run the Inception-v3 on thousands of images:
+    an experiment file's 10k-sample final evaluation left on (set
+    `--config.task.inception_samples=0`). That is hours on a CPU, which CI once met only as a
+    30-minute timeout."""
+    from gen_jax.feature_spaces import Inception
+
+    features = Inception.features
+
+    def guarded(self, images, *args, **kwargs):
+        if len(images) > INCEPTION_IMAGES_AT_MOST:
+            pytest.fail(
+                f"a test asked for the Inception features of {len(images)} images (at most "
+                f"{INCEPTION_IMAGES_AT_MOST} here): pass --config.task.inception_samples=0 to "
+                "a run of an experiment file, or score fewer images"
+            )
+        return features(self, images, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Inception, "features", guarded)
+        yield
+
+
 SHARED_RUNS = {  # test files whose tests read the same session-trained runs -> their group
     "test_distributed.py": "device_runs",  # device_runs, resumed_runs
     "test_notebooks.py": "real_mnist",  # quick_runs, real_diffusion_run, notebook_runs
@@ -356,6 +383,7 @@ REAL_DIFFUSION = [  # experiments/mnist_cflow.py with the tiny U-Net, 200 steps 
     "--config.task.sampler=euler",  # one network evaluation per step, unguided: cheap to sample
     "--config.task.sample_steps=8",
     "--config.task.guidance_scale=1.0",
+    "--config.task.inception_samples=0",  # the file's 10k Inception-v3 samples: hours here
 ]
 
 

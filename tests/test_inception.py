@@ -21,7 +21,7 @@ from PIL import Image
 from gen_jax import cli, feature_spaces, image_sets, inception, sample_quality, torchscript
 from gen_jax.errors import GenJaxError
 from gen_jax.metric_writer import logged_metrics
-from tests.conftest import REPO, check_call_mocked_cli, in_ci, mocked_cli
+from tests.conftest import REPO, check_call_mocked_cli, in_ci, make_image_folder, mocked_cli
 from tests.test_distributed import free_port, host_flags
 
 REFERENCE = Path(__file__).with_name("data") / "inception_reference.npz"
@@ -239,6 +239,22 @@ def test_a_dataset_splits_features_are_computed_once_and_cached(
     np.testing.assert_array_equal(
         image_sets.load("tfds:mnist:test", space, 12).features, first.features
     )
+
+
+def test_a_folder_splits_cached_features_hold_for_a_copy_of_the_same_files(
+    space, tmp_path, monkeypatch
+):
+    """The data moved or copied anew (other paths and modification times: a fresh checkout or
+    machine) rebuilds the decoded-image cache, but decodes to the same images, so the 50k-image
+    reference features (~40 min here) are found again."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    make_image_folder(tmp_path / "images", {"test": 6})
+    first = image_sets.load(f"folder:{tmp_path / 'images'}:test", space)
+    shutil.copytree(tmp_path / "images", tmp_path / "copy")  # new paths and modification times
+    monkeypatch.setattr(space, "features", lambda *_, **__: pytest.fail("not cached"))
+    again = image_sets.load(f"folder:{tmp_path / 'copy'}:test", space)
+    np.testing.assert_array_equal(again.features, first.features)
+    assert len(list((tmp_path / "cache" / "gen_jax" / "folders").iterdir())) == 2
 
 
 def test_a_gan_run_reports_inception_scores_beside_the_classifiers_in_its_final_evaluation(

@@ -169,7 +169,9 @@ def _folder_split(data_config: ml_collections.ConfigDict, split: str) -> Split:
         raise GenJaxError(f"the image cache {path.parent} is damaged; delete it to rebuild it")
     decode = functools.partial(_decode_record, shape)
     count = _count(meta["count"], data_config)
-    return Split(records, decode, count, spec, f"folder/{meta['key']}/{count}")
+    # the decoded records' hash, not the cache key: a copy of the same files (new paths or
+    # modification times) decodes to the same images, whose cached features still hold
+    return Split(records, decode, count, spec, f"folder/{meta['sha256']}/{count}")
 
 
 # ----------------------------------------------------------------------------- splits
