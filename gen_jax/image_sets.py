@@ -94,7 +94,7 @@ def _dataset_config(kind: str, name: str, data_dir: str | None) -> ml_collection
     if kind == "tfds":
         data_config.name, data_config.data_dir = name, data_dir or ""
     else:
-        data_config.folder = name
+        data_config.folder = str(Path(name).resolve())  # one decoded cache, as a run's config
     return data_config
 
 

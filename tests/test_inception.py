@@ -257,6 +257,17 @@ def test_a_folder_splits_cached_features_hold_for_a_copy_of_the_same_files(
     assert len(list((tmp_path / "cache" / "gen_jax" / "folders").iterdir())) == 2
 
 
+def test_a_tfds_directory_named_relative_or_absolute_is_one_cached_split(
+    space, real_data_dir, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.chdir(Path(real_data_dir).parent)
+    first = image_sets.load("tfds:mnist:test", space, 4, data_dir=Path(real_data_dir).name)
+    monkeypatch.setattr(space, "features", lambda *_, **__: pytest.fail("not cached"))
+    again = image_sets.load("tfds:mnist:test", space, 4, data_dir=real_data_dir)
+    np.testing.assert_array_equal(again.features, first.features)
+
+
 def test_a_gan_run_reports_inception_scores_beside_the_classifiers_in_its_final_evaluation(
     space, tiny_run, tmp_path, monkeypatch
 ):

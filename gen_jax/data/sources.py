@@ -143,7 +143,8 @@ def _tfds_split(data_config: ml_collections.ConfigDict, split: str) -> Split:
     spec = DataSpec((*shape[:2], channels), names, labelled)
     decode = _TFDSDecode(labelled, data_config.image_size, data_config.channels)
     count = _count(len(source), data_config)
-    where = data_dir(data_config) or "default"
+    directory = data_dir(data_config)  # resolved: a relative and an absolute path name one
+    where = str(Path(directory).resolve()) if directory else "default"
     identity = f"tfds/{where}/{name}/{version}/{split}/{shape[0]}x{shape[1]}x{channels}/{count}"
     return Split(source, decode, count, spec, identity)
 
