@@ -14,7 +14,9 @@ features of a 75.85% cifar10_cnn run; 48.5 min for the whole command (~1.4-1.5 s
 final evaluation) on a 2-core Intel Xeon (RESULTS.md).
 
 Its final evaluation also scores 10k samples in the FID Inception-v3's features against the
-train split's (`inception_*` metrics, docs/inception.md): not yet measured for this recipe.
+train split's 50k (`inception_*` metrics, docs/inception.md): FID 74.8 (floor 5.14), KID 0.070,
+precision 0.77, recall 0.04, beside DDPM's 3.17 at 50k on canonical CIFAR-10 (RESULTS.md);
+8:51 for the samples' features on the 2-core Intel Xeon.
 """
 
 from gen_jax.config import QUICK_DIFFUSION, flow_config
