@@ -90,12 +90,12 @@ DATASET_KINDS = ("tfds", "folder")
 def _dataset_config(kind: str, name: str, data_dir: str | None) -> ml_collections.ConfigDict:
     from gen_jax import config as config_lib
 
-    data_config = config_lib.base_config().data
+    config = config_lib.base_config()
     if kind == "tfds":
-        data_config.name, data_config.data_dir = name, data_dir or ""
+        config.data.name, config.data.data_dir = name, data_dir or ""
     else:
-        data_config.folder = str(Path(name).resolve())  # one decoded cache, as a run's config
-    return data_config
+        config.data.folder = name
+    return config_lib.with_absolute_paths(config).data  # paths as a run's config has them
 
 
 def load(source: str, space: Inception, count: int = 0, data_dir: str | None = None, seed=0):
