@@ -23,3 +23,8 @@ def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> Pat
     finally:
         temporary.unlink(missing_ok=True)
     return path
+
+
+def write_text_atomically(path: str | Path, text: str) -> Path:
+    """`write_atomically` for UTF-8 text: the JSON records of a workdir, RESULTS.md."""
+    return write_atomically(path, lambda file: file.write(text.encode()))

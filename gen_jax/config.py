@@ -15,6 +15,7 @@ from types import ModuleType
 import ml_collections
 
 from gen_jax import models
+from gen_jax.atomic import write_text_atomically
 from gen_jax.errors import GenJaxError
 
 OVERRIDE_PREFIX = "--config."
@@ -165,15 +166,15 @@ def with_absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.Con
 
 
 def save(config: ml_collections.ConfigDict, path: Path) -> None:
-    """Write the resolved config as JSON (the record of what a run was)."""
-    path.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+    """Write the resolved config as JSON (the record of what a run was), whole or not at all."""
+    write_text_atomically(path, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
 def load(path: Path) -> ml_collections.ConfigDict:
     """Read a config written by `save` (lists come back as tuples, as experiments write them)."""
     if not path.is_file():
         raise GenJaxError(f"{path} not found: is {path.parent} a gen-jax workdir?")
-    saved = _tuples(json.loads(path.read_text()))
+    saved = _tuples(read_json(path))
     # keys added since the run was written get the defaults of its task family
     families = {"vae": vae_config, "gan": gan_config, "diffusion": diffusion_config}
     family = families.get(saved["task"]["name"], base_config)
@@ -181,6 +182,19 @@ def load(path: Path) -> ml_collections.ConfigDict:
     for section in ("data", "train", "task", "optimizer"):
         saved[section] = _with_defaults(saved[section], defaults[section])
     return ml_collections.ConfigDict(saved)
+
+
+def read_json(path: Path) -> dict:
+    """A workdir's JSON record (`config.json`, `dataset.json`); one that cannot be parsed is a
+    clear error naming it (a file that gen_jax wrote is whole, so it was changed by hand)."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise GenJaxError(
+            f"{path} is not valid JSON ({error}). gen_jax writes it whole or not at all, so it "
+            "was edited or damaged by something else: restore it from a backup or a copy of "
+            "the run, or fix the text, then run the command again."
+        ) from None
 
 
 def changes(old: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> dict[str, list]:

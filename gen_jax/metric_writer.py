@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Iterable
@@ -14,6 +13,7 @@ import tqdm
 from tensorboardX import SummaryWriter
 
 from gen_jax import images
+from gen_jax.atomic import write_text_atomically
 
 
 class MetricWriter:
@@ -77,9 +77,7 @@ def _keep_records_up_to(path: Path, step: int) -> None:
     """Rewrite `metrics.jsonl` without records after `step`, atomically (a crash keeps the old)."""
     with open(path) as f:
         kept = [line for line in _whole_lines(f) if json.loads(line)["step"] <= step]
-    partial = path.with_suffix(".jsonl.partial")
-    partial.write_text("".join(kept))
-    os.replace(partial, path)
+    write_text_atomically(path, "".join(kept))
 
 
 def read_metrics(workdir: Path) -> list[dict]:

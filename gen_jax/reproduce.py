@@ -39,6 +39,7 @@ import jax
 import gen_jax
 from gen_jax import checkpoint, images, latent, train
 from gen_jax import config as config_lib
+from gen_jax.atomic import write_text_atomically
 from gen_jax.errors import GenJaxError
 from gen_jax.metric_writer import logged_metrics, read_metrics
 
@@ -275,25 +276,46 @@ def table(rows: list[Row], quick: bool, earlier: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def split_at_markers(path: Path) -> tuple[str, str, str] | None:
+    """(text before the begin marker, the table between the markers, text after the end marker)
+    of `path`; None when it has neither marker (or does not exist). Anything else (a marker
+    missing, repeated, or the end before the begin) is an error that names the fix, raised
+    before anything is run or written."""
+    text = path.read_text() if path.is_file() else ""
+    lines = text.splitlines(keepends=True)
+    begins = [i for i, line in enumerate(lines) if line.strip() == BEGIN]
+    ends = [i for i, line in enumerate(lines) if line.strip() == END]
+    if not begins and not ends:
+        return None
+    if len(begins) != 1 or len(ends) != 1 or ends[0] < begins[0]:
+        raise GenJaxError(
+            f"{path} must have exactly one line {BEGIN} and, after it, one line {END} around "
+            f"the table that `gen-jax reproduce` writes; it has {len(begins)} begin and "
+            f"{len(ends)} end marker(s){' (the end first)' if begins and ends else ''}. Nothing "
+            "was run or changed: mend the markers by hand (the table is the text between "
+            "them), or pass --out to write elsewhere."
+        )
+    (begin,), (end,) = begins, ends
+    return "".join(lines[:begin]), "".join(lines[begin + 1 : end]), "".join(lines[end + 1 :])
+
+
 def table_in(path: Path) -> str:
     """The text between the marker lines of `path` ("" when there is none)."""
-    text = path.read_text() if path.is_file() else ""
-    if BEGIN not in text or END not in text:
-        return ""
-    return text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
+    parts = split_at_markers(path)
+    return "" if parts is None else parts[1].strip("\n")
 
 
 def write_table(text: str, path: Path) -> None:
-    """Put `text` between the marker lines of `path` (appending them if absent)."""
+    """Put `text` between the marker lines of `path` (appending them if absent), replacing the
+    file whole (a kill or a full disk leaves the old one)."""
     block = f"{BEGIN}\n{text}{END}\n"
-    old = path.read_text() if path.is_file() else ""
-    if BEGIN in old and END in old:
-        before, rest = old.split(BEGIN, 1)
-        new = before + block + rest.split(END, 1)[1].lstrip("\n")
-    else:
+    parts = split_at_markers(path)
+    if parts is None:
+        old = path.read_text() if path.is_file() else ""
         new = (old.rstrip("\n") + "\n\n" if old else "") + block
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new)
+    else:
+        new = parts[0] + block + parts[2].lstrip("\n")
+    write_text_atomically(path, new)
 
 
 def all_experiments(experiments: Path) -> list[str]:
@@ -322,9 +344,10 @@ def main(
 ) -> int:
     """The CLI command: 0 when every metric passes, 1 otherwise."""
     runs = runs / "quick" if quick else runs
+    path = out or (runs / "RESULTS.md" if quick else Path("RESULTS.md"))
+    split_at_markers(path)  # a file whose markers are broken fails now, not after training
     rows = reproduce(names or all_experiments(experiments), experiments, runs, quick, figures)
     if jax.process_index() == 0:
-        path = out or (runs / "RESULTS.md" if quick else Path("RESULTS.md"))
         text = table(rows, quick, earlier=table_in(path))
         write_table(text, path)
         print(text)

@@ -26,7 +26,6 @@ input range, `decode` and `sample` return images in [0, 1]:
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -83,7 +82,7 @@ class Run:
         record describe their data as it is now."""
         path = self.workdir / "dataset.json"
         if path.is_file():
-            return json.loads(path.read_text())
+            return config_lib.read_json(path)
         spec = data.describe(self.config.data)
         return {"image_shape": list(spec.image_shape), "class_names": list(spec.class_names)}
 

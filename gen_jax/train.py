@@ -20,6 +20,7 @@ from jax.sharding import Mesh
 
 from gen_jax import checkpoint, data, parallel, tasks
 from gen_jax import config as config_lib
+from gen_jax.atomic import write_text_atomically
 from gen_jax.checkpoint import Checkpointer, DamagedCheckpointError
 from gen_jax.errors import GenJaxError, NonFiniteLossError, PeerLostError, RunStopped
 from gen_jax.metric_writer import MetricWriter, logged_metrics, progress_bar
@@ -361,7 +362,7 @@ def record_dataset(workdir: Path, data_config: ml_collections.ConfigDict, splits
         },
         "streamed": not isinstance(train_split, data.InMemory),
     }
-    (workdir / "dataset.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_text_atomically(workdir / "dataset.json", json.dumps(record, indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------- loop

@@ -245,6 +245,22 @@ def copied_run(run: Path, destination: Path) -> Path:
     return destination
 
 
+@contextlib.contextmanager
+def disk_full_after(size: int) -> Iterator[None]:
+    """Writes past `size` bytes of any file fail in this process, as on a full disk (the soft
+    RLIMIT_FSIZE, with SIGXFSZ ignored so the write raises instead of killing the process)."""
+    import resource
+
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, limits[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+
+
 @pytest.fixture
 def mock_mnist():
     """MNIST-shaped random data for every `tfds.data_source` call inside the test."""

@@ -9,6 +9,7 @@ import pytest
 
 from gen_jax import cli, data, parallel, reproduce, sample_quality, tasks, train
 from gen_jax import config as config_lib
+from gen_jax.errors import GenJaxError
 from tests.conftest import QUICK_FAMILIES, REPO, write_experiment
 
 
@@ -21,6 +22,31 @@ def test_the_table_goes_between_the_markers_and_keeps_the_text_around_it(tmp_pat
     text = path.read_text()
     assert text.startswith("# Results\n\n") and text.endswith("notes by hand\n")
     assert "second table" in text and "first table" not in text
+
+
+BROKEN_MARKERS = {  # RESULTS.md after a hand edit or a merge
+    "the end marker lost": f"# Results\n{reproduce.BEGIN}\n| a | 1 |\n\n## Later\n| x | y |\n",
+    "a second table appended": (
+        f"{reproduce.BEGIN}\n| a | 1 |\n\ntext\n{reproduce.BEGIN}\n| b | 2 |\n{reproduce.END}\n"
+    ),
+    "the end first": f"{reproduce.END}\ntext\n{reproduce.BEGIN}\n| a | 1 |\n",
+}
+
+
+@pytest.mark.parametrize("broken", BROKEN_MARKERS)
+def test_markers_other_than_one_begin_and_one_end_are_an_error_that_changes_nothing(
+    tmp_path, monkeypatch, broken
+):
+    path = tmp_path / "RESULTS.md"
+    path.write_text(BROKEN_MARKERS[broken])
+    for call in (lambda: reproduce.table_in(path), lambda: reproduce.write_table("| c |\n", path)):
+        with pytest.raises(GenJaxError, match="exactly one line"):
+            call()
+    # `gen-jax reproduce` refuses before it trains anything
+    monkeypatch.setattr(reproduce, "reproduce", lambda *args: pytest.fail("it trained"))
+    with pytest.raises(GenJaxError, match="Nothing was run or changed"):
+        reproduce.main(["mnist_cnn"], False, tmp_path / "runs", path, REPO / "experiments")
+    assert path.read_text() == BROKEN_MARKERS[broken]
 
 
 def test_a_call_replaces_its_experiments_rows_and_keeps_the_others_with_their_runs(monkeypatch):

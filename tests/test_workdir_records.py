@@ -1,0 +1,54 @@
+"""A workdir's records (`config.json`, `dataset.json`) and RESULTS.md's table are written whole or
+not at all, and a record damaged by something else is a clear error."""
+
+import pytest
+
+from gen_jax import cli, data, reproduce, train
+from gen_jax import config as config_lib
+from gen_jax.errors import GenJaxError
+from gen_jax.run import load_run
+from tests.conftest import copied_run, disk_full_after
+
+
+def _keeps_its_bytes_on_a_full_disk(write, path) -> None:
+    """`write()` raises an OSError when the disk fills, and `path` keeps its old bytes, with no
+    temporary file left beside it."""
+    before = path.read_bytes()
+    with disk_full_after(64), pytest.raises(OSError):
+        write()
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")) == []
+
+
+def test_records_rewritten_on_a_full_disk_keep_their_old_contents(tiny_run, tmp_path, mock_mnist):
+    run = copied_run(tiny_run("classifier"), tmp_path / "run")
+    config = config_lib.load(run / "config.json")
+    _keeps_its_bytes_on_a_full_disk(
+        lambda: config_lib.save(config, run / "config.json"), run / "config.json"
+    )
+    splits = {k: data.get_split(config.data, config.data[f"{k}_split"]) for k in ("train", "eval")}
+    _keeps_its_bytes_on_a_full_disk(
+        lambda: train.record_dataset(run, config.data, splits), run / "dataset.json"
+    )
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Results\n" + "text by hand\n" * 20)
+    _keeps_its_bytes_on_a_full_disk(
+        lambda: reproduce.write_table("| a | b |\n" * 20, results), results
+    )
+
+
+def test_a_damaged_config_is_one_error_that_names_the_file(tiny_run, tmp_path, capsys, mock_mnist):
+    experiment = tiny_run("classifier").parent / "tiny.py"
+    run = copied_run(tiny_run("classifier"), tmp_path / "run")
+    (run / "config.json").write_text('{"broken')
+    for command in (["train", str(experiment), "--workdir", str(run)], ["evaluate", str(run)]):
+        assert cli.main(command) == 2
+        error = capsys.readouterr().err
+        assert f"{run / 'config.json'} is not valid JSON" in error and "Traceback" not in error
+
+
+def test_a_damaged_dataset_record_is_an_error_that_names_the_file(tiny_run, tmp_path, mock_mnist):
+    run = copied_run(tiny_run("classifier"), tmp_path / "run")
+    (run / "dataset.json").write_text("[1, 2")
+    with pytest.raises(GenJaxError, match=f"{run / 'dataset.json'} is not valid JSON"):
+        _ = load_run(run).class_names
