@@ -26,6 +26,11 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="checkpoint and exit once this step is trained; run again to continue",
     )
+    train.add_argument(
+        "--break_lock",
+        action="store_true",
+        help="take over the workdir from a trainer that another host left (killed, host gone)",
+    )
     evaluate = sub.add_parser("evaluate", help="print a run's eval metrics as JSON")
     evaluate.add_argument("workdir")
     evaluate.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
@@ -133,7 +138,7 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
         folders = (Path(args.runs), out, Path(args.experiments), figures)
         return reproduce.main(args.names, args.quick, *folders)
     if args.command == "train":
-        metrics = train.run(config, args.workdir, args.stop_at)
+        metrics = train.run(config, args.workdir, args.stop_at, args.break_lock)
     elif args.command == "fid":
         metrics = _fid(args)
     elif args.command == "evaluate":

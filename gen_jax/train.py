@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from gen_jax import checkpoint, data, parallel, tasks
+from gen_jax import checkpoint, data, parallel, tasks, workdir_lock
 from gen_jax import config as config_lib
 from gen_jax.atomic import write_text_atomically
 from gen_jax.checkpoint import Checkpointer, DamagedCheckpointError
@@ -367,16 +367,28 @@ def record_dataset(workdir: Path, data_config: ml_collections.ConfigDict, splits
 
 # ----------------------------------------------------------------------------- loop
 def run(
-    config: ml_collections.ConfigDict, workdir: str | Path, stop_at: int | None = None
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    stop_at: int | None = None,
+    break_lock: bool = False,
 ) -> dict[str, float]:
     """Train (or resume) the experiment `config` in `workdir`; return the last eval metrics.
 
     `stop_at` ends this invocation with a checkpoint once that step is trained (after the
     compiled call that reaches it; for time-sliced jobs); running again continues exactly as if
-    it had never stopped.
+    it had never stopped. The workdir is locked for the run (`workdir_lock`; `break_lock` takes
+    over a lock another host left).
     """
     started = time.perf_counter()
     workdir = Path(workdir)
+    with workdir_lock.held_by_process_0(workdir, break_lock):
+        return _locked_run(config, workdir, stop_at, started)
+
+
+def _locked_run(
+    config: ml_collections.ConfigDict, workdir: Path, stop_at: int | None, started: float
+) -> dict[str, float]:
+    """`run`'s work, with the workdir locked."""
     config = config_lib.with_absolute_paths(config)
     mesh = parallel.make_mesh()
     sizes = {f"data.{key}": config.data[key] for key in ("batch_size", "eval_batch_size")}

@@ -261,6 +261,25 @@ def disk_full_after(size: int) -> Iterator[None]:
         signal.signal(signal.SIGXFSZ, handler)
 
 
+@contextlib.contextmanager
+def locked_by_another_process(workdir: Path) -> Iterator[subprocess.Popen]:
+    """A process of its own holds `workdir`'s trainer lock (`workdir_lock.held`) inside the block,
+    as a running trainer does."""
+    hold = (
+        "import sys; from pathlib import Path; from gen_jax import workdir_lock\n"
+        "with workdir_lock.held(Path(sys.argv[1])):\n"
+        "    print('held', flush=True); sys.stdin.read()"
+    )
+    command = [sys.executable, "-c", hold, str(workdir)]
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
+    with subprocess.Popen(command, cwd=REPO, **pipes) as holder:
+        try:
+            assert holder.stdout.readline() == "held\n"
+            yield holder
+        finally:
+            holder.kill()
+
+
 @pytest.fixture
 def mock_mnist():
     """MNIST-shaped random data for every `tfds.data_source` call inside the test."""

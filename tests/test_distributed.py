@@ -25,6 +25,7 @@ from tests.conftest import (
     assert_trees_equal,
     chained,
     check_call_mocked_cli,
+    locked_by_another_process,
     mocked_cli,
     write_experiment,
 )
@@ -183,6 +184,20 @@ def test_two_hosts_log_each_step_once_and_write_one_valid_config(two_host_run):
     expected = config_lib.with_absolute_paths(config_lib.load_experiment(experiment))
     expected.model.num_classes = 10  # the run records what it took from the data
     assert config_lib.load(workdir / "config.json") == expected
+
+
+def test_a_workdir_that_another_trainer_holds_stops_both_processes_with_a_message(tmp_path):
+    experiment = write_experiment(tmp_path / "tiny.py")
+    with (
+        locked_by_another_process(tmp_path / "run") as holder,
+        two_hosts(experiment, tmp_path / "run") as hosts,
+    ):
+        outputs = [host.communicate(timeout=120)[0] for host in hosts]
+    assert [host.returncode for host in hosts] == [2, 2], "\n".join(outputs)
+    assert f"is being trained by pid {holder.pid}" in outputs[0]
+    assert "process 0 could not lock" in outputs[1]
+    assert not any("Traceback" in output for output in outputs)
+    assert not (tmp_path / "run" / "config.json").exists()
 
 
 def assert_two_hosts_resume_bitwise(experiment, workdir, latest: int, uninterrupted) -> None:
