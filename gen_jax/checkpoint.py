@@ -149,9 +149,10 @@ class Checkpointer:
             )
 
     def move_aside(self, step: int, folder: Path) -> Path | None:
-        """Move the damaged checkpoint `step` into `folder`, never deleting it, where this manager
-        neither lists, restores nor cleans it up. Process 0 moves it and returns where it went
-        (FOLDER/STEP, or FOLDER/STEP.N if taken); the other processes wait for it (None)."""
+        """Move the checkpoint `step` (damaged, or set aside) into `folder`, never deleting it,
+        where this manager neither lists, restores nor cleans it up. Process 0 moves it and
+        returns where it went (FOLDER/STEP, or FOLDER/STEP.N if taken); the other processes wait
+        for it (None)."""
         target = None
         if jax.process_index() == 0:
             target, copies = Path(folder) / str(step), 1

@@ -27,6 +27,12 @@ def _parser() -> argparse.ArgumentParser:
         help="checkpoint and exit once this step is trained; run again to continue",
     )
     train.add_argument(
+        "--from_step",
+        type=int,
+        default=None,
+        help="resume from this older checkpoint; the newer ones go to set_aside_checkpoints/",
+    )
+    train.add_argument(
         "--break_lock",
         action="store_true",
         help="take over the workdir from a trainer that another host left (killed, host gone)",
@@ -138,7 +144,7 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
         folders = (Path(args.runs), out, Path(args.experiments), figures)
         return reproduce.main(args.names, args.quick, *folders)
     if args.command == "train":
-        metrics = train.run(config, args.workdir, args.stop_at, args.break_lock)
+        metrics = train.run(config, args.workdir, args.stop_at, args.break_lock, args.from_step)
     elif args.command == "fid":
         metrics = _fid(args)
     elif args.command == "evaluate":

@@ -24,6 +24,23 @@ class NonFiniteLossError(GenJaxError):
         )
 
 
+class NonFiniteStateError(GenJaxError):
+    """A step's update left NaN or infinite values in the state although its loss was finite (an
+    overflowing gradient); found before that state would have been checkpointed."""
+
+    def __init__(self, step: int, leaves: list[str], last_checkpoint: int | None):
+        shown = ", ".join(leaves[:5]) + (f" and {len(leaves) - 5} more" if len(leaves) > 5 else "")
+        if last_checkpoint is None:
+            kept = "No checkpoint was saved before it"
+        else:
+            kept = f"The last checkpoint, step {last_checkpoint}, was saved before it and is intact"
+        super().__init__(
+            f"non-finite values in the state at step {step} ({shown}), although every loss up to "
+            f"it was finite: an update overflowed. It was not saved. {kept}. Lower the learning "
+            "rate or clip gradients, then rerun the same command to resume from that checkpoint."
+        )
+
+
 class PeerLostError(GenJaxError):
     """Another process of a multi-process run died or stopped answering, so this one stopped."""
 

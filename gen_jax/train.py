@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh
@@ -22,7 +23,13 @@ from gen_jax import checkpoint, data, parallel, tasks, workdir_lock
 from gen_jax import config as config_lib
 from gen_jax.atomic import write_text_atomically
 from gen_jax.checkpoint import Checkpointer, DamagedCheckpointError
-from gen_jax.errors import GenJaxError, NonFiniteLossError, PeerLostError, RunStopped
+from gen_jax.errors import (
+    GenJaxError,
+    NonFiniteLossError,
+    NonFiniteStateError,
+    PeerLostError,
+    RunStopped,
+)
 from gen_jax.metric_writer import MetricWriter, logged_metrics, progress_bar
 from gen_jax.stop_signals import StopSignals
 from gen_jax.tasks.base import Task, init_state
@@ -324,6 +331,24 @@ def resume(
     return state, iterator
 
 
+def set_aside_after(checkpointer: Checkpointer, step: int, workdir: Path) -> None:
+    """Move the checkpoints newer than `step` to `set_aside_checkpoints/` (never deleted), so
+    training resumes from `step`: `gen-jax train --from_step STEP`."""
+    saved = checkpointer.all_steps()
+    if step not in saved:
+        raise GenJaxError(
+            f"--from_step {step}: there is no checkpoint at step {step} in "
+            f"{checkpointer.manager.directory}; it holds steps {saved}"
+        )
+    for newer in [s for s in saved if s > step]:
+        moved = checkpointer.move_aside(newer, workdir / "set_aside_checkpoints")
+        if moved is not None:  # process 0 moved it
+            print(
+                f"gen-jax: --from_step {step}: moved the checkpoint at step {newer} to {moved}",
+                file=sys.stderr,
+            )
+
+
 def record_config(config: ml_collections.ConfigDict, workdir: Path, step: int) -> None:
     """Write `config.json`. A run resumed at `step` with other settings than it was saved with
     says so on stderr and appends them to `config_changes.jsonl` (step, old and new value of each
@@ -371,22 +396,28 @@ def run(
     workdir: str | Path,
     stop_at: int | None = None,
     break_lock: bool = False,
+    from_step: int | None = None,
 ) -> dict[str, float]:
     """Train (or resume) the experiment `config` in `workdir`; return the last eval metrics.
 
     `stop_at` ends this invocation with a checkpoint once that step is trained (after the
     compiled call that reaches it; for time-sliced jobs); running again continues exactly as if
-    it had never stopped. The workdir is locked for the run (`workdir_lock`; `break_lock` takes
-    over a lock another host left).
+    it had never stopped. `from_step` resumes from that older checkpoint, the newer ones moved
+    to `set_aside_checkpoints/` (never deleted). The workdir is locked for the run
+    (`workdir_lock`; `break_lock` takes over a lock another host left).
     """
     started = time.perf_counter()
     workdir = Path(workdir)
     with workdir_lock.held_by_process_0(workdir, break_lock):
-        return _locked_run(config, workdir, stop_at, started)
+        return _locked_run(config, workdir, stop_at, from_step, started)
 
 
 def _locked_run(
-    config: ml_collections.ConfigDict, workdir: Path, stop_at: int | None, started: float
+    config: ml_collections.ConfigDict,
+    workdir: Path,
+    stop_at: int | None,
+    from_step: int | None,
+    started: float,
 ) -> dict[str, float]:
     """`run`'s work, with the workdir locked."""
     config = config_lib.with_absolute_paths(config)
@@ -404,6 +435,8 @@ def _locked_run(
     batch = example_batch(source, config, mesh)
     workdir.mkdir(parents=True, exist_ok=True)
     checkpointer = Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
+    if from_step is not None:
+        set_aside_after(checkpointer, from_step, workdir)
     start = checkpointer.latest_step()
     pipeline = {  # this process's share of the training batches
         "seed": config.seed,
@@ -492,11 +525,29 @@ def _loop(
                     writer.write(step, eval_split, results)
                     writer.write_images(step, steps.pictures(state))
                 if save_now:
+                    check_finite_state(state, step, checkpointer)
                     checkpointer.save(step, state, iterator)
     log.close()
     if stop and step < end:  # `run` waits for the save as it closes the checkpointer
         raise RunStopped(step, checkpointer.manager.directory, signals.exit_status())
     return results
+
+
+@jax.jit
+def _finite_leaves(state) -> Any:
+    """Per floating leaf of the state, whether all its values are finite (one reduction each)."""
+    finite = lambda x: jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else True
+    return jax.tree.map(finite, state)
+
+
+def check_finite_state(state, step: int, checkpointer: Checkpointer) -> None:
+    """Raise `NonFiniteStateError`, naming the leaves, if the state holds a NaN or an infinity:
+    checked before every save, so a checkpoint never holds a diverged model."""
+    flags = jax.tree_util.tree_flatten_with_path(jax.device_get(_finite_leaves(state)))[0]
+    bad = [jax.tree_util.keystr(path) for path, finite in flags if not finite]
+    if bad:
+        checkpointer.wait()
+        raise NonFiniteStateError(step, bad, checkpointer.latest_step())
 
 
 def _due(step: int, every: int) -> bool:

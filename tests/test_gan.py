@@ -103,6 +103,19 @@ def test_the_r1_penalty_is_logged_and_changes_the_discriminator_update():
     assert any(jax.tree.leaves(changed))
 
 
+@pytest.mark.parametrize("penalty", ["task.r1_penalty", "task.gradient_penalty"])
+def test_the_checked_loss_is_what_both_players_minimise_penalties_included(penalty):
+    images = jax.random.uniform(jax.random.PRNGKey(0), (8, 28, 28, 1), minval=-1.0, maxval=1.0)
+    batch = {"image": images, "label": jnp.zeros(8, jnp.int32)}
+    task = tiny_gan(**{"model.discriminator_norm": "none", penalty: 10.0})
+    state = init_state(task, jax.random.PRNGKey(0), batch)
+    metrics = {k: float(v) for k, v in jax.jit(task.train_step)(state, batch)[1].items()}
+    name = {"task.r1_penalty": "r1_penalty", "task.gradient_penalty": "gradient_penalty"}[penalty]
+    assert metrics[name] > 0.0
+    expected = metrics["d_loss"] + 10.0 * metrics[name] + metrics["g_loss"]
+    assert metrics["loss"] == pytest.approx(expected, rel=1e-6)
+
+
 def test_every_critic_step_draws_its_own_noise():
     task = tiny_gan(
         **{"task.critic_steps": 4, "optimizer.discriminator.learning_rate": 0.0},

@@ -11,7 +11,7 @@ import pytest
 from gen_jax import checkpoint, tasks, train
 from gen_jax import config as config_lib
 from gen_jax.checkpoint import Checkpointer
-from gen_jax.errors import GenJaxError, NonFiniteLossError
+from gen_jax.errors import GenJaxError, NonFiniteLossError, NonFiniteStateError
 from gen_jax.metric_writer import logged_metrics, read_metrics
 from gen_jax.run import load_run
 from gen_jax.stop_signals import StopSignals
@@ -236,6 +236,40 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     assert Checkpointer(workdir / "checkpoints").latest_step() == 5
     _, _, _, kept = train.load_state(workdir)
     assert jax.tree.all(jax.tree.map(np.array_equal, good, kept))
+
+
+@pytest.mark.parametrize("family", sorted(DIVERGING))
+def test_an_update_that_overflows_with_a_finite_loss_is_never_checkpointed(
+    experiment, tmp_path, mock_mnist, family
+):
+    workdir, path = tmp_path / "run", experiment(family=family)
+    train.run(load(path, "--config.train.num_steps=5"), workdir)
+    # inf in float32; the GAN's generator updates last, after both losses are computed
+    overflowing = [DIVERGING[family][0].replace("1e30", "1e300")]
+    with pytest.raises(NonFiniteStateError, match=r"state at step 6 \(.*params") as error:
+        train.run(load(path, *overflowing, "--config.train.checkpoint_every=1"), workdir)
+    assert "The last checkpoint, step 5, was saved before it" in str(error.value)
+    assert Checkpointer(workdir / "checkpoints").all_steps() == [5]
+
+
+def test_from_step_resumes_an_older_checkpoint_and_sets_the_newer_aside(
+    experiment, tmp_path, mock_mnist, capsys
+):
+    workdir, path = tmp_path / "run", experiment()
+    train.run(load(path), workdir)  # checkpoints at 5 and 10
+    _, _, _, at_five = train.load_state(workdir, step=5)
+    with pytest.raises(GenJaxError, match=r"no checkpoint at step 7 .* holds steps \[5, 10\]"):
+        train.run(load(path), workdir, from_step=7)
+    train.run(load(path, "--config.train.num_steps=6"), workdir, from_step=5)
+    assert f"moved the checkpoint at step 10 to {workdir / 'set_aside_checkpoints' / '10'}" in (
+        capsys.readouterr().err
+    )
+    assert Checkpointer(workdir / "checkpoints").all_steps() == [5, 6]
+    assert (workdir / "set_aside_checkpoints" / "10").is_dir()  # kept, never deleted
+    resumed = [r["step"] for r in read_metrics(workdir) if r["name"] == "first_step_seconds"]
+    assert resumed[-1] == 6  # trained on from step 5
+    _, _, _, state = train.load_state(workdir, step=5)
+    assert_trees_equal(state, at_five)
 
 
 def test_a_first_stop_signal_asks_the_loop_to_stop_and_a_second_acts_as_it_did_before():

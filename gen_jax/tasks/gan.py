@@ -257,7 +257,13 @@ class GANTask:
         count = batch["image"].shape[0] // self.critic_steps
         generator, ema, metrics = self.generator_update(state, generator_rng, count)
         metrics.update({k: jnp.mean(v) for k, v in critic_metrics.items()})
-        metrics["loss"] = metrics["d_loss"] + metrics["g_loss"]  # non-finite if either is
+        # what the two players minimise, penalties included: non-finite if any part is
+        critic_objective = (
+            metrics["d_loss"]
+            + self.penalty * metrics["gradient_penalty"]
+            + self.r1 * metrics["r1_penalty"]
+        )
+        metrics["loss"] = critic_objective + metrics["g_loss"]
         new_state = state.replace(step=state.step + 1, generator=generator, ema=ema)
         return new_state, metrics
 
