@@ -259,7 +259,9 @@ def base_config() -> ml_collections.ConfigDict:
             "cache_dir": "",  # a folder's decoded cache; empty: ~/.cache/gen_jax
             "train_split": "train",
             "eval_split": "test",
-            "max_examples": 0,  # 0: all; >0 keeps the first N of each split (quick runs)
+            # 0: all; >0 keeps N of each split (quick runs): TFDS's first N, a folder's
+            # class-stratified random N (the same every run)
+            "max_examples": 0,
             "batch_size": 128,
             "eval_batch_size": 1000,
             "preprocess": ("scale_to_unit",),  # named steps, gen_jax/data/preprocess.py

@@ -87,10 +87,13 @@ def _npz_images(path: Path, count: int, seed: int) -> np.ndarray:
 DATASET_KINDS = ("tfds", "folder")
 
 
-def _dataset_config(kind: str, name: str, data_dir: str | None) -> ml_collections.ConfigDict:
+def _dataset_config(
+    kind: str, name: str, split: str, data_dir: str | None
+) -> ml_collections.ConfigDict:
     from gen_jax import config as config_lib
 
     config = config_lib.base_config()
+    config.data.train_split = split  # a set of its own: its classes are not compared
     if kind == "tfds":
         config.data.name, config.data.data_dir = name, data_dir or ""
     else:
@@ -109,7 +112,7 @@ def load(source: str, space: Inception, count: int = 0, data_dir: str | None = N
                 f"name a dataset split as tfds:NAME:SPLIT (e.g. tfds:mnist:train) or "
                 f"folder:ROOT:SPLIT, not {source}"
             )
-        data_config = _dataset_config(kind, parts[1], data_dir)
+        data_config = _dataset_config(kind, parts[1], parts[2], data_dir)
         return ImageSet(source, reference_features(space, data_config, parts[2], count), "dataset")
     path = Path(source)
     if not path.exists():

@@ -386,6 +386,8 @@ def record_dataset(workdir: Path, data_config: ml_collections.ConfigDict, splits
             data_config[f"{k}_split"]: v.spec.skipped for k, v in splits.items()
         },
         "streamed": not isinstance(train_split, data.InMemory),
+        # which examples, e.g. folder/SHA256/500-of-50000-stratified-0 (data.max_examples)
+        "identity": {data_config[f"{k}_split"]: v.identity for k, v in splits.items()},
     }
     write_text_atomically(workdir / "dataset.json", json.dumps(record, indent=2) + "\n")
 

@@ -195,6 +195,59 @@ def test_bad_folders_are_clear_errors(tmp_path, open_split):
         open_split(root)
 
 
+@pytest.mark.parametrize(
+    ("test_classes", "named"),
+    [
+        (("a", "c"), r"missing \['b'\], extra none"),
+        (("A", "b", "c"), r"missing \['a'\], extra \['A'\]"),
+    ],
+)
+def test_every_split_has_the_training_splits_class_folders_or_it_is_an_error(
+    tmp_path, open_split, test_classes, named
+):
+    root = tmp_path / "images"
+    make_image_folder(root, {"train": 6}, classes=("a", "b", "c"))
+    make_image_folder(root, {"test": 6}, classes=test_classes)  # labels would shift silently
+    with pytest.raises(GenJaxError, match=f"class folders of .*test differ .*: {named}"):
+        open_split(root, "test")
+
+
+def test_hidden_entries_are_never_splits_classes_or_images(tmp_path, open_split):
+    root = tmp_path / "images"
+    written = make_image_folder(root, {"train": 6, "test": 3}, classes=("a", "b"))
+    for folder in (root, root / "train", root / "train" / "a", root / "test"):
+        (folder / ".ipynb_checkpoints").mkdir()
+        Image.fromarray(written["train"][0]).save(folder / ".ipynb_checkpoints" / "x.png")
+    (root / "train" / "b" / ".hidden.png").write_bytes(b"not an image")
+    split, err = open_split(root)
+    assert split.spec.class_names == ("a", "b")
+    np.testing.assert_array_equal(split.read(np.arange(len(split)))["image"], written["train"])
+    assert f"skipped hidden entries in {root / 'train'}: .ipynb_checkpoints" in err
+    assert len(open_split(root, "test")[0]) == 3
+
+
+def test_max_examples_of_a_folder_is_a_class_stratified_subset_the_same_every_time(
+    tmp_path, open_split
+):
+    root = tmp_path / "images"
+    written = make_image_folder(root, {"train": 30}, classes=("a", "b", "c"))  # stored a, b, c
+    split, _ = open_split(root, max_examples=9)
+    labels = split.read(np.arange(9))["label"]
+    assert np.bincount(labels).tolist() == [3, 3, 3]  # not the first 9: all of class a
+    again, _ = open_split(root, max_examples=9)
+    chosen = again.read(np.arange(9))["image"]
+    np.testing.assert_array_equal(chosen, split.read(np.arange(9))["image"])
+    assert "9-of-30-stratified" in split.identity
+    assert all((written["train"] == image).all(axis=(1, 2, 3)).any() for image in chosen)
+
+
+def test_a_stratified_subset_gives_each_class_its_share_by_largest_remainders():
+    labels = np.repeat([0, 1, 2], [50, 30, 20])
+    subset = data.sources.stratified_subset(labels, 7)
+    assert np.bincount(labels[subset]).tolist() == [4, 2, 1]  # 3.5, 2.1, 1.4
+    assert (np.diff(subset) > 0).all()
+
+
 def test_a_tfds_dataset_without_an_image_feature_lists_the_features_it_has(monkeypatch):
     from gen_jax.data import sources
 

@@ -40,8 +40,41 @@ class Listing:
     class_names: tuple[str, ...]
 
 
+_NOTED: set[Path] = set()  # folders whose hidden entries this process reported
+
+
+def _entries(folder: Path) -> list[Path]:
+    """The folder's entries, less hidden ones (`.ipynb_checkpoints`, `.DS_Store`, ...), which
+    are never classes, splits or images; skipped with a note."""
+    entries = sorted(folder.iterdir())
+    hidden = [p.name for p in entries if p.name.startswith(".")]
+    if hidden and folder not in _NOTED:
+        _NOTED.add(folder)
+        print(f"gen-jax: skipped hidden entries in {folder}: {', '.join(hidden)}", file=sys.stderr)
+    return [p for p in entries if not p.name.startswith(".")]
+
+
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+    return [p for p in _entries(folder) if p.is_file() and p.suffix.lower() in SUFFIXES]
+
+
+def class_names(root: Path, split: str) -> tuple[str, ...]:
+    """The sorted class folder names of `root/split` (none: unlabelled)."""
+    return tuple(p.name for p in _entries(root / split) if p.is_dir())
+
+
+def check_same_classes(root: Path, split: str, train_split: str) -> None:
+    """Labels are positions in the training split's class list, so every other split must have
+    exactly its class folders: a missing or differently spelt one would shift every later label."""
+    expected, found = class_names(root, train_split), class_names(root, split)
+    if found != expected:
+        missing = sorted(set(expected) - set(found)) or "none"
+        extra = sorted(set(found) - set(expected)) or "none"
+        raise GenJaxError(
+            f"the class folders of {root / split} differ from those of the training split "
+            f"{root / train_split}, whose order numbers the labels: missing {missing}, extra "
+            f"{extra}. Give every split the same class folders (same spelling and case)."
+        )
 
 
 def list_split(root: Path, split: str) -> Listing:
@@ -53,12 +86,12 @@ def list_split(root: Path, split: str) -> Listing:
         )
     folder = root / split
     if not folder.is_dir():
-        found = sorted(p.name for p in root.iterdir() if p.is_dir()) or "none"
+        found = [p.name for p in _entries(root) if p.is_dir()] or "none"
         raise GenJaxError(
             f"data.folder {root} has no '{split}' split folder (split folders there: {found}); "
             "set data.train_split and data.eval_split to two of them"
         )
-    classes = sorted(p for p in folder.iterdir() if p.is_dir())
+    classes = [p for p in _entries(folder) if p.is_dir()]
     loose = _images_in(folder)
     if not classes:
         if not loose:
@@ -282,6 +315,8 @@ def build(listing: Listing, data_config: ml_collections.ConfigDict, folder: Path
 def cached(data_config: ml_collections.ConfigDict, split: str) -> tuple[Path, dict]:
     """The cache of one split of `data.folder` (built or rebuilt when needed) and its metadata."""
     listing = list_split(Path(data_config.folder), split)
+    if split != data_config.train_split:
+        check_same_classes(Path(data_config.folder), split, data_config.train_split)
     key = fingerprint(listing, data_config)
     folder = cache_root(data_config) / "folders" / key[:32]
     meta = read_meta(folder, key)

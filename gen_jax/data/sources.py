@@ -172,13 +172,59 @@ def _folder_split(data_config: ml_collections.ConfigDict, split: str) -> Split:
     count = _count(meta["count"], data_config)
     # the decoded records' hash, not the cache key: a copy of the same files (new paths or
     # modification times) decodes to the same images, whose cached features still hold
-    return Split(records, decode, count, spec, f"folder/{meta['sha256']}/{count}")
+    identity = f"folder/{meta['sha256']}/{count}"
+    if count < meta["count"]:  # stored class by class: the first N would be the first classes
+        labels = _record_labels(records)
+        records = Subset(records, stratified_subset(labels, count))
+        identity = f"folder/{meta['sha256']}/{count}-of-{len(labels)}-stratified-{SUBSET_SEED}"
+    return Split(records, decode, count, spec, identity)
+
+
+SUBSET_SEED = 0  # the same data.max_examples subset for every run and process
+
+
+def stratified_subset(labels: np.ndarray, count: int, seed: int = SUBSET_SEED) -> np.ndarray:
+    """`count` indices into `labels`, in ascending order, drawn at random (`seed`), each class's
+    share proportional to its size (largest remainders)."""
+    rng = np.random.default_rng(seed)
+    classes, sizes = np.unique(labels, return_counts=True)
+    exact = count * sizes / len(labels)
+    quota = np.floor(exact).astype(int)
+    quota[np.argsort(quota - exact, kind="stable")[: count - quota.sum()]] += 1
+    chosen = [
+        rng.permutation(np.flatnonzero(labels == c))[:q]
+        for c, q in zip(classes, quota, strict=True)
+    ]
+    return np.sort(np.concatenate(chosen))
+
+
+def _record_labels(records) -> np.ndarray:
+    """The label of every folder-cache record (its first 4 bytes)."""
+    labels = []
+    for start in range(0, len(records), DECODE_CHUNK):
+        chunk = records.__getitems__(list(range(start, min(start + DECODE_CHUNK, len(records)))))
+        labels += [int.from_bytes(record[:4], "little", signed=True) for record in chunk]
+    return np.asarray(labels)
+
+
+class Subset:
+    """Records `index` of `records`, numbered 0, 1, ... (picklable, for grain's workers)."""
+
+    def __init__(self, records, index: np.ndarray):
+        self.records, self.index = records, index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitems__(self, indices: list[int]) -> list[bytes]:
+        return self.records.__getitems__([int(self.index[i]) for i in indices])
 
 
 # ----------------------------------------------------------------------------- splits
 SOURCE_KEYS = (
     "name",
     "folder",
+    "train_split",  # a folder's other splits must have its class folders
     "image_size",
     "channels",
     "skip_unreadable",
