@@ -33,6 +33,11 @@ def _parser() -> argparse.ArgumentParser:
         help="resume from this older checkpoint; the newer ones go to set_aside_checkpoints/",
     )
     train.add_argument(
+        "--allow_config_change",
+        action="store_true",
+        help="resume although settings that change what is trained differ (recorded)",
+    )
+    train.add_argument(
         "--break_lock",
         action="store_true",
         help="take over the workdir from a trainer that another host left (killed, host gone)",

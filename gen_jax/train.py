@@ -7,6 +7,7 @@ import contextlib
 import functools
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from gen_jax import checkpoint, data, parallel, tasks, workdir_lock
+from gen_jax import checkpoint, data, parallel, resume_policy, tasks, workdir_lock
 from gen_jax import config as config_lib
 from gen_jax.atomic import write_text_atomically
 from gen_jax.checkpoint import Checkpointer, DamagedCheckpointError
@@ -349,27 +350,51 @@ def set_aside_after(checkpointer: Checkpointer, step: int, workdir: Path) -> Non
             )
 
 
-def record_config(config: ml_collections.ConfigDict, workdir: Path, step: int) -> None:
-    """Write `config.json`. A run resumed at `step` with other settings than it was saved with
-    says so on stderr and appends them to `config_changes.jsonl` (step, old and new value of each
-    changed key), so the workdir still tells how every step was trained; a run with nothing left
-    to train keeps the config it was trained with."""
-    path = workdir / "config.json"
-    if step > 0 and path.is_file():
-        changed = config_lib.changes(config_lib.with_absolute_paths(config_lib.load(path)), config)
-        if changed:
-            listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())
-            if step >= config.train.num_steps:
-                print(
-                    f"gen-jax: {workdir} is trained to step {step}, so its config.json stays as "
-                    f"it was; not applied: {listed}",
-                    file=sys.stderr,
-                )
-                return
-            print(f"gen-jax: {workdir} resumes at step {step} with {listed}", file=sys.stderr)
-            with open(workdir / "config_changes.jsonl", "a") as log:
-                log.write(json.dumps({"step": step, "changes": changed}) + "\n")
-    config_lib.save(config, path)
+def resume_changes(
+    config: ml_collections.ConfigDict,
+    workdir: Path,
+    step: int,
+    identity: str,
+    allow_change: bool = False,
+) -> dict[str, list]:
+    """The changes to record when the run in `workdir` resumes at `step` with `config`
+    (`resume_policy`): refused ones raise, unless `allow_change`; free ones are left out.
+    `identity`: the training split's, now."""
+    saved = config_lib.with_absolute_paths(config_lib.load(workdir / "config.json"))
+    dataset = workdir / "dataset.json"
+    trained_on = config_lib.read_json(dataset).get("identity", {}) if dataset.is_file() else {}
+    same_data = trained_on.get(config.data.train_split) == identity
+    refused, recorded = resume_policy.sorted_changes(saved, config, same_data)
+    if refused and not allow_change:
+        raise resume_policy.refusal(workdir, step, refused)
+    return {**refused, **recorded}
+
+
+def note_unapplied(config: ml_collections.ConfigDict, workdir: Path, step: int) -> None:
+    """Say which settings differ from those of a finished run, which keeps its config.json."""
+    saved = config_lib.with_absolute_paths(config_lib.load(workdir / "config.json"))
+    changed = config_lib.changes(saved, config)
+    if changed:
+        listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())
+        print(
+            f"gen-jax: {workdir} is trained to step {step}, so its config.json stays as it was; "
+            f"not applied: {listed}",
+            file=sys.stderr,
+        )
+
+
+def record_config(
+    config: ml_collections.ConfigDict, workdir: Path, step: int, changed: dict[str, list]
+) -> None:
+    """Write `config.json`. A run resumed at `step` with `changed` settings (`resume_changes`)
+    says so on stderr and appends them to `config_changes.jsonl` (step, old and new value of
+    each), so the workdir still tells how every step was trained."""
+    if changed:
+        listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())
+        print(f"gen-jax: {workdir} resumes at step {step} with {listed}", file=sys.stderr)
+        with open(workdir / "config_changes.jsonl", "a") as log:
+            log.write(json.dumps({"step": step, "changes": changed}) + "\n")
+    config_lib.save(config, workdir / "config.json")
 
 
 def record_dataset(workdir: Path, data_config: ml_collections.ConfigDict, splits: dict) -> None:
@@ -399,29 +424,38 @@ def run(
     stop_at: int | None = None,
     break_lock: bool = False,
     from_step: int | None = None,
+    allow_change: bool = False,
 ) -> dict[str, float]:
     """Train (or resume) the experiment `config` in `workdir`; return the last eval metrics.
 
     `stop_at` ends this invocation with a checkpoint once that step is trained (after the
     compiled call that reaches it; for time-sliced jobs); running again continues exactly as if
     it had never stopped. `from_step` resumes from that older checkpoint, the newer ones moved
-    to `set_aside_checkpoints/` (never deleted). The workdir is locked for the run
+    to `set_aside_checkpoints/` (never deleted). Settings other than those the run was trained
+    with are refused where they change what is trained (`resume_policy`), unless
+    `allow_change`. The workdir is locked for the run
     (`workdir_lock`; `break_lock` takes over a lock another host left).
     """
     started = time.perf_counter()
     workdir = Path(workdir)
+    setup = checked_setup(config)  # before anything is written
     with workdir_lock.held_by_process_0(workdir, break_lock):
-        return _locked_run(config, workdir, stop_at, from_step, started)
+        return _locked_run(setup, workdir, stop_at, from_step, allow_change, started)
 
 
-def _locked_run(
-    config: ml_collections.ConfigDict,
-    workdir: Path,
-    stop_at: int | None,
-    from_step: int | None,
-    started: float,
-) -> dict[str, float]:
-    """`run`'s work, with the workdir locked."""
+class Setup(NamedTuple):
+    """A run's checked config (paths absolute, shapes from the data), mesh, task and opened
+    training split."""
+
+    config: ml_collections.ConfigDict
+    mesh: Mesh
+    task: Task
+    source: data.Split
+
+
+def checked_setup(config: ml_collections.ConfigDict) -> Setup:
+    """Check the config against the devices and the data, and build the task: every refusal
+    that needs no workdir, made before anything is written."""
     config = config_lib.with_absolute_paths(config)
     mesh = parallel.make_mesh()
     sizes = {f"data.{key}": config.data[key] for key in ("batch_size", "eval_batch_size")}
@@ -429,10 +463,41 @@ def _locked_run(
     check_train_settings(config.train, config.data.batch_size // mesh.devices.size)
     spec = data.describe(config.data)
     tasks.fit_to_data(config, spec)
-    task = tasks.build(config)
-    is_main = jax.process_index() == 0
+    source = data.open_split(config.data, config.data.train_split)  # decoded later
+    check_batch_fits(config.data, source)
+    return Setup(config, mesh, tasks.build(config), source)
 
-    source = data.open_split(config.data, config.data.train_split)  # decoded below
+
+def check_batch_fits(data_config: ml_collections.ConfigDict, source: data.Split) -> None:
+    """Refuse a training batch larger than the training split, and a batch whose float32
+    images alone would exceed this host's memory (the kernel would kill the run unannounced)."""
+    if data_config.batch_size > len(source):
+        raise GenJaxError(
+            f"data.batch_size={data_config.batch_size} is larger than the training split "
+            f"'{data_config.train_split}' ({len(source)} examples); choose at most that"
+        )
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for key in ("batch_size", "eval_batch_size"):
+        needed = data_config[key] * int(np.prod(source.spec.image_shape)) * 4
+        if needed > memory:
+            raise GenJaxError(
+                f"data.{key}={data_config[key]} needs {needed / 2**30:.1f} GiB for its float32 "
+                f"images alone, more than this host's {memory / 2**30:.1f} GiB of memory; "
+                "choose a smaller batch"
+            )
+
+
+def _locked_run(
+    setup: Setup,
+    workdir: Path,
+    stop_at: int | None,
+    from_step: int | None,
+    allow_change: bool,
+    started: float,
+) -> dict[str, float]:
+    """`run`'s work, with the workdir locked."""
+    config, mesh, task, source = setup
+    is_main = jax.process_index() == 0
     on_device = config.data.on_device and data.fits_in_memory(config.data, source)
     batch = example_batch(source, config, mesh)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -440,6 +505,14 @@ def _locked_run(
     if from_step is not None:
         set_aside_after(checkpointer, from_step, workdir)
     start = checkpointer.latest_step()
+    recorded = bool(start) and (workdir / "config.json").is_file()
+    finished = recorded and start >= config.train.num_steps
+    changed = {}
+    if recorded:
+        if finished:  # nothing to train: config.json stays as it was trained
+            note_unapplied(config, workdir, start)
+        else:  # before anything is decoded or compiled
+            changed = resume_changes(config, workdir, start, source.identity, allow_change)
     pipeline = {  # this process's share of the training batches
         "seed": config.seed,
         "process_index": jax.process_index(),
@@ -456,8 +529,8 @@ def _locked_run(
     eval_split = data.get_split(config.data, config.data.eval_split)
     iterator = data.train_iterator(train_split, config.data, **pipeline)
     state, iterator = resume(task, config, mesh, batch, checkpointer, iterator, workdir, fresh)
-    if is_main:  # only now: a workdir refused above keeps the config it was made with
-        record_config(config, workdir, int(state.step))
+    if is_main and not finished:  # only now: a workdir refused above keeps its config
+        record_config(config, workdir, int(state.step), changed)
         record_dataset(workdir, config.data, {"train": train_split, "eval": eval_split})
     device_split = None
     if on_device:

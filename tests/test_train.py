@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from gen_jax import checkpoint, tasks, train
+from gen_jax import checkpoint, resume_policy, tasks, train
 from gen_jax import config as config_lib
 from gen_jax.checkpoint import Checkpointer
 from gen_jax.errors import GenJaxError, NonFiniteLossError, NonFiniteStateError
@@ -149,15 +149,23 @@ def test_a_resumed_run_replaces_the_records_written_after_its_checkpoint(
     assert [r["step"] for r in train_losses()] == list(range(1, 11))
 
 
-def test_a_run_resumed_with_other_settings_says_so_and_records_them(
+def test_a_resume_refuses_changes_of_what_is_trained_and_records_the_allowed_ones(
     experiment, tmp_path, mock_mnist, capsys
 ):
     workdir, path = tmp_path / "run", experiment()
     train.run(load(path, "--config.train.num_steps=4"), workdir)
     train.run(load(path, "--config.train.num_steps=4"), workdir)  # the same settings: no record
     assert not (workdir / "config_changes.jsonl").exists()
-    longer = load(path, "--config.train.num_steps=6", "--config.optimizer.learning_rate=0.5")
-    train.run(longer, workdir)
+    saved = (workdir / "config.json").read_text()
+    other = ["--config.train.num_steps=6", "--config.optimizer.learning_rate=0.5"]
+    for refused in (["--config.data.batch_size=32"], ["--config.seed=1"], other):
+        with pytest.raises(GenJaxError, match=r"(?s)trained to step 4 with other settings.*"):
+            train.run(load(path, *refused), workdir)
+    assert (workdir / "config.json").read_text() == saved  # refused: nothing changed
+    assert Checkpointer(workdir / "checkpoints").all_steps() == [4]
+    free = "--config.train.log_every=2"  # when metrics are logged: free, not recorded
+    longer = load(path, *other, free)
+    train.run(longer, workdir, allow_change=True)
     records = [json.loads(line) for line in (workdir / "config_changes.jsonl").open()]
     old_rate = load(path).optimizer.learning_rate
     assert records == [
@@ -171,9 +179,19 @@ def test_a_run_resumed_with_other_settings_says_so_and_records_them(
     assert config_lib.load(workdir / "config.json") == longer
     train.run(load(path, "--config.train.num_steps=3"), workdir)  # nothing left to train
     assert "is trained to step 6, so its config.json stays" in capsys.readouterr().err
-    longer.model.num_classes = 10  # the run records what it took from the data
     assert config_lib.load(workdir / "config.json") == longer
-    assert len((workdir / "config_changes.jsonl").read_text().splitlines()) == 1
+    train.run(load(path, *other, free, "--config.train.num_steps=8"), workdir)  # recorded only
+    records = [json.loads(line) for line in (workdir / "config_changes.jsonl").open()]
+    assert records[-1] == {"step": 6, "changes": {"train.num_steps": [6, 8]}}
+
+
+def test_every_key_of_the_resume_policy_is_a_config_key_and_none_is_in_both():
+    keys = set()
+    for family in (config_lib.base_config, config_lib.vae_config, config_lib.gan_config):
+        keys |= set(config_lib._flatten(family().to_dict()))
+    keys |= set(config_lib._flatten(config_lib.diffusion_config().to_dict()))
+    assert set(resume_policy.RECORDED) <= keys and set(resume_policy.FREE) <= keys
+    assert not set(resume_policy.RECORDED) & set(resume_policy.FREE)
 
 
 def test_periods_of_zero_log_evaluate_and_save_only_at_the_end(experiment, tmp_path, mock_mnist):
@@ -207,9 +225,8 @@ def test_checkpoint_that_does_not_fit_the_config_is_refused(
         match=r"(?s)does not fit this config.*"
         r"Dense_0/kernel: checkpoint \(784, 32\), config \(784, 64\)",
     ) as error:
-        train.run(
-            load(experiment(), "--config.train.num_steps=12", "--config.model.hidden=64"), workdir
-        )
+        wider = load(experiment(), "--config.train.num_steps=12", "--config.model.hidden=64")
+        train.run(wider, workdir, allow_change=True)
     assert "new --workdir" in str(error.value)
     assert (workdir / "config.json").read_text() == saved_config
 
@@ -231,7 +248,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     train.run(load(path, "--config.train.num_steps=5"), workdir)
     _, _, _, good = train.load_state(workdir)
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step (\d+)") as error:
-        train.run(load(path, *DIVERGING[family]), workdir)
+        train.run(load(path, *DIVERGING[family]), workdir, allow_change=True)
     assert 5 < error.value.step <= 10
     assert Checkpointer(workdir / "checkpoints").latest_step() == 5
     _, _, _, kept = train.load_state(workdir)
@@ -247,7 +264,8 @@ def test_an_update_that_overflows_with_a_finite_loss_is_never_checkpointed(
     # inf in float32; the GAN's generator updates last, after both losses are computed
     overflowing = [DIVERGING[family][0].replace("1e30", "1e300")]
     with pytest.raises(NonFiniteStateError, match=r"state at step 6 \(.*params") as error:
-        train.run(load(path, *overflowing, "--config.train.checkpoint_every=1"), workdir)
+        diverging = load(path, *overflowing, "--config.train.checkpoint_every=1")
+        train.run(diverging, workdir, allow_change=True)
     assert "The last checkpoint, step 5, was saved before it" in str(error.value)
     assert Checkpointer(workdir / "checkpoints").all_steps() == [5]
 
@@ -310,6 +328,8 @@ def test_evaluate_without_a_checkpoint_is_a_clear_error(tmp_path):
         ("train.num_steps=-5", "train.num_steps must be a positive integer, not -5"),
         ("train.keep_checkpoints=0", "train.keep_checkpoints must be a positive integer, not 0"),
         ("train.log_every=-1", "train.log_every must be 0 (only at the end) or a positive"),
+        ("data.batch_size=50000000", "data.batch_size=50000000 is larger than the training"),
+        ("data.eval_batch_size=2000000000", "data.eval_batch_size=2000000000 needs 5841.3 GiB"),
     ],
 )
 def test_counts_that_would_train_or_keep_nothing_are_refused_before_anything_runs(

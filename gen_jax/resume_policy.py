@@ -1,0 +1,88 @@
+"""What `gen-jax train` does when a run resumes with settings other than it was trained with.
+
+One table, a reason for each key. A key named in neither dict changes what is trained (the
+model, the objective, the optimizer, the data and its preprocessing, the batch size, the seed):
+such a change is refused unless `--allow_config_change`, since the resumed run would silently
+be another experiment (a new batch size, for one, reads the saved data position in batches of
+the new size, skipping or repeating examples).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from gen_jax import config as config_lib
+from gen_jax.errors import GenJaxError
+
+SPEED_ONLY = "a speed option: the same numbers up to float rounding"
+EVALUATION_ONLY = "evaluation only: what is trained does not change"
+
+RECORDED = {  # allowed, appended to the workdir's config_changes.jsonl with the step
+    "train.num_steps": "extends (or shortens) the run; a schedule over the steps changes from "
+    "the resume step on",
+    "train.batch_splits": SPEED_ONLY,
+    "train.steps_per_call": SPEED_ONLY,
+    "data.on_device": SPEED_ONLY,
+    "data.streaming": SPEED_ONLY,
+    "data.workers": SPEED_ONLY,
+    "data.memory_budget": SPEED_ONLY + " (it decides streaming)",
+}
+
+FREE = {  # allowed, not recorded: config.json takes the new value
+    "train.log_every": "when metrics are logged",
+    "train.eval_every": "when the run is evaluated",
+    "train.checkpoint_every": "when checkpoints are saved",
+    "train.keep_checkpoints": "how many checkpoints are kept",
+    "data.eval_split": EVALUATION_ONLY,
+    "data.eval_batch_size": EVALUATION_ONLY,
+    "data.cache_dir": "where decoded images are cached",
+    "data.data_dir": "where the TFDS files are (the dataset is data.name)",
+    **{
+        f"task.{key}": EVALUATION_ONLY
+        for key in (
+            "test_flips",
+            "test_shift",
+            "eval_samples",
+            "final_eval_samples",
+            "eval_sample_chunk",
+            "eval_seed",
+            "eval_steps",
+            "classifier_workdir",
+            "prior_samples",
+            "inception_samples",
+            "inception_reference",
+            "neighbours",
+            "sampler",
+            "sample_steps",
+            "eta",
+            "guidance_scale",
+            "clip_denoised",
+        )
+    },
+}
+
+
+def sorted_changes(
+    old: ml_collections.ConfigDict, new: ml_collections.ConfigDict, same_data: bool
+) -> tuple[dict[str, list], dict[str, list]]:
+    """(refused, recorded) changes between the configs `old` and `new` ({key: [old value, new
+    value]}); free ones are in neither. `same_data`: the training split's examples
+    are those the run was trained on, so a moved `data.folder` is a path, free."""
+    refused, recorded = {}, {}
+    for key, values in config_lib.changes(old, new).items():
+        if key in RECORDED:
+            recorded[key] = values
+        elif key not in FREE and not (key == "data.folder" and same_data):
+            refused[key] = values
+    return refused, recorded
+
+
+def refusal(workdir, step: int, refused: dict[str, list]) -> GenJaxError:
+    """The error for a resume that would train another experiment."""
+    listed = "\n  ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in refused.items())
+    return GenJaxError(
+        f"{workdir} was trained to step {step} with other settings, and resuming would change "
+        f"what is trained:\n  {listed}\nRun the same config again (its config.json), train in a "
+        "new --workdir, or pass --allow_config_change to resume with these changes anyway (they "
+        "are recorded in config_changes.jsonl)."
+    )
