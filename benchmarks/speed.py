@@ -617,7 +617,7 @@ def main() -> None:
         result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
         return
-    from gen_jax.reproduce import hardware
+    from gen_jax.provenance import hardware
 
     results = {row: measure_in_fresh_process(row) for row in ROWS}
     print(f"jax {jax.__version__}, {args.steps} timed steps per training row, one CPU device")

@@ -75,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     reproduce.add_argument("--experiments", default="experiments", help="experiment folder")
     reproduce.add_argument("--figures", help="copy each run's latest pictures to this folder")
+    reproduce.add_argument(
+        "--retrain",
+        action="store_true",
+        help="train finished runs anew (each moved aside to RUNS/NAME.before-TIME, not deleted)",
+    )
     fid = sub.add_parser(
         "fid",
         help="FID, KID, precision and recall of two image sets in the FID Inception-v3's features",
@@ -147,15 +152,20 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
 
         out, figures = (Path(p) if p else None for p in (args.out, args.figures))
         folders = (Path(args.runs), out, Path(args.experiments), figures)
-        return reproduce.main(args.names, args.quick, *folders)
+        return reproduce.main(args.names, args.quick, *folders, retrain=args.retrain)
     if args.command == "train":
-        metrics = train.run(config, args.workdir, args.stop_at, args.break_lock, args.from_step)
+        options = {"break_lock": args.break_lock, "from_step": args.from_step}
+        options["allow_change"] = args.allow_config_change
+        metrics = train.run(config, args.workdir, args.stop_at, **options)
     elif args.command == "fid":
         metrics = _fid(args)
     elif args.command == "evaluate":
+        from gen_jax.resume_policy import history
         from gen_jax.run import load_run
 
         metrics = load_run(args.workdir, args.step).evaluate()
+        if history(args.workdir):  # beside the numbers: how the run was trained
+            print(f"gen-jax: resumed with other settings: {history(args.workdir)}", file=sys.stderr)
     else:
         metrics = _sample(args)
     import jax

@@ -26,25 +26,33 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import os
-import platform
 import re
 import shutil
+import sys
 import traceback
 from pathlib import Path
 from types import ModuleType
 
 import jax
+from jax.experimental import multihost_utils
 
-import gen_jax
-from gen_jax import checkpoint, images, latent, train
+from gen_jax import (
+    checkpoint,
+    data,
+    images,
+    latent,
+    provenance,
+    resume_policy,
+    tasks,
+    train,
+    workdir_lock,
+)
 from gen_jax import config as config_lib
 from gen_jax.atomic import write_text_atomically
 from gen_jax.errors import GenJaxError
-from gen_jax.metric_writer import logged_metrics, read_metrics
+from gen_jax.metric_writer import MetricWriter, logged_metrics, read_metrics
 
 BEGIN, END = "<!-- gen-jax reproduce: begin -->", "<!-- gen-jax reproduce: end -->"
-VECTOR_EXTENSIONS = (("avx512f", "AVX-512"), ("avx2", "AVX2"))  # widest first
 GOALS = {"<=": lambda value, bound: value <= bound, ">=": lambda value, bound: value >= bound}
 
 
@@ -58,6 +66,8 @@ class Row:
     check: tuple  # (expected value, tolerance) or (">=" | "<=", bound)
     minutes: float | None
     error: str = ""
+    run: str = ""  # who measured it, if not this call: a finished run read again
+    note: str = ""  # how that run's config differs from the experiment file today
 
     @property
     def passed(self) -> bool:
@@ -98,6 +108,65 @@ def finished_evaluation(workdir: Path, config) -> dict[str, float] | None:
     if checkpoint.latest_step(workdir / "checkpoints") != config.train.num_steps:
         return None
     return logged_metrics(workdir, config.train.num_steps, config.data.eval_split) or None
+
+
+def reused_run(workdir: Path) -> str:
+    """How a finished run read again (not trained by this call) was trained."""
+    records = provenance.trained_by(workdir)
+    if not records:
+        return "read from a run trained earlier (when and with which versions is unknown: it "
+        "predates gen_jax's record of them)"
+    last = records[-1]
+    return (
+        f"read from a run trained {last['time']} (its last start, at step {last['from_step']}); "
+        f"{last['versions']}; {last['hardware']}"
+    )
+
+
+def config_differences(workdir: Path, config) -> str:
+    """The settings of a finished run that differ from `config` (today's experiment file) where
+    they change results (`resume_policy`'s refused and recorded keys), and those it was resumed
+    with; "" if none."""
+    saved = config_lib.with_absolute_paths(config_lib.load(workdir / "config.json"))
+    config = config_lib.with_absolute_paths(config)
+    tasks.fit_to_data(config, data.describe(config.data))  # as the run recorded it
+    refused, recorded = resume_policy.sorted_changes(saved, config, same_data=False)
+    changed = {**refused, **recorded}
+    listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())
+    notes = [f"trained with other settings than the file's: {listed}" if changed else ""]
+    resumed = resume_policy.history(workdir)
+    notes.append(f"resumed with other settings: {resumed}" if resumed else "")
+    return "; ".join(filter(None, notes))
+
+
+def reevaluated(workdir: Path, config, logged: dict[str, float]) -> dict[str, float]:
+    """A finished run's logged final evaluation, with the metrics it lacks (added to gen_jax's
+    evaluation after it was trained) evaluated now, with today's evaluation settings, and
+    logged beside the others."""
+    from gen_jax.run import load_run
+
+    run = load_run(workdir)
+    settings = {
+        key: value
+        for key, value in config.task.items()
+        if f"task.{key}" in resume_policy.FREE and run.config.task.get(key) != value
+    }
+    evaluated = run.evaluate(**settings)
+    new = {k: v for k, v in evaluated.items() if k not in logged and k != "step"}
+    step = config.train.num_steps
+    with workdir_lock.held_by_process_0(workdir):
+        writer = MetricWriter(workdir, enabled=jax.process_index() == 0, start_step=step)
+        writer.write(step, config.data.eval_split, new)
+        writer.close()
+    return {**logged, **new}
+
+
+def move_aside(workdir: Path) -> Path:
+    """Move a run to be trained anew (`--retrain`) to WORKDIR.before-TIME, never deleting it."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    target = workdir.with_name(f"{workdir.name}.before-{stamp}")
+    workdir.rename(target)
+    return target
 
 
 def training_minutes(workdir: Path) -> float:
@@ -143,8 +212,11 @@ def reproduce(
     runs: Path,
     quick: bool = False,
     figures: Path | None = None,
+    retrain: bool = False,
 ) -> list[Row]:
-    """Train (or re-evaluate) each named experiment after its requirements; check its metrics."""
+    """Train each named experiment after its requirements, or read the run that finished in
+    RUNS/NAME (re-evaluated if it lacks a metric; `retrain`: moved aside and trained anew);
+    check its metrics."""
     rows: list[Row] = []
     workdirs: dict[str, Path | None] = {}  # None: the experiment failed
 
@@ -176,13 +248,27 @@ def reproduce(
         config = config_lib.experiment_config(module, path)
         config_lib.apply_overrides(config, overrides)
         workdir = runs / name
-        metrics = finished_evaluation(workdir, config) or train.run(config, workdir)
+        logged = finished_evaluation(workdir, config)
+        if logged and retrain:
+            if jax.process_index() == 0:
+                moved = move_aside(workdir)
+                print(f"gen-jax: --retrain: moved {workdir} to {moved}", file=sys.stderr)
+            multihost_utils.sync_global_devices(f"gen_jax_retrain_{name}")
+            logged = None
+        reused = {}
+        if logged is None:
+            metrics = train.run(config, workdir)
+        else:
+            metrics = logged
+            if set(expected) - set(logged):
+                metrics = reevaluated(workdir, config, logged)
+            reused = {"run": reused_run(workdir), "note": config_differences(workdir, config)}
         missing = sorted(set(expected) - set(metrics))
         if missing:
             raise GenJaxError(f"reported no {missing}; it has {sorted(metrics)}")
         minutes = training_minutes(workdir)
         for metric, check in expected.items():
-            rows.append(Row(name, metric, metrics[metric], tuple(check), minutes))
+            rows.append(Row(name, metric, metrics[metric], tuple(check), minutes, **reused))
         if figures and jax.process_index() == 0:
             save_figures(name, workdir, figures)
         return workdir
@@ -192,40 +278,13 @@ def reproduce(
     return rows
 
 
-def hardware() -> str:
-    """The processor (or accelerator) and device count, in words."""
-    devices = jax.devices()
-    kind = devices[0].device_kind
-    if devices[0].platform == "cpu":
-        kind = _cpu_model() or platform.processor() or kind
-    return f"{len(devices)} x {kind}" if len(devices) > 1 else kind
-
-
-def _cpu_model() -> str | None:
-    """The CPU's model name, family and model numbers (which tell a VM's generic name apart),
-    core count and widest vector extension: what its speed depends on."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.is_file():
-        return None
-    first_processor = cpuinfo.read_text().split("\n\n", 1)[0].splitlines()
-    pairs = (line.split(":", 1) for line in first_processor if ":" in line)
-    fields = {key.strip(): value.strip() for key, value in pairs}
-    if "model name" not in fields:
-        return None
-    flags = fields.get("flags", "").split()
-    vector = next((name for flag, name in VECTOR_EXTENSIONS if flag in flags), None)
-    family = f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}"
-    details = ", ".join(filter(None, [family, f"{os.cpu_count()} cores", vector]))
-    return f"{fields['model name']} ({details})"
-
-
 def run_description(quick: bool) -> str:
     """What one call of `gen-jax reproduce` ran: mode, time, versions and hardware."""
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     mode = "quick (shortened runs, looser tolerances)" if quick else "full recipes"
     return (
         f"`gen-jax reproduce{' --quick' if quick else ''}`, {mode}; {stamp}; "
-        f"gen_jax {gen_jax.__version__}, jax {jax.__version__}; {hardware()}"
+        f"{provenance.versions()}; {provenance.hardware()}"
     )
 
 
@@ -234,6 +293,8 @@ def row_cells(row: Row) -> list[str]:
     if row.error:
         return [row.experiment, "—", "—", "—", f"**ERROR**: {row.error}", "—"]
     result = "pass" if row.passed else "**FAIL**"
+    if row.note:
+        result += f" ({row.note})".replace("|", "\\|")
     value, minutes = f"{row.value:.4g}", f"{row.minutes:.1f} min"
     return [row.experiment, row.metric, value, row.expected, result, minutes]
 
@@ -260,7 +321,7 @@ def table(rows: list[Row], quick: bool, earlier: str = "") -> str:
         by_experiment.setdefault(cells[0], []).append((cells, run))
     now, fresh = run_description(quick), {}
     for row in rows:
-        fresh.setdefault(row.experiment, []).append((row_cells(row), now))
+        fresh.setdefault(row.experiment, []).append((row_cells(row), row.run or now))
     by_experiment.update(fresh)  # a rerun experiment keeps its place; a new one goes last
     merged = [entry for entries in by_experiment.values() for entry in entries]
     numbers = {run: str(i + 1) for i, run in enumerate(dict.fromkeys(run for _, run in merged))}
@@ -341,12 +402,14 @@ def main(
     out: Path | None,
     experiments: Path,
     figures: Path | None = None,
+    retrain: bool = False,
 ) -> int:
     """The CLI command: 0 when every metric passes, 1 otherwise."""
     runs = runs / "quick" if quick else runs
     path = out or (runs / "RESULTS.md" if quick else Path("RESULTS.md"))
     split_at_markers(path)  # a file whose markers are broken fails now, not after training
-    rows = reproduce(names or all_experiments(experiments), experiments, runs, quick, figures)
+    chosen = names or all_experiments(experiments)
+    rows = reproduce(chosen, experiments, runs, quick, figures, retrain)
     if jax.process_index() == 0:
         text = table(rows, quick, earlier=table_in(path))
         write_table(text, path)

@@ -9,6 +9,9 @@ the new size, skipping or repeating examples).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import ml_collections
 
 from gen_jax import config as config_lib
@@ -85,4 +88,20 @@ def refusal(workdir, step: int, refused: dict[str, list]) -> GenJaxError:
         f"what is trained:\n  {listed}\nRun the same config again (its config.json), train in a "
         "new --workdir, or pass --allow_config_change to resume with these changes anyway (they "
         "are recorded in config_changes.jsonl)."
+    )
+
+
+CHANGES_RECORD = "config_changes.jsonl"
+
+
+def history(workdir: str | Path) -> str:
+    """The changes a run was resumed with (its `config_changes.jsonl`), in words; "" if none."""
+    path = Path(workdir) / CHANGES_RECORD
+    if not path.is_file():
+        return ""
+    entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return "; ".join(
+        f"at step {entry['step']}, "
+        + ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in entry["changes"].items())
+        for entry in entries
     )

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from gen_jax import checkpoint, data, parallel, resume_policy, tasks, workdir_lock
+from gen_jax import checkpoint, data, parallel, provenance, resume_policy, tasks, workdir_lock
 from gen_jax import config as config_lib
 from gen_jax.atomic import write_text_atomically
 from gen_jax.checkpoint import Checkpointer, DamagedCheckpointError
@@ -392,7 +392,7 @@ def record_config(
     if changed:
         listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())
         print(f"gen-jax: {workdir} resumes at step {step} with {listed}", file=sys.stderr)
-        with open(workdir / "config_changes.jsonl", "a") as log:
+        with open(workdir / resume_policy.CHANGES_RECORD, "a") as log:
             log.write(json.dumps({"step": step, "changes": changed}) + "\n")
     config_lib.save(config, workdir / "config.json")
 
@@ -531,6 +531,7 @@ def _locked_run(
     state, iterator = resume(task, config, mesh, batch, checkpointer, iterator, workdir, fresh)
     if is_main and not finished:  # only now: a workdir refused above keeps its config
         record_config(config, workdir, int(state.step), changed)
+        provenance.record_training(workdir, int(state.step))
         record_dataset(workdir, config.data, {"train": train_split, "eval": eval_split})
     device_split = None
     if on_device:

@@ -2,12 +2,13 @@
 
 import functools
 import json
+import re
 
 import jax
 import numpy as np
 import pytest
 
-from gen_jax import cli, data, parallel, reproduce, sample_quality, tasks, train
+from gen_jax import cli, data, parallel, provenance, reproduce, sample_quality, tasks, train
 from gen_jax import config as config_lib
 from gen_jax.errors import GenJaxError
 from tests.conftest import QUICK_FAMILIES, REPO, write_experiment
@@ -76,7 +77,7 @@ def test_a_call_replaces_its_experiments_rows_and_keeps_the_others_with_their_ru
     assert body[1].endswith("| 2 |") and "| 7.5 |" in body[1] and "| 40.0 min |" in body[1]
     assert "**ERROR**: a \\| b" in body[2]
     assert "- run 1: `gen-jax reproduce`, full recipes; 2026-11-23 10:44 UTC" in text
-    assert "- run 2: `gen-jax reproduce`, full recipes;" in text and reproduce.hardware() in text
+    assert "- run 2: `gen-jax reproduce`, full recipes;" in text and provenance.hardware() in text
 
     monkeypatch.setattr(reproduce, "run_description", lambda quick: "a later call")
     again = reproduce.table(
@@ -126,6 +127,63 @@ def test_the_table_reports_the_run_it_made_and_fails_when_the_tolerance_is_misse
     assert "**FAIL**" in text and f"| {accuracy['value']:.4g} |" in text
     logged = (tmp_path / "runs/quick/tiny/metrics.jsonl").read_text().splitlines()
     assert logged == records  # the finished run reported what it logged: no training, no eval
+
+
+def _row(text: str, metric: str = "accuracy") -> tuple[str, str]:
+    """(the tiny experiment's row, the description of the run that measured it)."""
+    runs = dict(re.findall(r"^- run (\d+): (.*)$", text, flags=re.MULTILINE))
+    row = next(line for line in text.splitlines() if line.startswith(f"| tiny | {metric}"))
+    return row, runs[row.rstrip(" |").rsplit("| ", 1)[1]]
+
+
+def test_a_finished_run_read_again_is_reported_as_the_run_that_measured_it(tmp_path, mock_mnist):
+    tiny_experiment(tmp_path, (0.5, 1.0))
+    _, text = reproduce_quick(tmp_path)
+    assert _row(text)[1].startswith("`gen-jax reproduce --quick`")  # trained by this call
+    _, text = reproduce_quick(tmp_path)
+    _, run = _row(text)
+    trained = provenance.trained_by(tmp_path / "runs/quick/tiny")[-1]
+    assert run.startswith(f"read from a run trained {trained['time']}")
+    assert provenance.versions() in run and provenance.hardware() in run
+    (tmp_path / "runs/quick/tiny" / provenance.RECORD).unlink()  # a run from before the record
+    _, text = reproduce_quick(tmp_path)
+    assert "when and with which versions is unknown" in _row(text)[1]
+
+
+def test_a_finished_run_with_other_settings_says_so_and_retrain_trains_it_anew(
+    tmp_path, mock_mnist
+):
+    path = tiny_experiment(tmp_path, (0.5, 1.0))
+    reproduce_quick(tmp_path)
+    path.write_text(path.read_text().replace("0.001", "0.002"))  # the file's learning rate
+    _, text = reproduce_quick(tmp_path)
+    row, _ = _row(text)
+    assert (
+        "trained with other settings than the file's: optimizer.learning_rate: 0.001 -> 0.002"
+        in row
+    )
+    folders = ["--runs", str(tmp_path / "runs"), "--experiments", str(tmp_path)]
+    out = ["--out", str(tmp_path / "table.md")]
+    assert cli.main(["reproduce", "tiny", "--quick", "--retrain", *folders, *out]) == 0
+    row, run = _row((tmp_path / "table.md").read_text())
+    assert "other settings" not in row and run.startswith("`gen-jax reproduce --quick`")
+    (old,) = (tmp_path / "runs/quick").glob("tiny.before-*")  # moved aside, never deleted
+    assert config_lib.load(old / "config.json").optimizer.learning_rate == 0.001
+
+
+def test_a_finished_run_lacking_a_metric_is_evaluated_again_not_trained(tmp_path, mock_mnist):
+    tiny_experiment(tmp_path, (0.5, 1.0))
+    reproduce_quick(tmp_path)
+    metrics = tmp_path / "runs/quick/tiny/metrics.jsonl"
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    accuracy = next(r for r in records[::-1] if r["name"] == "accuracy")
+    kept = [r for r in records if r is not accuracy]  # as if accuracy were new in gen_jax
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    _, again = reproduce_quick(tmp_path)
+    assert _row(again)[0].split(" | ")[2] == f"{accuracy['value']:.4g}"
+    after = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["name"] for r in after].count("first_step_seconds") == 1  # not trained again
+    assert after[-1]["name"] == "accuracy" and after[-1]["step"] == accuracy["step"]
 
 
 def test_training_time_leaves_out_the_pause_between_a_stop_and_the_resume(tmp_path):

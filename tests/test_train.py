@@ -16,7 +16,12 @@ from gen_jax.metric_writer import logged_metrics, read_metrics
 from gen_jax.run import load_run
 from gen_jax.stop_signals import StopSignals
 from gen_jax.tasks.base import init_state
-from tests.conftest import assert_trees_equal, check_call_mocked_cli, copied_run
+from tests.conftest import (
+    assert_trees_equal,
+    check_call_mocked_cli,
+    copied_run,
+    make_image_folder,
+)
 
 
 def load(path, *overrides):
@@ -183,6 +188,43 @@ def test_a_resume_refuses_changes_of_what_is_trained_and_records_the_allowed_one
     train.run(load(path, *other, free, "--config.train.num_steps=8"), workdir)  # recorded only
     records = [json.loads(line) for line in (workdir / "config_changes.jsonl").open()]
     assert records[-1] == {"step": 6, "changes": {"train.num_steps": [6, 8]}}
+
+
+def test_the_cli_refuses_a_changed_seed_and_resumes_with_allow_config_change(
+    experiment, tmp_path, mock_mnist, capsys
+):
+    from gen_jax import cli
+
+    path, workdir = experiment(), tmp_path / "run"
+    train.run(load(path, "--config.train.num_steps=4"), workdir)
+    command = ["train", str(path), "--workdir", str(workdir), "--config.seed=1"]
+    assert cli.main(command) == 2
+    assert "seed: 0 -> 1" in capsys.readouterr().err
+    assert cli.main([*command, "--allow_config_change"]) == 0
+    records = [json.loads(line) for line in (workdir / "config_changes.jsonl").open()]
+    assert records == [{"step": 4, "changes": {"seed": [0, 1], "train.num_steps": [4, 10]}}]
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(workdir)]) == 0  # the numbers, and how they were trained
+    assert "resumed with other settings: at step 4, seed 0 -> 1, train.num_steps 4 -> 10" in (
+        capsys.readouterr().err
+    )
+
+
+def test_a_moved_image_folder_is_the_same_data_and_another_folder_is_refused(experiment, tmp_path):
+    make_image_folder(tmp_path / "a", {"train": 32, "test": 8})
+    shutil.copytree(tmp_path / "a", tmp_path / "moved")
+    make_image_folder(tmp_path / "other", {"train": 32, "test": 8}, seed=1)
+    path = experiment(**{"data.cache_dir": str(tmp_path / "cache"), "optimizer.warmup_steps": 0})
+    folder = lambda name, steps: load(
+        path, f"--config.data.folder={tmp_path / name}", f"--config.train.num_steps={steps}"
+    )
+    workdir = tmp_path / "run"
+    train.run(folder("a", 2), workdir)
+    train.run(folder("moved", 4), workdir)  # a path to the same images: free
+    records = [json.loads(line) for line in (workdir / "config_changes.jsonl").open()]
+    assert records == [{"step": 2, "changes": {"train.num_steps": [2, 4]}}]
+    with pytest.raises(GenJaxError, match=r"(?s)would change what is trained:\n  data.folder"):
+        train.run(folder("other", 6), workdir)
 
 
 def test_every_key_of_the_resume_policy_is_a_config_key_and_none_is_in_both():
