@@ -13,9 +13,9 @@ moves it aside (`Checkpointer.move_aside`) and resumes from an older one (`train
 
 from __future__ import annotations
 
-import contextlib
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,29 @@ class DamagedCheckpointError(GenJaxError):
             f"the checkpoint at step {step} in {directory} cannot be read, its files are damaged "
             f"({reason}). {remedy}"
         )
+
+
+class PositionMismatch(Exception):
+    """A checkpoint's data position was saved by another kind of pipeline (in memory or
+    streamed, other worker counts): whole, but with other fields."""
+
+
+def _innermost(error: BaseException) -> BaseException:
+    """The error orbax wrapped (it names the file or array)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error)
+
+
+def _position_mismatch(error: BaseException) -> bool:
+    """What grain raises for a whole position of another pipeline (a damaged file is a JSON
+    decode error or a missing file instead)."""
+    mismatch = isinstance(error, KeyError | ValueError | TypeError | IndexError)
+    return mismatch and not isinstance(error, json.JSONDecodeError | UnicodeDecodeError)
 
 
 class Checkpointer:
@@ -85,7 +108,9 @@ class Checkpointer:
         iterator: grain.DatasetIterator | None = None,
         step: int | None = None,
     ) -> tuple[Any, grain.DatasetIterator | None]:
-        """Restore `step` (default: latest) into arrays shaped and sharded like `abstract_state`."""
+        """Restore `step` (default: latest) into arrays shaped and sharded like `abstract_state`,
+        and the data position into `iterator`; None for the iterator where the position was
+        saved by another kind of pipeline, which the caller rebuilds from the step."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise GenJaxError(f"no checkpoint in {self.manager.directory}")
@@ -94,36 +119,55 @@ class Checkpointer:
             raise GenJaxError(
                 f"no checkpoint at step {step} in {self.manager.directory}; it holds steps {saved}"
             )
-        with self._reading(step, "state"):
-            saved_state = self.manager.item_metadata(step)["state"]
-            if saved_state is None:
-                raise FileNotFoundError("its _METADATA (the list of saved arrays) is missing")
-            self._check_shapes(step, saved_state, abstract_state)
-            args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
-            state = self.manager.restore(step, args=args)["state"]
+        state = self._read(step, "state", lambda: self._restore_state(step, abstract_state))
         if iterator is None:
             return state, None
-        with self._reading(step, "data"):
-            args = ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(iterator))
-            iterator = self.manager.restore(step, args=args)["data"]
-        return state, iterator
-
-    @contextlib.contextmanager
-    def _reading(self, step: int, item: str) -> Iterator[None]:
-        """Whatever reading `item` of the finished `step` raises, other than a GenJaxError (a
-        checkpoint that does not fit the config), is damage: a DamagedCheckpointError."""
+        args = ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(iterator))
         try:
-            yield
-        except GenJaxError:
-            raise
-        except Exception as error:
-            cause = error
-            while cause.__cause__ is not None:  # orbax wraps the error that names the file
-                cause = cause.__cause__
-            message = " ".join(str(cause).split())[:400]
-            reason = f"{step}/{item}: {type(cause).__name__}: {message}"
-            others = [s for s in self.all_steps() if s != step]
-            raise DamagedCheckpointError(self.manager.directory, step, reason, others) from error
+            restored = self._read(step, "data", lambda: self.manager.restore(step, args=args))
+        except PositionMismatch:
+            return state, None
+        return state, restored["data"]
+
+    def _restore_state(self, step: int, abstract_state: Any) -> Any:
+        saved_state = self.manager.item_metadata(step)["state"]
+        if saved_state is None:
+            raise FileNotFoundError("its _METADATA (the list of saved arrays) is missing")
+        self._check_shapes(step, saved_state, abstract_state)
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+        return self.manager.restore(step, args=args)["state"]
+
+    def _read(self, step: int, item: str, read: Callable[[], Any]) -> Any:
+        """`read()` of `item` of the finished `step`, told apart by what it raises:
+        - a GenJaxError (a checkpoint that does not fit the config) goes on as it is;
+        - running out of memory is not damage: an error that says so;
+        - a data position saved by another kind of pipeline: `PositionMismatch`;
+        - anything else is retried once (a passing read error), then is damage, a
+          `DamagedCheckpointError`, which `gen-jax train` answers by moving it aside."""
+        for attempt in (1, 2):
+            try:
+                return read()
+            except GenJaxError:
+                raise
+            except Exception as error:
+                cause = _innermost(error)
+                if _out_of_memory(cause):
+                    raise GenJaxError(
+                        f"restoring the checkpoint at step {step} in {self.manager.directory} "
+                        f"ran out of memory ({type(cause).__name__}); the checkpoint is not "
+                        "damaged. Free memory (other jobs) or use a machine with more."
+                    ) from error
+                if item == "data" and _position_mismatch(cause):
+                    raise PositionMismatch() from error
+                if attempt == 1:
+                    continue
+                message = " ".join(str(cause).split())[:400]
+                reason = f"{step}/{item}: {type(cause).__name__}: {message}"
+                others = [s for s in self.all_steps() if s != step]
+                raise DamagedCheckpointError(
+                    self.manager.directory, step, reason, others
+                ) from error
+        raise AssertionError("unreachable")
 
     def _check_shapes(self, step: int, saved_state: Any, abstract_state: Any) -> None:
         """Refuse, with the differing entries named, a checkpoint that does not fit the config."""

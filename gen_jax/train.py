@@ -370,6 +370,12 @@ def resume_changes(
     return {**refused, **recorded}
 
 
+def saved_iterator_kind(workdir: Path) -> str | None:
+    """The kind of data iterator whose positions the run's checkpoints hold (None: unrecorded)."""
+    path = workdir / "dataset.json"
+    return config_lib.read_json(path).get("iterator") if path.is_file() else None
+
+
 def note_unapplied(config: ml_collections.ConfigDict, workdir: Path, step: int) -> None:
     """Say which settings differ from those of a finished run, which keeps its config.json."""
     saved = config_lib.with_absolute_paths(config_lib.load(workdir / "config.json"))
@@ -397,10 +403,13 @@ def record_config(
     config_lib.save(config, workdir / "config.json")
 
 
-def record_dataset(workdir: Path, data_config: ml_collections.ConfigDict, splits: dict) -> None:
+def record_dataset(
+    workdir: Path, data_config: ml_collections.ConfigDict, splits: dict, iterator_kind: str
+) -> None:
     """Write `dataset.json`: what the run trained on (source, image shape, class names, examples
-    per split, images skipped as unreadable, in memory or streamed), so a loaded run can name its
-    classes even where the data are gone."""
+    per split, images skipped as unreadable, in memory or streamed, the kind of iterator whose
+    positions its checkpoints hold), so a loaded run can name its classes even where the data
+    are gone."""
     train_split = splits["train"]
     record = {
         "source": data_config.folder or f"tfds:{data_config.name}",
@@ -411,6 +420,7 @@ def record_dataset(workdir: Path, data_config: ml_collections.ConfigDict, splits
             data_config[f"{k}_split"]: v.spec.skipped for k, v in splits.items()
         },
         "streamed": not isinstance(train_split, data.InMemory),
+        "iterator": iterator_kind,
         # which examples, e.g. folder/SHA256/500-of-50000-stratified-0 (data.max_examples)
         "identity": {data_config[f"{k}_split"]: v.identity for k, v in splits.items()},
     }
@@ -527,12 +537,26 @@ def _locked_run(
     fresh = fresh_state(task, config, mesh, batch) if start is None else None
     train_split = data.get_split(config.data, config.data.train_split)
     eval_split = data.get_split(config.data, config.data.eval_split)
-    iterator = data.train_iterator(train_split, config.data, **pipeline)
+    kind = data.iterator_kind(train_split, config.data, on_device)
+    iterator = None  # a saved position restores only into an iterator of its own kind
+    if start is None or saved_iterator_kind(workdir) in (kind, None):
+        iterator = data.train_iterator(train_split, config.data, **pipeline)
     state, iterator = resume(task, config, mesh, batch, checkpointer, iterator, workdir, fresh)
+    if iterator is None:  # batch n is step n's: the same batches from the step
+        step = int(state.step)
+        iterator = data.train_iterator(train_split, config.data, **pipeline, start=step)
+        if is_main and step:
+            print(
+                f"gen-jax: the data position saved at step {step} is of another kind of "
+                f"pipeline than this one ({kind}: data.streaming or data.workers changed); "
+                "resumed at the same batch from the step",
+                file=sys.stderr,
+            )
     if is_main and not finished:  # only now: a workdir refused above keeps its config
         record_config(config, workdir, int(state.step), changed)
         provenance.record_training(workdir, int(state.step))
-        record_dataset(workdir, config.data, {"train": train_split, "eval": eval_split})
+        splits = {"train": train_split, "eval": eval_split}
+        record_dataset(workdir, config.data, splits, kind)
     device_split = None
     if on_device:
         device_split = jax.device_put(train_split.arrays, parallel.replicated(mesh))

@@ -8,6 +8,7 @@ import os
 import shutil
 
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from gen_jax import cli, train
@@ -137,6 +138,40 @@ def test_damage_to_the_only_checkpoint_is_an_error_that_moves_and_deletes_nothin
     with pytest.raises(GenJaxError, match=r"step 6 .* cannot be read.* the only checkpoint"):
         load_run(workdir)
     assert listing(workdir) == before
+
+
+def _failing_restore(monkeypatch, error: Exception, times: int) -> list[int]:
+    """Make orbax's restore raise `error` the first `times` calls; returns the steps it failed."""
+    restore, failed = ocp.CheckpointManager.restore, []
+
+    def failing(self, step, *args, **kwargs):
+        if len(failed) < times:
+            failed.append(step)
+            raise error
+        return restore(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "restore", failing)
+    return failed
+
+
+def test_a_passing_read_error_is_retried_once_and_is_not_damage(
+    finished, workdir, mock_mnist, monkeypatch
+):
+    before = listing(workdir / "checkpoints")
+    failed = _failing_restore(monkeypatch, OSError(5, "Input/output error"), times=1)
+    train.run(config_lib.load(workdir / "config.json"), workdir)  # resumes at 6: nothing to do
+    assert failed == [6] and listing(workdir / "checkpoints") == before
+    assert not (workdir / "damaged_checkpoints").exists()
+    assert_trees_equal(train.load_state(workdir)[3], train.load_state(finished)[3])
+
+
+def test_running_out_of_memory_while_restoring_is_not_damage(workdir, mock_mnist, monkeypatch):
+    before = listing(workdir / "checkpoints")
+    _failing_restore(monkeypatch, MemoryError(), times=10)
+    with pytest.raises(GenJaxError, match=r"step 6 .* ran out of memory .* is not damaged"):
+        train.run(config_lib.load(workdir / "config.json"), workdir)
+    assert listing(workdir / "checkpoints") == before
+    assert not (workdir / "damaged_checkpoints").exists()
 
 
 def test_a_checkpoint_that_does_not_fit_the_config_is_not_damage(workdir, mock_mnist):

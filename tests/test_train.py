@@ -227,6 +227,36 @@ def test_a_moved_image_folder_is_the_same_data_and_another_folder_is_refused(exp
         train.run(folder("other", 6), workdir)
 
 
+@pytest.mark.parametrize(  # False: a run from before the record, which grain's error tells
+    "recorded", [True, pytest.param(False, marks=pytest.mark.slow)]
+)
+def test_a_resume_that_turns_streaming_on_or_off_takes_the_same_batches_from_the_step(
+    experiment, tmp_path, capfd, recorded
+):
+    make_image_folder(tmp_path / "images", {"train": 48, "test": 8}, shape=(8, 8, 1))
+    path = experiment(**{"data.cache_dir": str(tmp_path / "cache"), "optimizer.warmup_steps": 0})
+    settings = [
+        f"--config.data.folder={tmp_path / 'images'}",
+        "--config.train.checkpoint_every=2",
+        "--config.train.num_steps=6",
+    ]
+    run = lambda workdir, stop_at, *more: train.run(load(path, *settings, *more), workdir, stop_at)
+    run(tmp_path / "whole", None)
+    run(tmp_path / "run", 2)
+    if not recorded:
+        dataset = json.loads((tmp_path / "run" / "dataset.json").read_text())
+        del dataset["iterator"]
+        (tmp_path / "run" / "dataset.json").write_text(json.dumps(dataset))
+    run(tmp_path / "run", 4, "--config.data.streaming=True")
+    run(tmp_path / "run", None)  # and back to memory
+    assert "of another kind of pipeline" in capfd.readouterr().err
+    assert not (tmp_path / "run" / "damaged_checkpoints").exists()
+    losses = lambda workdir: [
+        r["value"] for r in read_metrics(workdir) if r["name"] == "loss" and r["split"] == "train"
+    ]
+    assert losses(tmp_path / "run") == losses(tmp_path / "whole")
+
+
 def test_every_key_of_the_resume_policy_is_a_config_key_and_none_is_in_both():
     keys = set()
     for family in (config_lib.base_config, config_lib.vae_config, config_lib.gan_config):

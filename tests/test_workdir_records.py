@@ -28,7 +28,7 @@ def test_records_rewritten_on_a_full_disk_keep_their_old_contents(tiny_run, tmp_
     )
     splits = {k: data.get_split(config.data, config.data[f"{k}_split"]) for k in ("train", "eval")}
     _keeps_its_bytes_on_a_full_disk(
-        lambda: train.record_dataset(run, config.data, splits), run / "dataset.json"
+        lambda: train.record_dataset(run, config.data, splits, "in process"), run / "dataset.json"
     )
     results = tmp_path / "RESULTS.md"
     results.write_text("# Results\n" + "text by hand\n" * 20)

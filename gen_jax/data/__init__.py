@@ -4,6 +4,7 @@ a split into this process's share of each global batch. See `sources`, `preproce
 
 from gen_jax.data.pipeline import (
     eval_batches,
+    iterator_kind,
     lookup,
     map_batches,
     spread_batch,
@@ -38,6 +39,7 @@ __all__ = [
     "eval_batches",
     "fits_in_memory",
     "get_split",
+    "iterator_kind",
     "load_split",
     "lookup",
     "map_batches",

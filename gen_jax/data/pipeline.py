@@ -62,9 +62,11 @@ def train_iterator(
     process_index: int = 0,
     process_count: int = 1,
     indices_only: bool = False,
+    start: int = 0,
 ) -> grain.DatasetIterator:
     """An endless, checkpointable iterator over this process's share of shuffled global batches
-    of `data_config.batch_size` examples, preprocessed with the random steps keyed by `seed`.
+    of `data_config.batch_size` examples, preprocessed with the random steps keyed by `seed`,
+    from batch `start` on (batch n is step n's: a position to resume at without a saved state).
 
     With `indices_only`, batches hold only each row's example `index` and `step`, for a split kept
     in device memory (`lookup` fetches and preprocesses the rows inside the compiled step).
@@ -77,15 +79,28 @@ def train_iterator(
         .batch(data_config.batch_size, drop_remainder=True)
         .map_with_index(read)
     )
+    if start:
+        dataset = dataset[start:]  # the same batches, numbered as before
     options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=PREFETCH)
     dataset = dataset.to_iter_dataset(read_options=options)
-    if not isinstance(split, InMemory) and not indices_only and data_config.workers:
+    if iterator_kind(split, data_config, indices_only) != IN_PROCESS:
         _allow_unparsed_flags()
         workers = grain.MultiprocessingOptions(
             num_workers=data_config.workers, per_worker_buffer_size=PREFETCH
         )
         dataset = dataset.mp_prefetch(workers)
     return iter(dataset)
+
+
+IN_PROCESS = "in process"
+
+
+def iterator_kind(split: Split, data_config: ml_collections.ConfigDict, indices_only: bool) -> str:
+    """Whether `train_iterator` reads in this process or in worker processes (how many): a saved
+    position restores only into an iterator of its own kind."""
+    if not isinstance(split, InMemory) and not indices_only and data_config.workers:
+        return f"{data_config.workers} worker processes"
+    return IN_PROCESS
 
 
 def train_batch_like(
