@@ -13,9 +13,12 @@ moves it aside (`Checkpointer.move_aside`) and resumes from an older one (`train
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +67,16 @@ def _out_of_memory(error: BaseException) -> bool:
     return isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error)
 
 
+OUT_OF_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def _out_of_space(error: BaseException) -> bool:
+    """A write that failed for want of space; tensorstore's errors carry the errno as text."""
+    if isinstance(error, OSError) and error.errno in OUT_OF_SPACE:
+        return True
+    return any(f"os_error_code='{code}'" in str(error) for code in OUT_OF_SPACE)
+
+
 def _position_mismatch(error: BaseException) -> bool:
     """What grain raises for a whole position of another pipeline (a damaged file is a JSON
     decode error or a missing file instead)."""
@@ -100,7 +113,37 @@ class Checkpointer:
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(iterator)
         )
-        self.manager.save(step, args=args)
+        self.state_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
+        with self._writing():  # a failure of the save before it shows here
+            self.manager.save(step, args=args)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Turn a save that failed for want of space (a full disk, a quota, a file-size limit)
+        into one error naming the directory, the bytes a checkpoint needs and the last complete
+        checkpoint, after removing the unfinished save (process 0)."""
+        try:
+            yield
+        except Exception as error:
+            cause = _innermost(error)
+            if not _out_of_space(cause):
+                raise
+            directory = Path(self.manager.directory)
+            if jax.process_index() == 0:
+                for unfinished in directory.glob("*.orbax-checkpoint-tmp*"):
+                    shutil.rmtree(unfinished, ignore_errors=True)
+            last = latest_step(directory)
+            kept = (
+                "none is complete yet" if last is None else f"the last complete one is step {last}"
+            )
+            detail = " ".join(str(cause).rsplit('": ', 1)[-1].split())  # after the file name
+            raise GenJaxError(
+                f"saving a checkpoint in {directory} failed for want of space ({detail}). "
+                "A checkpoint needs about "
+                f"{getattr(self, 'state_bytes', 0) / 2**20:.1f} MiB; {kept}, and the unfinished "
+                "save was removed. Free space there (or raise the quota), then rerun the same "
+                "command to resume."
+            ) from error
 
     def restore(
         self,
@@ -225,10 +268,12 @@ class Checkpointer:
             if not multihost_utils.process_allgather(saving).any():
                 break
             time.sleep(0.05)
-        self.manager.wait_until_finished()
+        with self._writing():
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.close()
+        with self._writing():
+            self.manager.close()
 
 
 def latest_step(directory: Path) -> int | None:

@@ -1,13 +1,23 @@
 """A workdir's records (`config.json`, `dataset.json`) and RESULTS.md's table are written whole or
 not at all, and a record damaged by something else is a clear error."""
 
+import resource
+import signal
+import subprocess
+
 import pytest
 
 from gen_jax import cli, data, reproduce, train
 from gen_jax import config as config_lib
 from gen_jax.errors import GenJaxError
 from gen_jax.run import load_run
-from tests.conftest import copied_run, disk_full_after
+from tests.conftest import (
+    check_call_mocked_cli,
+    copied_run,
+    disk_full_after,
+    mocked_cli,
+    write_experiment,
+)
 
 
 def _keeps_its_bytes_on_a_full_disk(write, path) -> None:
@@ -52,3 +62,29 @@ def test_a_damaged_dataset_record_is_an_error_that_names_the_file(tiny_run, tmp_
     (run / "dataset.json").write_text("[1, 2")
     with pytest.raises(GenJaxError, match=f"{run / 'dataset.json'} is not valid JSON"):
         _ = load_run(run).class_names
+
+
+def _file_size_limit(size: int):
+    """For a child process: writes past `size` bytes of a file fail, as on a full disk."""
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, resource.RLIM_INFINITY))
+
+    return limit
+
+
+def test_a_checkpoint_that_does_not_fit_on_the_disk_is_one_error_and_leaves_no_partial_save(
+    tmp_path,
+):
+    experiment, workdir = write_experiment(tmp_path / "tiny.py"), tmp_path / "run"
+    command = ["train", str(experiment), "--workdir", str(workdir)]
+    piped = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+    with mocked_cli(command, preexec_fn=_file_size_limit(60_000), **piped) as process:
+        output, _ = process.communicate(timeout=300)
+    assert process.returncode == 2, output
+    error = f"gen-jax: error: saving a checkpoint in {workdir / 'checkpoints'} failed for want of"
+    assert error in output
+    assert "A checkpoint needs about" in output and "none is complete yet" in output
+    assert list((workdir / "checkpoints").iterdir()) == []  # the unfinished save removed
+    check_call_mocked_cli(command)  # with space again: trains, as the message says
