@@ -6,7 +6,8 @@ Runs the real CLI entry point under `tfds.testing.mock_data`: one command, or se
 by `--then`, one after the other in this process (each as a fresh `gen-jax` call; the first that
 fails ends the process with its status), so a test pays one process start for several runs. With
 GEN_JAX_DUMP_PARAMS set, every checkpoint also writes this process's own copy of the params to
-`WORKDIR/local_params/process{i}_step{n}.npz`, so tests can compare what each process holds.
+`WORKDIR/local_params/process{i}_step{n}.npz`, so tests can compare what each process holds. With
+GEN_JAX_FILE_SIZE_LIMIT=N, writing past N bytes of any file fails, as on a full disk.
 """
 
 import contextlib
@@ -85,6 +86,13 @@ if __name__ == "__main__":
 
     if os.environ.get("GEN_JAX_DUMP_PARAMS"):
         _dump_params_on_save()
+    if os.environ.get("GEN_JAX_FILE_SIZE_LIMIT"):
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write raises instead
+        limit = int(os.environ["GEN_JAX_FILE_SIZE_LIMIT"])
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
     with mock_mnist():
         for command in split_commands(sys.argv[1:]):
             status = cli.main(command)

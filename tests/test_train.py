@@ -327,6 +327,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     assert jax.tree.all(jax.tree.map(np.array_equal, good, kept))
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # 1e300
 @pytest.mark.parametrize("family", sorted(DIVERGING))
 def test_an_update_that_overflows_with_a_finite_loss_is_never_checkpointed(
     experiment, tmp_path, mock_mnist, family

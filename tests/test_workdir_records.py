@@ -1,8 +1,6 @@
 """A workdir's records (`config.json`, `dataset.json`) and RESULTS.md's table are written whole or
 not at all, and a record damaged by something else is a clear error."""
 
-import resource
-import signal
 import subprocess
 
 import pytest
@@ -64,23 +62,14 @@ def test_a_damaged_dataset_record_is_an_error_that_names_the_file(tiny_run, tmp_
         _ = load_run(run).class_names
 
 
-def _file_size_limit(size: int):
-    """For a child process: writes past `size` bytes of a file fail, as on a full disk."""
-
-    def limit():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (size, resource.RLIM_INFINITY))
-
-    return limit
-
-
 def test_a_checkpoint_that_does_not_fit_on_the_disk_is_one_error_and_leaves_no_partial_save(
     tmp_path,
 ):
     experiment, workdir = write_experiment(tmp_path / "tiny.py"), tmp_path / "run"
     command = ["train", str(experiment), "--workdir", str(workdir)]
     piped = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
-    with mocked_cli(command, preexec_fn=_file_size_limit(60_000), **piped) as process:
+    full = {"GEN_JAX_FILE_SIZE_LIMIT": "60000"}  # as on a full disk
+    with mocked_cli(command, env=full, **piped) as process:
         output, _ = process.communicate(timeout=300)
     assert process.returncode == 2, output
     error = f"gen-jax: error: saving a checkpoint in {workdir / 'checkpoints'} failed for want of"
