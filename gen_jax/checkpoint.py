@@ -103,6 +103,7 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             Path(directory).absolute(), options=options, item_handlers=handlers
         )
+        self.state_bytes = 0  # of the last save: what a checkpoint needs, roughly
 
     def latest_step(self) -> int | None:
         """The step of the newest finished checkpoint, or None if there is none."""
@@ -129,7 +130,7 @@ class Checkpointer:
             if not _out_of_space(cause):
                 raise
             directory = Path(self.manager.directory)
-            if jax.process_index() == 0:
+            if jax.process_index() == 0:  # every process failed to write its part of it
                 for unfinished in directory.glob("*.orbax-checkpoint-tmp*"):
                     shutil.rmtree(unfinished, ignore_errors=True)
             last = latest_step(directory)
@@ -139,10 +140,9 @@ class Checkpointer:
             detail = " ".join(str(cause).rsplit('": ', 1)[-1].split())  # after the file name
             raise GenJaxError(
                 f"saving a checkpoint in {directory} failed for want of space ({detail}). "
-                "A checkpoint needs about "
-                f"{getattr(self, 'state_bytes', 0) / 2**20:.1f} MiB; {kept}, and the unfinished "
-                "save was removed. Free space there (or raise the quota), then rerun the same "
-                "command to resume."
+                f"A checkpoint needs about {self.state_bytes / 2**20:.1f} MiB; {kept}, and "
+                "process 0 removed the unfinished save. Free space there (or raise the quota), "
+                "then rerun the same command to resume."
             ) from error
 
     def restore(

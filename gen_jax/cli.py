@@ -164,8 +164,9 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
         from gen_jax.run import load_run
 
         metrics = load_run(args.workdir, args.step).evaluate()
-        if history(args.workdir):  # beside the numbers: how the run was trained
-            print(f"gen-jax: resumed with other settings: {history(args.workdir)}", file=sys.stderr)
+        resumed = history(args.workdir)
+        if resumed:  # beside the numbers: how the run was trained
+            print(f"gen-jax: resumed with other settings: {resumed}", file=sys.stderr)
     else:
         metrics = _sample(args)
     import jax

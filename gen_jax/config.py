@@ -170,8 +170,10 @@ def save(config: ml_collections.ConfigDict, path: Path) -> None:
     write_text_atomically(path, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
-def load(path: Path) -> ml_collections.ConfigDict:
-    """Read a config written by `save` (lists come back as tuples, as experiments write them)."""
+def load(path: Path, absolute: bool = False) -> ml_collections.ConfigDict:
+    """Read a config written by `save` (lists come back as tuples, as experiments write them);
+    `absolute`: its paths resolved as a run's config has them (`with_absolute_paths`), to
+    compare it with another."""
     if not path.is_file():
         raise GenJaxError(f"{path} not found: is {path.parent} a gen-jax workdir?")
     saved = _tuples(read_json(path))
@@ -181,7 +183,8 @@ def load(path: Path) -> ml_collections.ConfigDict:
     defaults = family().to_dict()
     for section in ("data", "train", "task", "optimizer"):
         saved[section] = _with_defaults(saved[section], defaults[section])
-    return ml_collections.ConfigDict(saved)
+    config = ml_collections.ConfigDict(saved)
+    return with_absolute_paths(config) if absolute else config
 
 
 def read_json(path: Path) -> dict:

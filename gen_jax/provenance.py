@@ -68,10 +68,14 @@ def versions() -> str:
     return f"gen_jax {gen_jax.__version__}{made}, jax {jax.__version__}"
 
 
+def utc_now() -> str:
+    """The time, to the minute, as the tables write it."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def record_training(workdir: Path, step: int) -> None:
     """Append who trains the run from `step` on: the time, versions and hardware."""
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    entry = {"from_step": step, "time": stamp, "versions": versions(), "hardware": hardware()}
+    entry = {"from_step": step, "time": utc_now(), "versions": versions(), "hardware": hardware()}
     with open(Path(workdir) / RECORD, "a") as log:
         log.write(json.dumps(entry) + "\n")
 

@@ -114,8 +114,10 @@ def reused_run(workdir: Path) -> str:
     """How a finished run read again (not trained by this call) was trained."""
     records = provenance.trained_by(workdir)
     if not records:
-        return "read from a run trained earlier (when and with which versions is unknown: it "
-        "predates gen_jax's record of them)"
+        return (
+            "read from a run trained earlier (when and with which versions is unknown: it "
+            "predates gen_jax's record of them)"
+        )
     last = records[-1]
     return (
         f"read from a run trained {last['time']} (its last start, at step {last['from_step']}); "
@@ -127,12 +129,12 @@ def config_differences(workdir: Path, config) -> str:
     """The settings of a finished run that differ from `config` (today's experiment file) where
     they change results (`resume_policy`'s refused and recorded keys), and those it was resumed
     with; "" if none."""
-    saved = config_lib.with_absolute_paths(config_lib.load(workdir / "config.json"))
+    saved = config_lib.load(workdir / "config.json", absolute=True)
     config = config_lib.with_absolute_paths(config)
     tasks.fit_to_data(config, data.describe(config.data))  # as the run recorded it
     refused, recorded = resume_policy.sorted_changes(saved, config, same_data=False)
     changed = {**refused, **recorded}
-    listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())
+    listed = resume_policy.listed(changed)
     notes = [f"trained with other settings than the file's: {listed}" if changed else ""]
     resumed = resume_policy.history(workdir)
     notes.append(f"resumed with other settings: {resumed}" if resumed else "")
@@ -250,6 +252,8 @@ def reproduce(
         workdir = runs / name
         logged = finished_evaluation(workdir, config)
         if logged and retrain:
+            with workdir_lock.held_by_process_0(workdir):  # not while a trainer runs there
+                pass
             if jax.process_index() == 0:
                 moved = move_aside(workdir)
                 print(f"gen-jax: --retrain: moved {workdir} to {moved}", file=sys.stderr)
@@ -280,7 +284,7 @@ def reproduce(
 
 def run_description(quick: bool) -> str:
     """What one call of `gen-jax reproduce` ran: mode, time, versions and hardware."""
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = provenance.utc_now()
     mode = "quick (shortened runs, looser tolerances)" if quick else "full recipes"
     return (
         f"`gen-jax reproduce{' --quick' if quick else ''}`, {mode}; {stamp}; "

@@ -80,12 +80,17 @@ def sorted_changes(
     return refused, recorded
 
 
+def listed(changes: dict[str, list], separator: str = "; ") -> str:
+    """`{key: [old, new]}` in words: "key: old -> new" each."""
+    return separator.join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
+
+
 def refusal(workdir, step: int, refused: dict[str, list]) -> GenJaxError:
     """The error for a resume that would train another experiment."""
-    listed = "\n  ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in refused.items())
+    changes = listed(refused, "\n  ")
     return GenJaxError(
         f"{workdir} was trained to step {step} with other settings, and resuming would change "
-        f"what is trained:\n  {listed}\nRun the same config again (its config.json), train in a "
+        f"what is trained:\n  {changes}\nRun the same config again (its config.json), train in a "
         "new --workdir, or pass --allow_config_change to resume with these changes anyway (they "
         "are recorded in config_changes.jsonl)."
     )
@@ -99,9 +104,8 @@ def history(workdir: str | Path) -> str:
     path = Path(workdir) / CHANGES_RECORD
     if not path.is_file():
         return ""
-    entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().splitlines(keepends=True)
+    entries = [json.loads(line) for line in lines if line.endswith("\n")]  # whole lines only
     return "; ".join(
-        f"at step {entry['step']}, "
-        + ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in entry["changes"].items())
-        for entry in entries
+        f"at step {entry['step']}, {listed(entry['changes'], ', ')}" for entry in entries
     )

@@ -332,15 +332,20 @@ def resume(
     return state, iterator
 
 
-def set_aside_after(checkpointer: Checkpointer, step: int, workdir: Path) -> None:
-    """Move the checkpoints newer than `step` to `set_aside_checkpoints/` (never deleted), so
-    training resumes from `step`: `gen-jax train --from_step STEP`."""
+def check_from_step(checkpointer: Checkpointer, step: int) -> None:
+    """`gen-jax train --from_step STEP` names a finished checkpoint, or it is an error."""
     saved = checkpointer.all_steps()
     if step not in saved:
         raise GenJaxError(
             f"--from_step {step}: there is no checkpoint at step {step} in "
             f"{checkpointer.manager.directory}; it holds steps {saved}"
         )
+
+
+def set_aside_after(checkpointer: Checkpointer, step: int, workdir: Path) -> None:
+    """Move the checkpoints newer than `step` to `set_aside_checkpoints/` (never deleted), so
+    training resumes from `step`: `gen-jax train --from_step STEP`."""
+    saved = checkpointer.all_steps()
     for newer in [s for s in saved if s > step]:
         moved = checkpointer.move_aside(newer, workdir / "set_aside_checkpoints")
         if moved is not None:  # process 0 moved it
@@ -360,11 +365,14 @@ def resume_changes(
     """The changes to record when the run in `workdir` resumes at `step` with `config`
     (`resume_policy`): refused ones raise, unless `allow_change`; free ones are left out.
     `identity`: the training split's, now."""
-    saved = config_lib.with_absolute_paths(config_lib.load(workdir / "config.json"))
+    saved = config_lib.load(workdir / "config.json", absolute=True)
     dataset = workdir / "dataset.json"
     trained_on = config_lib.read_json(dataset).get("identity", {}) if dataset.is_file() else {}
-    same_data = trained_on.get(config.data.train_split) == identity
-    refused, recorded = resume_policy.sorted_changes(saved, config, same_data)
+    before = trained_on.get(config.data.train_split)
+    refused, recorded = resume_policy.sorted_changes(saved, config, before == identity)
+    if config.data.folder and before not in (None, identity) and "data.folder" not in refused:
+        # the same settings, other images: files changed in the folder, another subset
+        refused["the training split's images (data.folder's files)"] = [before, identity]
     if refused and not allow_change:
         raise resume_policy.refusal(workdir, step, refused)
     return {**refused, **recorded}
@@ -378,10 +386,10 @@ def saved_iterator_kind(workdir: Path) -> str | None:
 
 def note_unapplied(config: ml_collections.ConfigDict, workdir: Path, step: int) -> None:
     """Say which settings differ from those of a finished run, which keeps its config.json."""
-    saved = config_lib.with_absolute_paths(config_lib.load(workdir / "config.json"))
+    saved = config_lib.load(workdir / "config.json", absolute=True)
     changed = config_lib.changes(saved, config)
     if changed:
-        listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())
+        listed = resume_policy.listed(changed)
         print(
             f"gen-jax: {workdir} is trained to step {step}, so its config.json stays as it was; "
             f"not applied: {listed}",
@@ -396,7 +404,7 @@ def record_config(
     says so on stderr and appends them to `config_changes.jsonl` (step, old and new value of
     each), so the workdir still tells how every step was trained."""
     if changed:
-        listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())
+        listed = resume_policy.listed(changed)
         print(f"gen-jax: {workdir} resumes at step {step} with {listed}", file=sys.stderr)
         with open(workdir / resume_policy.CHANGES_RECORD, "a") as log:
             log.write(json.dumps({"step": step, "changes": changed}) + "\n")
@@ -465,7 +473,8 @@ class Setup(NamedTuple):
 
 def checked_setup(config: ml_collections.ConfigDict) -> Setup:
     """Check the config against the devices and the data, and build the task: every refusal
-    that needs no workdir, made before anything is written."""
+    that needs no workdir, made before anything is written in it (opening a folder split may
+    build its decoded cache, outside the workdir)."""
     config = config_lib.with_absolute_paths(config)
     mesh = parallel.make_mesh()
     sizes = {f"data.{key}": config.data[key] for key in ("batch_size", "eval_batch_size")}
@@ -513,16 +522,14 @@ def _locked_run(
     workdir.mkdir(parents=True, exist_ok=True)
     checkpointer = Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
     if from_step is not None:
-        set_aside_after(checkpointer, from_step, workdir)
-    start = checkpointer.latest_step()
+        check_from_step(checkpointer, from_step)
+    start = checkpointer.latest_step() if from_step is None else from_step
     recorded = bool(start) and (workdir / "config.json").is_file()
-    finished = recorded and start >= config.train.num_steps
     changed = {}
-    if recorded:
-        if finished:  # nothing to train: config.json stays as it was trained
-            note_unapplied(config, workdir, start)
-        else:  # before anything is decoded or compiled
-            changed = resume_changes(config, workdir, start, source.identity, allow_change)
+    if recorded and start < config.train.num_steps:  # before anything is decoded or compiled
+        changed = resume_changes(config, workdir, start, source.identity, allow_change)
+    if from_step is not None:  # only now: a refused resume moves nothing
+        set_aside_after(checkpointer, from_step, workdir)
     pipeline = {  # this process's share of the training batches
         "seed": config.seed,
         "process_index": jax.process_index(),
@@ -542,19 +549,24 @@ def _locked_run(
     if start is None or saved_iterator_kind(workdir) in (kind, None):
         iterator = data.train_iterator(train_split, config.data, **pipeline)
     state, iterator = resume(task, config, mesh, batch, checkpointer, iterator, workdir, fresh)
+    step = int(state.step)
     if iterator is None:  # batch n is step n's: the same batches from the step
-        step = int(state.step)
         iterator = data.train_iterator(train_split, config.data, **pipeline, start=step)
         if is_main and step:
             print(
-                f"gen-jax: the data position saved at step {step} is of another kind of "
-                f"pipeline than this one ({kind}: data.streaming or data.workers changed); "
+                f"gen-jax: the data position saved at step {step} does not fit this pipeline "
+                f"({kind}; saved by {saved_iterator_kind(workdir) or 'an unrecorded kind'}); "
                 "resumed at the same batch from the step",
                 file=sys.stderr,
             )
+    if recorded and start >= config.train.num_steps > step:  # its last checkpoint was damaged
+        changed = resume_changes(config, workdir, step, source.identity, allow_change)
+    finished = recorded and step >= config.train.num_steps
+    if is_main and finished:  # nothing to train: config.json stays as it was trained
+        note_unapplied(config, workdir, step)
     if is_main and not finished:  # only now: a workdir refused above keeps its config
-        record_config(config, workdir, int(state.step), changed)
-        provenance.record_training(workdir, int(state.step))
+        record_config(config, workdir, step, changed)
+        provenance.record_training(workdir, step)
         splits = {"train": train_split, "eval": eval_split}
         record_dataset(workdir, config.data, splits, kind)
     device_split = None
@@ -617,6 +629,8 @@ def _loop(
             save_now = _due(step, train.checkpoint_every) or step >= end or stop
             if log_now or eval_now or save_now:
                 log.check_finite()  # before any save: a diverged state is never checkpointed
+            if eval_now or save_now:  # nor evaluated
+                check_finite_state(state, step, checkpointer)
             if log_now:
                 log.write(step)
             with log.paused():  # evaluations and saves do not count against training throughput
@@ -625,7 +639,6 @@ def _loop(
                     writer.write(step, eval_split, results)
                     writer.write_images(step, steps.pictures(state))
                 if save_now:
-                    check_finite_state(state, step, checkpointer)
                     checkpointer.save(step, state, iterator)
     log.close()
     if stop and step < end:  # `run` waits for the save as it closes the checkpointer
@@ -642,7 +655,7 @@ def _finite_leaves(state) -> Any:
 
 def check_finite_state(state, step: int, checkpointer: Checkpointer) -> None:
     """Raise `NonFiniteStateError`, naming the leaves, if the state holds a NaN or an infinity:
-    checked before every save, so a checkpoint never holds a diverged model."""
+    checked before every evaluation and save, so a diverged model is never scored or saved."""
     flags = jax.tree_util.tree_flatten_with_path(jax.device_get(_finite_leaves(state)))[0]
     bad = [jax.tree_util.keystr(path) for path, finite in flags if not finite]
     if bad:

@@ -88,12 +88,12 @@ def held(workdir: Path, break_lock: bool = False) -> Iterator[None]:
 def held_by_process_0(workdir: Path, break_lock: bool = False) -> Iterator[None]:
     """`held` by process 0 of a (multi-process) run, for all of them: every process stops when
     process 0 cannot take the lock, so none is left waiting for it in a collective."""
-    refused: WorkdirLocked | None = None
+    refused: Exception | None = None
     with contextlib.ExitStack() as stack:
         if jax.process_index() == 0:
             try:
                 stack.enter_context(held(workdir, break_lock))
-            except WorkdirLocked as error:
+            except Exception as error:  # any: the others must hear of it, not wait
                 refused = error
         agreed = (
             jax.process_count() == 1

@@ -140,6 +140,16 @@ def test_damage_to_the_only_checkpoint_is_an_error_that_moves_and_deletes_nothin
     assert listing(workdir) == before
 
 
+def test_a_run_whose_last_checkpoint_was_damaged_still_refuses_a_changed_config(
+    workdir, mock_mnist
+):
+    truncate_state(workdir / "checkpoints" / "6")  # the run resumes at 4: it trains again
+    config = config_lib.load(workdir / "config.json")
+    config.optimizer.learning_rate *= 2
+    with pytest.raises(GenJaxError, match=r"trained to step 4 with other settings"):
+        train.run(config, workdir)
+
+
 def _failing_restore(monkeypatch, error: Exception, times: int) -> list[int]:
     """Make orbax's restore raise `error` the first `times` calls; returns the steps it failed."""
     restore, failed = ocp.CheckpointManager.restore, []

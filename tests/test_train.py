@@ -205,7 +205,7 @@ def test_the_cli_refuses_a_changed_seed_and_resumes_with_allow_config_change(
     assert records == [{"step": 4, "changes": {"seed": [0, 1], "train.num_steps": [4, 10]}}]
     capsys.readouterr()
     assert cli.main(["evaluate", str(workdir)]) == 0  # the numbers, and how they were trained
-    assert "resumed with other settings: at step 4, seed 0 -> 1, train.num_steps 4 -> 10" in (
+    assert "resumed with other settings: at step 4, seed: 0 -> 1, train.num_steps: 4 -> 10" in (
         capsys.readouterr().err
     )
 
@@ -249,7 +249,7 @@ def test_a_resume_that_turns_streaming_on_or_off_takes_the_same_batches_from_the
         (tmp_path / "run" / "dataset.json").write_text(json.dumps(dataset))
     run(tmp_path / "run", 4, "--config.data.streaming=True")
     run(tmp_path / "run", None)  # and back to memory
-    assert "of another kind of pipeline" in capfd.readouterr().err
+    assert "does not fit this pipeline" in capfd.readouterr().err
     assert not (tmp_path / "run" / "damaged_checkpoints").exists()
     losses = lambda workdir: [
         r["value"] for r in read_metrics(workdir) if r["name"] == "loss" and r["split"] == "train"
@@ -351,6 +351,9 @@ def test_from_step_resumes_an_older_checkpoint_and_sets_the_newer_aside(
     _, _, _, at_five = train.load_state(workdir, step=5)
     with pytest.raises(GenJaxError, match=r"no checkpoint at step 7 .* holds steps \[5, 10\]"):
         train.run(load(path), workdir, from_step=7)
+    with pytest.raises(GenJaxError, match=r"trained to step 5 with other settings"):
+        train.run(load(path, "--config.seed=3"), workdir, from_step=5)  # refused: moves nothing
+    assert Checkpointer(workdir / "checkpoints").all_steps() == [5, 10]
     train.run(load(path, "--config.train.num_steps=6"), workdir, from_step=5)
     assert f"moved the checkpoint at step 10 to {workdir / 'set_aside_checkpoints' / '10'}" in (
         capsys.readouterr().err
