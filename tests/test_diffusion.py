@@ -54,15 +54,51 @@ def test_the_linear_schedule_is_the_limit_of_ddpms_thousand_betas():
     np.testing.assert_allclose(np.log(a**2), np.log(discrete), rtol=0.02, atol=1e-4)
 
 
+def closed_form(path: GaussianPath, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(a(t), s(t)) in float64, from the papers' formulas, written apart from the code."""
+    if path.objective == "flow":  # rectified flow: x_t = (1 - t) x0 + t noise
+        return 1.0 - t, t
+    if path.schedule == "linear":  # beta(t) = 0.1 + 19.9 t: log alpha-bar = -int_0^t beta
+        alpha_bar = np.exp(-(0.1 * t + 0.5 * (20.0 - 0.1) * t**2))
+    else:  # Nichol & Dhariwal (2021), eq. 17, s = 0.008
+        f = lambda u: np.cos((u + 0.008) / 1.008 * np.pi / 2) ** 2
+        alpha_bar = f(t) / f(0.0)
+    return np.sqrt(alpha_bar), np.sqrt(1.0 - alpha_bar)
+
+
 @path_ids
-def test_an_oracle_predictor_has_zero_loss_and_its_output_denoises_exactly(path):
+def test_coefficients_noising_and_targets_match_the_float64_closed_forms(path):
+    t = np.linspace(0.02, 0.98, 49)  # inside the clipping of the log-SNR to +-13.8
+    a, s = closed_form(path, t)
+    got_a, got_s = path.coefficients(jnp.asarray(t, jnp.float32))
+    # float32 against float64: s = sqrt(1 - a^2) cancels near t = 0 (a^2 ~ 0.998), ~1e-6 off
+    np.testing.assert_allclose(got_a, a, rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(got_s, s, rtol=2e-6, atol=1e-6)
+    rng = np.random.default_rng(0)
+    x0, noise = rng.normal(size=(2, len(t), 3))
+    column = lambda c: c[:, None]
+    expected_target = {  # epsilon; v = a eps - s x0 (Salimans & Ho); u = eps - x0
+        "epsilon": noise,
+        "v": column(a) * noise - column(s) * x0,
+        "velocity": noise - x0,
+    }[path.prediction]
+    as32 = lambda x: jnp.asarray(x, jnp.float32)
+    times = as32(t)
+    np.testing.assert_allclose(
+        path.noised(as32(x0), as32(noise), times), column(a) * x0 + column(s) * noise, atol=2e-6
+    )
+    np.testing.assert_allclose(
+        path.target(as32(x0), as32(noise), times), expected_target, atol=2e-6
+    )
+
+
+@path_ids
+def test_the_targets_output_denoises_exactly(path):
     rng = np.random.default_rng(0)
     x0, noise = rng.normal(size=(2, 8, 4, 4, 1)).astype(np.float32)
     t = jnp.asarray(rng.uniform(0, 1, 8), jnp.float32)
     x_t = path.noised(x0, noise, t)
-    target = path.target(x0, noise, t)
-    assert float(jnp.mean((target - path.target(x0, noise, t)) ** 2)) == 0.0
-    denoised, denoised_noise = path.denoised(target, x_t, t)
+    denoised, denoised_noise = path.denoised(path.target(x0, noise, t), x_t, t)
     # float32: a / s reach 1e3 at the clipped ends, so the estimates lose ~3 digits there
     np.testing.assert_allclose(denoised, x0, atol=2e-3)
     np.testing.assert_allclose(denoised_noise, noise, atol=2e-3)
@@ -257,6 +293,39 @@ def test_guidance_mixes_the_conditional_and_unconditional_outputs():
     # each guided step runs the network on both halves: twice the unguided evaluations
     unguided = tiny_diffusion(**{"model.num_classes": 10})
     assert task.evaluations(8) == 2 * unguided.evaluations(8) == 16
+
+
+def test_label_dropout_replaces_that_fraction_of_labels_by_the_null_class(monkeypatch):
+    task = tiny_diffusion(**{"model.num_classes": 10, "task.label_dropout": 0.25})
+    small = {"image": jnp.zeros((2, 28, 28, 1)), "label": jnp.zeros(2, jnp.int32)}
+    state = init_state(task, jax.random.PRNGKey(0), small)
+    seen = []
+
+    def loss(params, x0, noise, times, labels=None):  # the labels the network would see
+        seen.append(np.asarray(labels))
+        return jnp.zeros(x0.shape[0]) + 0.0 * jax.tree.leaves(params)[0].sum()
+
+    monkeypatch.setattr(task, "loss", loss)
+    labels = np.arange(8192) % 10
+    task.train_step(state, {"image": jnp.zeros((8192, 1, 1, 1)), "label": jnp.asarray(labels)})
+    (given,) = seen
+    dropped = given == 10  # the null class, "no label"
+    # 8,192 Bernoulli(0.25) draws: standard error 0.0048
+    assert abs(dropped.mean() - 0.25) < 0.02
+    np.testing.assert_array_equal(given[~dropped], labels[~dropped])  # the rest unchanged
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_clip_denoised_clips_the_data_estimate_and_keeps_x_t_consistent(monkeypatch, clip):
+    task = tiny_diffusion(**{"task.clip_denoised": clip})
+    x = jnp.full((2, 28, 28, 1), 0.5)
+    monkeypatch.setattr(task, "predict", lambda *args: jnp.full_like(x, -3.0))  # an x0 of > 1
+    x0, noise = task.denoiser(None, None)(x, 0.5)
+    a, s = task.path.coefficients(jnp.asarray(0.5))
+    unclipped = (x - s * -3.0) / a  # epsilon prediction: x0 = (x - s eps) / a
+    assert float(unclipped.min()) > 1.5
+    np.testing.assert_allclose(x0, jnp.clip(unclipped, -1, 1) if clip else unclipped, rtol=1e-6)
+    np.testing.assert_allclose(a * x0 + s * noise, x, rtol=1e-5)  # the noise fits the clip
 
 
 @pytest.mark.parametrize(
