@@ -76,7 +76,8 @@ def test_a_short_flow_matching_run_lowers_its_fid_far_below_its_start(
     assert after["loss"] < at_start["loss"]
     assert after["nfe"] == at_start["nfe"] == 8  # Euler, 8 steps: one evaluation each
     assert after["floor_fid"] == at_start["floor_fid"]  # real vs real: does not train
-    fewer = load_run(workdir).evaluate(sample_steps=2, final_eval_samples=500)  # another sampler
-    assert fewer["nfe"] == 2 and fewer["fid"] != after["fid"]
+    # the same run, sampled in 2 Euler steps instead of 8: coarser samples, a higher FID
+    fewer = load_run(workdir).evaluate(sample_steps=2, final_eval_samples=500)
+    assert fewer["nfe"] == 2 and fewer["fid"] > after["fid"]
     assert fewer["floor_fid"] == after["floor_fid"]
     assert fewer["loss"] == pytest.approx(after["loss"], rel=1e-6)  # another program: rounding
