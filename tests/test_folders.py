@@ -1,6 +1,7 @@
 """Image folders: listing and labels, the decoded cache (reuse, rebuild, never inside the data),
 resizing and channels, and a clear error for every kind of bad folder."""
 
+import itertools
 import json
 import os
 import stat
@@ -138,6 +139,23 @@ def test_image_size_resizes_the_shorter_side_and_crops_the_centre(tmp_path, open
     assert images.shape == (2, 8, 8, 3)
     np.testing.assert_array_equal(images[0], 7)  # small.png sorts first; upsampled flat
     assert images[1][:, 1:-1].min() == 255  # bilinear edges may blend the black border
+
+
+def test_streamed_folder_batches_with_two_workers_equal_in_memory_ones_across_epochs(tmp_path):
+    make_image_folder(tmp_path / "images", {"train": 40})
+    settings = {"batch_size": 16, "preprocess": ("random_crop", "horizontal_flip")}
+    config = folder_config(tmp_path / "images", tmp_path / "cache", workers=2, **settings)
+    data.clear_cache()
+    streamed = data.open_split(config, "train")  # read from disk by grain's worker processes
+    in_memory = data.get_split(config, "train")
+    assert not isinstance(streamed, data.InMemory) and isinstance(in_memory, data.InMemory)
+    batches = lambda split: list(itertools.islice(data.train_iterator(split, config, seed=3), 6))
+    # 6 batches of 16 from 40 images: through the second epoch into the third
+    for a, b in zip(batches(streamed), batches(in_memory), strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    data.clear_cache()
 
 
 def test_mixed_gray_and_color_convert_with_channels_and_are_an_error_without(tmp_path, open_split):
