@@ -87,7 +87,8 @@ def test_a_loaded_run_preprocesses_pictures_of_any_size_and_channels_as_its_data
     assert fitted.shape == (2, 12, 12, 3)
     np.testing.assert_array_equal(fitted[..., 0], fitted[..., 2])  # gray: equal channels
     # all of the crop is the white centre: a squashing resize or a corner crop shows black
-    np.testing.assert_array_equal(fitted, run.preprocess(np.full((1, 12, 12), 200, np.uint8))[0])
+    white = run.preprocess(np.full((2, 12, 12), 200, np.uint8))
+    np.testing.assert_array_equal(fitted, white)
     with pytest.raises(GenJaxError, match=r"preprocess takes uint8 images"):
         run.preprocess(gray.astype(np.float32))
 
