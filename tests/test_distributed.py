@@ -385,6 +385,14 @@ def test_sigkill_mid_run_and_mid_save_leaves_a_workdir_that_resumes(
 # another device count (a missing leaf, the generator instead of its EMA, a shard of the batch
 # statistics) changes these metrics by whole percents.
 EVAL_RTOL = {"vae": 1e-5, "gan": 1e-4, "diffusion": 1e-4}
+# Precision, recall and class fractions count samples (steps of 1/64 here): a sample whose
+# nearest-neighbour distance or top class sits within those ulps of a tie may count the other
+# way, so they may differ by one sample. A wrong restore moves them by many.
+COUNTED = ("precision", "recall", "fraction", "classes")
+EVAL_SAMPLES = 64  # the tiny runs' final evaluation (tests/conftest.py FAMILIES)
+# The grids are the samples rounded to 8-bit levels: a value within those ulps of a level's edge
+# rounds the other way, one level off. Measured: none so far; allowed: 1% of the pixels.
+GRID_PIXELS_OFF_BY_ONE = 0.01
 
 
 @pytest.mark.slow
@@ -401,7 +409,11 @@ def test_a_run_trained_on_eight_devices_loads_on_one_with_the_same_outputs(
     on_one = run.evaluate()
     assert set(on_one) == {"step", *on_eight}
     for name, value in on_eight.items():
-        assert on_one[name] == pytest.approx(value, rel=EVAL_RTOL[family], abs=1e-6), name
+        if any(word in name for word in COUNTED):  # one sample either way
+            assert abs(on_one[name] - value) <= 1 / EVAL_SAMPLES + 1e-9, name
+        else:
+            assert on_one[name] == pytest.approx(value, rel=EVAL_RTOL[family], abs=1e-6), name
     cli.main(["sample", str(workdir), "--num", "16", "--out", str(tmp_path / "one.png")])
     grid_on_eight = np.asarray(Image.open(device_runs / "eight_devices" / f"{family}.png"))
-    np.testing.assert_array_equal(grid_on_eight, Image.open(tmp_path / "one.png"))
+    off = np.abs(grid_on_eight.astype(int) - np.asarray(Image.open(tmp_path / "one.png")))
+    assert off.max() <= 1 and (off > 0).mean() <= GRID_PIXELS_OFF_BY_ONE

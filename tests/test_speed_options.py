@@ -215,6 +215,11 @@ def test_a_split_kept_on_device_trains_exactly_as_host_batches(
     assert config_lib.load(tiny_run(family) / "config.json").data.on_device
     train.run(load(experiment(family=family), "--config.data.on_device=False"), tmp_path / "run")
     on_host = load_run(tmp_path / "run").state.params
+    # Bitwise, though one preprocesses in the compiled step and the other in numpy on the host:
+    # the steps are elementwise scalings, shifts, flips and crops, each rounded once in float32
+    # either way (no fused multiply-add: XLA:CPU does not contract a * x + b here). A compiler
+    # that fused them, or a preprocessing step with a reduction, would differ in the last ulp
+    # and need a tolerance.
     assert_trees_equal(on_device, on_host)
 
 

@@ -68,6 +68,9 @@ def test_streamed_batches_train_bitwise_as_in_memory_and_resume_exactly(folder_r
     in_memory = root / "in_memory"
     resumed = [r["step"] for r in read_metrics(workdir) if r["name"] == "first_step_seconds"]
     assert resumed == [1, 6]  # stopped at 5, resumed in a new iterator
+    # bitwise: the in-memory run preprocesses in the compiled step, the streamed one in numpy
+    # in grain's workers; the steps round once each in float32 either way (no fused multiply-
+    # add; see test_a_split_kept_on_device_trains_exactly_as_host_batches for what would break)
     np.testing.assert_array_equal(train_losses(workdir), train_losses(in_memory))
     assert_trees_equal(load_run(workdir).state, load_run(in_memory).state)
     # and the evaluation, streamed from disk too, logged the same numbers
