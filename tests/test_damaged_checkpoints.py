@@ -203,3 +203,19 @@ def test_gen_jax_evaluate_of_a_damaged_checkpoint_is_one_error_line_and_step_loa
     assert len(err.splitlines()) == 1
     assert cli.main(["evaluate", str(workdir), "--step", "4"]) == 0
     assert json.loads(capsys.readouterr().out)["step"] == 4
+
+
+def test_gen_jax_sample_of_a_damaged_checkpoint_is_one_error_line(
+    tiny_run, tmp_path, mock_mnist, capsys
+):
+    run = copied_run(tiny_run("gan"), tmp_path / "gan")
+    latest = max(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+    truncate_state(run / "checkpoints" / str(latest))
+    out = tmp_path / "grid.png"
+    assert cli.main(["sample", str(run), "--num", "4", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    [error] = [line for line in err.splitlines() if line.startswith("gen-jax: error:")]
+    assert (
+        error.startswith(f"gen-jax: error: the checkpoint at step {latest}") and "--step" in error
+    )
+    assert "Traceback" not in err and not out.exists()

@@ -261,11 +261,10 @@ def wait_for(ready, processes, what: str) -> None:
         time.sleep(0.01)
 
 
-def assert_stopped_with_a_checkpoint(processes, outputs, signal_number, checkpoints, end) -> int:
-    """Every process exited with the signal's status after one message naming the same saved
-    step, before the run's end; returns that step."""
-    status = [128 + signal_number] * len(processes)
-    assert [p.returncode for p in processes] == status, "\n".join(outputs)
+def assert_stopped_with_a_checkpoint(processes, outputs, statuses, checkpoints, end) -> int:
+    """Every process exited with its expected status (128 + a signal's number) after one message
+    naming the same saved step, before the run's end; returns that step."""
+    assert [p.returncode for p in processes] == statuses, "\n".join(outputs)
     latest = checkpoint.latest_step(checkpoints)
     assert latest < end, "the run ended before the signal stopped it: nothing was tested"
     for output in outputs:
@@ -290,27 +289,30 @@ def test_ctrl_c_stops_after_the_step_under_way_with_a_checkpoint_and_resumes_bit
         process.send_signal(signal.SIGINT)
         outputs = [process.communicate(timeout=60)[0]]
     checkpoints = workdir / "checkpoints"
-    latest = assert_stopped_with_a_checkpoint([process], outputs, signal.SIGINT, checkpoints, steps)
+    statuses = [128 + signal.SIGINT]
+    latest = assert_stopped_with_a_checkpoint([process], outputs, statuses, checkpoints, steps)
     check_call_mocked_cli(train_args(experiment, workdir))
     resumed_at = [r["step"] for r in read_metrics(workdir) if r["name"] == "first_step_seconds"]
     assert resumed_at == [1, latest + 1]
     assert_trees_equal(train.load_state(reference)[3], train.load_state(workdir)[3])
 
 
-def test_a_sigterm_to_one_host_stops_both_after_the_same_step_and_they_resume_bitwise(
-    two_host_run, tmp_path
+# Only SIGTERM: a Ctrl-C (SIGINT) to one process of a two-process run stopped neither in 40 s
+# when tried (1303a0d's successors, Intel Xeon model 167): README says so; issue 41's note.
+@pytest.mark.parametrize("sent", [signal.SIGTERM], ids=["sigterm"])  # a scheduler's preemption
+def test_a_signal_to_one_host_stops_both_after_the_same_step_and_they_resume_bitwise(
+    two_host_run, tmp_path, sent
 ):
     experiment, uninterrupted = two_host_run
     workdir = tmp_path / "run"
     with two_hosts(experiment, workdir) as hosts:
         # process 0 writes it once every process has joined jax.distributed
         wait_for((workdir / "config.json").exists, hosts, "config.json")
-        hosts[1].send_signal(signal.SIGTERM)  # as a scheduler announces a preemption
+        hosts[1].send_signal(sent)
         outputs = [host.communicate(timeout=120)[0] for host in hosts]
     checkpoints = workdir / "checkpoints"
-    latest = assert_stopped_with_a_checkpoint(
-        hosts, outputs, signal.SIGTERM, checkpoints, TWO_HOST_STEPS
-    )
+    statuses = [128 + signal.SIGTERM, 128 + sent]  # the other process heard of a preemption
+    latest = assert_stopped_with_a_checkpoint(hosts, outputs, statuses, checkpoints, TWO_HOST_STEPS)
     assert_two_hosts_resume_bitwise(experiment, workdir, latest, uninterrupted)
 
 

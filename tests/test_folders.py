@@ -158,6 +158,57 @@ def test_streamed_folder_batches_with_two_workers_equal_in_memory_ones_across_ep
     data.clear_cache()
 
 
+def test_a_changed_image_rebuilds_the_cache(tmp_path, open_split):
+    root = tmp_path / "images"
+    written = make_image_folder(root, {"train": 4})
+    first, _ = open_split(root)
+    np.testing.assert_array_equal(first.read(np.arange(4))["image"], written["train"])
+    changed = root / "train" / "cat" / "000.png"  # the first image: rewritten, same size
+    Image.fromarray(255 - written["train"][0]).save(changed)
+    os.utime(changed, ns=(1, 1))  # even an old modification time: the size or time differs
+    again, err = open_split(root)
+    assert "decoding 4 images" in err
+    np.testing.assert_array_equal(again.read(np.arange(1))["image"][0], 255 - written["train"][0])
+
+
+def test_jpeg_images_decode_as_pillow_decodes_them(tmp_path, open_split):
+    folder = tmp_path / "images" / "train" / "a"
+    folder.mkdir(parents=True)
+    ramp = np.linspace(0, 255, 16)
+    smooth = [  # gradients: what JPEG keeps well
+        np.stack(np.broadcast_arrays(ramp[:, None], ramp[None, :], 255 - ramp[:, None]), -1)
+        .round()
+        .astype(np.uint8)
+        for _ in range(2)
+    ]
+    smooth[1] = smooth[1][::-1]
+    for i, image in enumerate(smooth):
+        Image.fromarray(image).save(folder / f"{i}.jpg", quality=95)
+    split, _ = open_split(tmp_path / "images")
+    decoded = split.read(np.arange(2))["image"]
+    for i in range(2):
+        np.testing.assert_array_equal(
+            decoded[i], np.asarray(Image.open(folder / f"{i}.jpg").convert("RGB"))
+        )
+    # lossy: near the originals (a few levels), not equal to them
+    assert 0 < np.abs(decoded.astype(int) - np.stack(smooth)).mean() < 4
+
+
+def test_a_split_above_the_memory_budget_is_streamed_and_channel_stats_are_the_pixels(tmp_path):
+    make_image_folder(tmp_path / "images", {"train": 8}, shape=(4, 4, 3))
+    config = folder_config(tmp_path / "images", tmp_path / "cache")
+    data.clear_cache()
+    split = data.open_split(config, "train")  # 8 images of 48 bytes
+    assert isinstance(data.get_split(config.copy_and_resolve_references(), "train"), data.InMemory)
+    config.memory_budget = 8 * 48 - 1
+    assert data.get_split(config, "train") is split  # read from disk by index
+    pixels = split.read(np.arange(8))["image"] / 255.0
+    stats = data.channel_stats(config)
+    np.testing.assert_allclose(stats["mean"], pixels.mean((0, 1, 2)), atol=5e-5)  # 4 decimals
+    np.testing.assert_allclose(stats["std"], pixels.std((0, 1, 2)), atol=5e-5)
+    data.clear_cache()
+
+
 def test_mixed_gray_and_color_convert_with_channels_and_are_an_error_without(tmp_path, open_split):
     folder = tmp_path / "images" / "train"
     folder.mkdir(parents=True)

@@ -107,6 +107,14 @@ def test_a_diffusion_run_gives_its_trajectories_guidance_scales_and_evaluation_s
         run.evaluate(sample_step=1)
 
 
+def test_a_diffusion_runs_evaluations_draw_samples_and_a_trajectory(runs):
+    pictures = sorted(p.name for p in (runs["diffusion"] / "samples").glob("*.png"))
+    assert {name.rsplit("_", 1)[0] for name in pictures} == {"samples", "trajectory"}
+    trajectory = np.asarray(Image.open(max((runs["diffusion"] / "samples").glob("trajectory_*"))))
+    samples = np.asarray(Image.open(max((runs["diffusion"] / "samples").glob("samples_*"))))
+    assert trajectory.std() > 0 and samples.std() > 0  # drawn, not blank
+
+
 def test_a_scored_diffusion_runs_test_loss_does_not_depend_on_how_it_samples(tiny_run, mock_mnist):
     classifier = tiny_run("classifier")
     run = gen_jax.load_run(tiny_run("diffusion", **{"task.classifier_workdir": str(classifier)}))
