@@ -457,8 +457,21 @@ def run(
     started = time.perf_counter()
     workdir = Path(workdir)
     setup = checked_setup(config)  # before anything is written
-    with workdir_lock.held_by_process_0(workdir, break_lock):
-        return _locked_run(setup, workdir, stop_at, from_step, allow_change, started)
+    # signals from here on: one during the start-up stops the run after its first call
+    with workdir_lock.held_by_process_0(workdir, break_lock), StopSignals() as signals:
+        invocation = Invocation(stop_at, from_step, allow_change, started, signals)
+        return _locked_run(setup, workdir, invocation)
+
+
+class Invocation(NamedTuple):
+    """How `run` was asked to train: `stop_at`, `from_step`, `allow_change` (its arguments),
+    when it started (`time.perf_counter()`) and the stop signals it listens to."""
+
+    stop_at: int | None
+    from_step: int | None
+    allow_change: bool
+    started: float
+    signals: StopSignals
 
 
 class Setup(NamedTuple):
@@ -506,16 +519,10 @@ def check_batch_fits(data_config: ml_collections.ConfigDict, source: data.Split)
             )
 
 
-def _locked_run(
-    setup: Setup,
-    workdir: Path,
-    stop_at: int | None,
-    from_step: int | None,
-    allow_change: bool,
-    started: float,
-) -> dict[str, float]:
+def _locked_run(setup: Setup, workdir: Path, invocation: Invocation) -> dict[str, float]:
     """`run`'s work, with the workdir locked."""
     config, mesh, task, source = setup
+    from_step, allow_change = invocation.from_step, invocation.allow_change
     is_main = jax.process_index() == 0
     on_device = config.data.on_device and data.fits_in_memory(config.data, source)
     batch = example_batch(source, config, mesh)
@@ -576,7 +583,7 @@ def _locked_run(
     writer = MetricWriter(workdir, enabled=is_main, start_step=int(state.step))
     peer_lost = False
     try:
-        results = _loop(config, state, iterator, steps, checkpointer, writer, stop_at, started)
+        results = _loop(config, state, iterator, steps, checkpointer, writer, invocation)
         checkpointer.wait()  # in the try: a process lost in the last save is one lost in a step
         return results
     except Exception as error:  # only a lost process is caught; anything else goes on
@@ -595,10 +602,10 @@ def _locked_run(
 
 
 def _loop(
-    config, state, iterator, steps: Steps, checkpointer, writer, stop_at, started: float
+    config, state, iterator, steps: Steps, checkpointer, writer, invocation: Invocation
 ) -> dict[str, float]:
     """Step from the state's step to `num_steps` (or `stop_at`): log, evaluate, checkpoint.
-    `started`: when `run` began (`time.perf_counter()`), for the start-up time.
+    `invocation.started`: when `run` began, for the start-up time.
 
     Steps go `train.steps_per_call` to a compiled call, except just before a logging, evaluation
     or checkpoint step, which single steps reach exactly. `stop_at` ends after the call that
@@ -606,6 +613,7 @@ def _loop(
     SIGINT or SIGTERM likewise ends after a call, with a checkpoint, raising `RunStopped`.
     """
     train, eval_split = config.train, config.data.eval_split
+    stop_at, signals = invocation.stop_at, invocation.signals
     start = int(state.step)
     end = min(train.num_steps, stop_at or train.num_steps)
     if start >= end:  # nothing to train: report the evaluation logged here, made if it is due
@@ -614,32 +622,31 @@ def _loop(
             results = steps.evaluate(state, final=True)
             writer.write(start, eval_split, results)
         return results
-    log = TrainLog(writer, config.data.batch_size, start, train.num_steps, started)
+    log = TrainLog(writer, config.data.batch_size, start, train.num_steps, invocation.started)
     results = {}
     step, calls, stop = start, 0, False
-    with StopSignals() as signals:
-        while step < end and not stop:
-            count = _call_size(step, train)
-            state, metrics = steps.train(state, [next(iterator) for _ in range(count)])
-            step, calls = step + count, calls + 1
-            log.record(step, metrics)
-            stop = signals.requested(calls)
-            log_now = _due(step, train.log_every) or step >= end or stop
-            eval_now = _due(step, train.eval_every) or step == train.num_steps
-            save_now = _due(step, train.checkpoint_every) or step >= end or stop
-            if log_now or eval_now or save_now:
-                log.check_finite()  # before any save: a diverged state is never checkpointed
-            if eval_now or save_now:  # nor evaluated
-                check_finite_state(state, step, checkpointer)
-            if log_now:
-                log.write(step)
-            with log.paused():  # evaluations and saves do not count against training throughput
-                if eval_now:
-                    results = steps.evaluate(state, final=step == train.num_steps)
-                    writer.write(step, eval_split, results)
-                    writer.write_images(step, steps.pictures(state))
-                if save_now:
-                    checkpointer.save(step, state, iterator)
+    while step < end and not stop:
+        count = _call_size(step, train)
+        state, metrics = steps.train(state, [next(iterator) for _ in range(count)])
+        step, calls = step + count, calls + 1
+        log.record(step, metrics)
+        stop = signals.requested(calls)
+        log_now = _due(step, train.log_every) or step >= end or stop
+        eval_now = _due(step, train.eval_every) or step == train.num_steps
+        save_now = _due(step, train.checkpoint_every) or step >= end or stop
+        if log_now or eval_now or save_now:
+            log.check_finite()  # before any save: a diverged state is never checkpointed
+        if eval_now or save_now:  # nor evaluated
+            check_finite_state(state, step, checkpointer)
+        if log_now:
+            log.write(step)
+        with log.paused():  # evaluations and saves do not count against training throughput
+            if eval_now:
+                results = steps.evaluate(state, final=step == train.num_steps)
+                writer.write(step, eval_split, results)
+                writer.write_images(step, steps.pictures(state))
+            if save_now:
+                checkpointer.save(step, state, iterator)
     log.close()
     if stop and step < end:  # `run` waits for the save as it closes the checkpointer
         raise RunStopped(step, checkpointer.manager.directory, signals.exit_status())

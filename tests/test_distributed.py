@@ -297,9 +297,11 @@ def test_ctrl_c_stops_after_the_step_under_way_with_a_checkpoint_and_resumes_bit
     assert_trees_equal(train.load_state(reference)[3], train.load_state(workdir)[3])
 
 
-# Only SIGTERM: a Ctrl-C (SIGINT) to one process of a two-process run stopped neither in 40 s
-# when tried (1303a0d's successors, Intel Xeon model 167): README says so; issue 41's note.
-@pytest.mark.parametrize("sent", [signal.SIGTERM], ids=["sigterm"])  # a scheduler's preemption
+@pytest.mark.parametrize(
+    "sent",
+    [signal.SIGTERM, signal.SIGINT],  # as a scheduler announces a preemption; Ctrl-C in a shell
+    ids=["sigterm", "ctrl_c"],
+)
 def test_a_signal_to_one_host_stops_both_after_the_same_step_and_they_resume_bitwise(
     two_host_run, tmp_path, sent
 ):
@@ -308,7 +310,7 @@ def test_a_signal_to_one_host_stops_both_after_the_same_step_and_they_resume_bit
     with two_hosts(experiment, workdir) as hosts:
         # process 0 writes it once every process has joined jax.distributed
         wait_for((workdir / "config.json").exists, hosts, "config.json")
-        hosts[1].send_signal(sent)
+        hosts[1].send_signal(sent)  # a Ctrl-C is relayed as a SIGTERM to jax's preemption service
         outputs = [host.communicate(timeout=120)[0] for host in hosts]
     checkpoints = workdir / "checkpoints"
     statuses = [128 + signal.SIGTERM, 128 + sent]  # the other process heard of a preemption
