@@ -366,9 +366,7 @@ def resume_changes(
     (`resume_policy`): refused ones raise, unless `allow_change`; free ones are left out.
     `identity`: the training split's, now."""
     saved = config_lib.load(workdir / "config.json", absolute=True)
-    dataset = workdir / "dataset.json"
-    trained_on = config_lib.read_json(dataset).get("identity", {}) if dataset.is_file() else {}
-    before = trained_on.get(config.data.train_split)
+    before = dataset_record(workdir).get("identity", {}).get(config.data.train_split)
     refused, recorded = resume_policy.sorted_changes(saved, config, before == identity)
     if config.data.folder and before not in (None, identity) and "data.folder" not in refused:
         # the same settings, other images: files changed in the folder, another subset
@@ -378,10 +376,15 @@ def resume_changes(
     return {**refused, **recorded}
 
 
+def dataset_record(workdir: Path) -> dict:
+    """The run's `dataset.json` as `record_dataset` wrote it ({} before the first start)."""
+    path = workdir / "dataset.json"
+    return config_lib.read_json(path) if path.is_file() else {}
+
+
 def saved_iterator_kind(workdir: Path) -> str | None:
     """The kind of data iterator whose positions the run's checkpoints hold (None: unrecorded)."""
-    path = workdir / "dataset.json"
-    return config_lib.read_json(path).get("iterator") if path.is_file() else None
+    return dataset_record(workdir).get("iterator")
 
 
 def note_unapplied(config: ml_collections.ConfigDict, workdir: Path, step: int) -> None:
