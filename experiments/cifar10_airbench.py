@@ -13,7 +13,7 @@ JPEG copy: airbench94's own procedure (benchmarks/airbench_reference.py, PyTorch
 on it at its 9.9 epochs, against 94.01% on canonical CIFAR-10, and this recipe 90.34% there.
 """
 
-from gen_jax.config import base_config
+from gen_jax.recipes import base_config
 
 BATCH = 1024
 EPOCH = 50_000 // BATCH  # 48 full batches

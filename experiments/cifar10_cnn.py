@@ -12,7 +12,7 @@ Reproduces: test accuracy 76.01% after 6 epochs (1,170 steps, 23:46 for the comm
 examples/s) on a 2-core Intel Xeon VM; its QUICK run (200 steps) 59.17% (RESULTS.md).
 """
 
-from gen_jax.config import base_config
+from gen_jax.recipes import base_config
 
 EPOCH = 50_000 // 256
 

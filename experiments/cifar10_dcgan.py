@@ -19,7 +19,7 @@ precision 0.49, recall 0.003, beside a published DCGAN's 42.7 at 50k on canonica
 (RESULTS.md); 8:07 for the samples' features on the 2-core Intel Xeon.
 """
 
-from gen_jax.config import QUICK_GAN, r1_dcgan_config
+from gen_jax.recipes import QUICK_GAN, r1_dcgan_config
 
 EPOCH = 50_000 // 64
 

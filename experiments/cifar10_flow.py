@@ -19,7 +19,7 @@ precision 0.77, recall 0.04, beside DDPM's 3.17 at 50k on canonical CIFAR-10 (RE
 8:51 for the samples' features on the 2-core Intel Xeon.
 """
 
-from gen_jax.config import QUICK_DIFFUSION, flow_config
+from gen_jax.recipes import QUICK_DIFFUSION, flow_config
 
 EPOCH = 50_000 // 64
 

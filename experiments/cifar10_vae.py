@@ -13,7 +13,7 @@ Its final evaluation also scores 10k samples in the FID Inception-v3's features 
 train split's (`inception_*` metrics, docs/inception.md): not yet measured for this recipe.
 """
 
-from gen_jax.config import QUICK_VAE, vae_config
+from gen_jax.recipes import QUICK_VAE, vae_config
 
 EPOCH = 50_000 // 128
 

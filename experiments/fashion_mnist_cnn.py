@@ -11,7 +11,7 @@ training (29:21 for the command) on a 2-core Intel Xeon VM; without the test-tim
 run scores 93.42% (RESULTS.md).
 """
 
-from gen_jax.config import base_config
+from gen_jax.recipes import base_config
 
 EPOCH = 60_000 // 128
 

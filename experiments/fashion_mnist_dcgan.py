@@ -13,7 +13,7 @@ the command on a 2-core Intel Xeon VM, of which 11 min paused and ~35 min beside
 barely differ), so the ratio is large although the FID is of the order of the MNIST DCGAN's.
 """
 
-from gen_jax.config import QUICK_GAN, r1_dcgan_config
+from gen_jax.recipes import QUICK_GAN, r1_dcgan_config
 
 EPOCH = 60_000 // 64
 

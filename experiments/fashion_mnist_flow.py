@@ -15,7 +15,7 @@ Its final evaluation also scores 10k samples in the FID Inception-v3's features 
 train split's (`inception_*` metrics, docs/inception.md): not yet measured for this recipe.
 """
 
-from gen_jax.config import QUICK_DIFFUSION, flow_config
+from gen_jax.recipes import QUICK_DIFFUSION, flow_config
 
 
 def get_config():

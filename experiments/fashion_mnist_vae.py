@@ -9,7 +9,7 @@ Reproduces: test NLL 1767.8 nats = 3.253 bits/dim (negative ELBO 1789.3 nats, 3.
 46 min for the command on a 2-core Intel Xeon VM, beside other work (RESULTS.md).
 """
 
-from gen_jax.config import QUICK_VAE, vae_config
+from gen_jax.recipes import QUICK_VAE, vae_config
 
 EPOCH = 60_000 // 128
 

@@ -20,7 +20,7 @@ train split's (`inception_*` metrics, docs/inception.md): FID 9.99 against a flo
 (RESULTS.md, "Inception-v3 scores").
 """
 
-from gen_jax.config import QUICK_DIFFUSION, flow_config
+from gen_jax.recipes import QUICK_DIFFUSION, flow_config
 
 
 def get_config():

@@ -9,7 +9,7 @@ the classes, so the class histogram should be flat. 5 epochs; measured on a 2-co
 0.75, recall 0.57, every class 9.9-10.1% of samples (RESULTS.md).
 """
 
-from gen_jax.config import QUICK_GAN, gan_config
+from gen_jax.recipes import QUICK_GAN, gan_config
 
 EPOCH = 60_000 // 64
 

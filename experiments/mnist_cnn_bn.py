@@ -6,7 +6,7 @@ label smoothing, Adam with warm-up and cosine decay, 15 epochs.
 Reproduces: test accuracy >= 99.6% (see RESULTS.md for the measured value, hardware and time).
 """
 
-from gen_jax.config import base_config
+from gen_jax.recipes import base_config
 
 EPOCH = 60_000 // 128
 

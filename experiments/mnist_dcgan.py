@@ -3,7 +3,7 @@ penalty (weight 1, Mescheder et al., 2018) that downsamples by space_to_depth + 
 (1.75x faster steps than stride-2 convolutions under R1 on a CPU, benchmarks/README.md), batch
 norm in the generator; Adam (b1 0.5) for each, 5e-4 for 60 epochs, then decayed linearly to zero
 over 40 more; batch 64, EMA generator; scored in the baseline CNN classifier's features. The
-recipe is `r1_dcgan_config` (gen_jax/config.py), shared with the Fashion-MNIST and CIFAR-10 runs.
+recipe is `r1_dcgan_config` (gen_jax/recipes.py), shared with the Fashion-MNIST and CIFAR-10 runs.
 
     gen-jax train experiments/mnist_cnn.py --workdir runs/mnist_cnn    # the feature space
     gen-jax train experiments/mnist_dcgan.py --workdir runs/mnist_dcgan
@@ -14,7 +14,7 @@ reached), IS 9.03, every class 8.8%-11.5% of samples; ~3.1 h on a 2-core AMD EPY
 steps/s. The stride-2 recipe before it (50 epochs) ended at FID 4.01, IS 8.92 (RESULTS.md).
 """
 
-from gen_jax.config import QUICK_GAN, r1_dcgan_config
+from gen_jax.recipes import QUICK_GAN, r1_dcgan_config
 
 EPOCH = 60_000 // 64
 

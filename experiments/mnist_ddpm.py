@@ -13,7 +13,7 @@ Reproduces: FID 14.27 against a floor of 0.96 at 10k samples (14.8x; mnist_flow:
 15-minute final evaluation (20 NFE) on a 2-core Intel Xeon (RESULTS.md).
 """
 
-from gen_jax.config import QUICK_DIFFUSION, diffusion_config
+from gen_jax.recipes import QUICK_DIFFUSION, diffusion_config
 
 
 def get_config():

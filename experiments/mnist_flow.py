@@ -14,7 +14,7 @@ of training (1.25 steps/s alone) and a 16-minute final evaluation on a 2-core In
 (RESULTS.md).
 """
 
-from gen_jax.config import QUICK_DIFFUSION, flow_config
+from gen_jax.recipes import QUICK_DIFFUSION, flow_config
 
 
 def get_config():

@@ -9,7 +9,7 @@ precision 0.41, recall 0.65, all 10 classes, the rarest 3.3% — level with the 
 DCGAN after the same 5 epochs (32.21, 7.36; RESULTS.md).
 """
 
-from gen_jax.config import QUICK_GAN, gan_config
+from gen_jax.recipes import QUICK_GAN, gan_config
 
 EPOCH = 60_000 // 64
 

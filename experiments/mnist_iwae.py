@@ -12,7 +12,7 @@ ELBO-trained 90.37, while its test ELBO is looser (96.47 against 95.11). Burda e
 affordable on a CPU (the convolutional VAE at k=5 costs ~4x experiments/mnist_vae.py). RESULTS.md.
 """
 
-from gen_jax.config import QUICK_VAE, vae_config
+from gen_jax.recipes import QUICK_VAE, vae_config
 
 EPOCH = 60_000 // 128
 

@@ -8,7 +8,7 @@ Reproduces: test NLL 83.25 nats (importance sampling, k=1000, fixed test binaris
 (RESULTS.md).
 """
 
-from gen_jax.config import QUICK_VAE, vae_config
+from gen_jax.recipes import QUICK_VAE, vae_config
 
 EPOCH = 60_000 // 128
 

@@ -8,7 +8,7 @@ Reproduces: test negative ELBO 143.17 and NLL 140.62 nats (k=100), and the laten
 manifold grid of docs/figures (drawn with gen_jax.latent; README.md shows how). RESULTS.md.
 """
 
-from gen_jax.config import QUICK_VAE, vae_config
+from gen_jax.recipes import QUICK_VAE, vae_config
 
 EPOCH = 60_000 // 128
 

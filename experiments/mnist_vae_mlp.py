@@ -7,7 +7,7 @@ Reproduces: test negative ELBO 102.14 nats (NLL 96.77, k=1000), beside the Flax 
 about 104 nats (that example uses the fixed binarisation of `binarized_mnist`). RESULTS.md.
 """
 
-from gen_jax.config import QUICK_VAE, vae_config
+from gen_jax.recipes import QUICK_VAE, vae_config
 
 EPOCH = 60_000 // 128
 

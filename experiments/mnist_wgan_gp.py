@@ -12,7 +12,7 @@ classifier-space FID 31.94 (real floor 0.96), IS 7.26, precision 0.37, recall 0.
 classes, the rarest 5.4% (RESULTS.md).
 """
 
-from gen_jax.config import QUICK_GAN, gan_config
+from gen_jax.recipes import QUICK_GAN, gan_config
 
 EPOCH = 60_000 // 320
 

@@ -9,14 +9,42 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import math
 from pathlib import Path
 from types import ModuleType
 
 import ml_collections
 
-from gen_jax import models
+from gen_jax import models, tasks
 from gen_jax.atomic import write_text_atomically
 from gen_jax.errors import GenJaxError
+from gen_jax.recipes import (  # the recipes live in gen_jax/recipes.py; importable here as before
+    QUICK_DIFFUSION as QUICK_DIFFUSION,
+)
+from gen_jax.recipes import (
+    QUICK_GAN as QUICK_GAN,
+)
+from gen_jax.recipes import (
+    QUICK_VAE as QUICK_VAE,
+)
+from gen_jax.recipes import (
+    base_config as base_config,
+)
+from gen_jax.recipes import (
+    diffusion_config as diffusion_config,
+)
+from gen_jax.recipes import (
+    flow_config as flow_config,
+)
+from gen_jax.recipes import (
+    gan_config as gan_config,
+)
+from gen_jax.recipes import (
+    r1_dcgan_config as r1_dcgan_config,
+)
+from gen_jax.recipes import (
+    vae_config as vae_config,
+)
 
 OVERRIDE_PREFIX = "--config."
 TYPE_NAMES = {
@@ -60,6 +88,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
     """Apply `--config.a.b=value` strings in place, rejecting unknown keys and mistyped values.
 
     A new `model.name` applies first, wherever it stands: it decides which model options exist.
+    A `train.num_steps` override counts the run in steps: it turns `train.num_epochs` off.
     """
     pairs = []
     for override in overrides:
@@ -73,6 +102,9 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
         parent, leaf = _lookup_parent(config, dotted)
         old = parent[leaf]
         parent[leaf] = _parse_like(old, raw, dotted)
+    overridden = {dotted for dotted, _ in pairs}
+    if "train.num_steps" in overridden and "train.num_epochs" not in overridden:
+        config.train.num_epochs = 0.0  # steps given on the command line: count in steps
 
 
 def _add_model_option(config: ml_collections.ConfigDict, dotted: str) -> None:
@@ -165,6 +197,20 @@ def with_absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.Con
     return config
 
 
+def resolve_epochs(train: ml_collections.ConfigDict, examples: int, batch_size: int) -> str:
+    """Set `train.num_steps` from `train.num_epochs` where that is on (> 0): an epoch is the
+    whole batches in the training split (`examples // batch_size`, as the Flax examples count
+    them), the steps are rounded up. Returns what it did, to say; "" where it is off."""
+    if train.num_epochs <= 0:
+        return ""
+    per_epoch = examples // batch_size
+    train.num_steps = math.ceil(train.num_epochs * per_epoch)
+    return (
+        f"train.num_epochs={train.num_epochs:g}: {train.num_steps} steps ({per_epoch} an epoch: "
+        f"{examples} training examples // batch {batch_size})"
+    )
+
+
 def save(config: ml_collections.ConfigDict, path: Path) -> None:
     """Write the resolved config as JSON (the record of what a run was), whole or not at all."""
     write_text_atomically(path, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
@@ -177,10 +223,8 @@ def load(path: Path, absolute: bool = False) -> ml_collections.ConfigDict:
     if not path.is_file():
         raise GenJaxError(f"{path} not found: is {path.parent} a gen-jax workdir?")
     saved = _tuples(read_json(path))
-    # keys added since the run was written get the defaults of its task family
-    families = {"vae": vae_config, "gan": gan_config, "diffusion": diffusion_config}
-    family = families.get(saved["task"]["name"], base_config)
-    defaults = family().to_dict()
+    # keys added since the run was written get the defaults of its family's recipe
+    defaults = tasks.family(saved["task"]["name"]).recipe().to_dict()
     for section in ("data", "train", "task", "optimizer"):
         saved[section] = _with_defaults(saved[section], defaults[section])
     config = ml_collections.ConfigDict(saved)
@@ -235,247 +279,3 @@ def _tuples(node):
     if isinstance(node, list):
         return tuple(_tuples(v) for v in node)
     return node
-
-
-def base_config() -> ml_collections.ConfigDict:
-    """Every key the training path reads, with defaults; experiments start from this."""
-    config = ml_collections.ConfigDict()
-    config.seed = 0
-    config.task = ml_collections.ConfigDict(
-        {
-            "name": "classifier",
-            "label_smoothing": 0.0,
-            "max_shift": 0,  # random shifts of up to this many pixels
-            "test_flips": False,  # evaluate each image and its mirror image (horizontal flip)
-            "test_shift": 0,  # and, if > 0, its two diagonal translations by this many pixels
-        }
-    )
-    config.model = ml_collections.ConfigDict({"name": "cnn"})
-    config.data = ml_collections.ConfigDict(
-        {
-            "name": "mnist",  # a TFDS dataset prepared as array_record
-            "data_dir": "",  # its directory; empty: $TFDS_DATA_DIR
-            "folder": "",  # an image folder root/<split>/[<class>/]*.{png,jpg,jpeg} instead
-            "image_size": 0,  # >0: resize the shorter side, then centre-crop to this square
-            "channels": 0,  # >0: convert every image to 1 (gray) or 3 (color) channels
-            "skip_unreadable": False,  # train without a folder's unreadable images (logged)
-            "cache_dir": "",  # a folder's decoded cache; empty: ~/.cache/gen_jax
-            "train_split": "train",
-            "eval_split": "test",
-            # 0: all; >0 keeps N of each split (quick runs): TFDS's first N, a folder's
-            # class-stratified random N (the same every run)
-            "max_examples": 0,
-            "batch_size": 128,
-            "eval_batch_size": 1000,
-            "preprocess": ("scale_to_unit",),  # named steps, gen_jax/data/preprocess.py
-            "mean": (),  # per channel, in [0, 1] units: the "normalize" step's
-            "std": (),
-            "crop_padding": 4,  # the "random_crop" step's padding, in pixels a side ...
-            "crop_mode": "zeros",  # ... of zeros, or "reflect": the image's pixels mirrored
-            # a training split of more decoded bytes (or any, with `streaming`) is read from
-            # disk by index through grain's `workers` processes instead of held in memory
-            "memory_budget": 2 * 2**30,
-            "streaming": False,
-            "workers": 2,
-            # the training split in device memory, batches gathered in the compiled step (the
-            # same batches as on the host); False for a dataset larger than device memory
-            "on_device": True,
-        }
-    )
-    config.optimizer = ml_collections.ConfigDict(
-        {
-            "name": "sgd",
-            "learning_rate": 0.1,
-            "momentum": 0.9,  # sgd
-            "nesterov": False,  # sgd
-            "b1": 0.9,  # adam, adamw
-            "b2": 0.999,
-            "weight_decay": 0.0,  # adamw: decoupled; sgd: L2, added to the gradient
-            "bias_lr_scale": 1.0,  # batch norm biases: this multiple of the rate (decay / it)
-            "lookahead_every": 0,  # steps between lookahead's syncs (optim.lookahead); 0: off
-            "lookahead_decay": 0.95**5,  # the slow weights' final decay per sync (airbench's)
-            "freeze": "",  # a parameter name (last key): trained for the first freeze_at steps
-            "freeze_at": 0,  # only, then held (airbench's whitening bias: 3 epochs)
-            "schedule": "constant",  # or "cosine", "linear": decay to end_fraction at the end
-            "warmup_steps": 0,
-            "warmup_from": 0.0,  # the warm-up starts at this fraction of the peak rate
-            "end_fraction": 0.0,  # cosine and linear decay to this fraction of the peak rate
-            "decay_fraction": 1.0,  # the decay spans this last fraction of the steps after warm-up
-        }
-    )
-    config.train = ml_collections.ConfigDict(
-        {
-            "num_steps": 1000,
-            "log_every": 100,  # each of these three: 0 for only at the end
-            "eval_every": 0,
-            "checkpoint_every": 1000,
-            "keep_checkpoints": 3,
-            # Speed only (benchmarks/README.md); both give the same numbers up to float rounding.
-            "batch_splits": 1,  # gradients of this many slices of each batch, run concurrently
-            "steps_per_call": 1,  # train steps per compiled call (a lax.scan over the batches)
-        }
-    )
-    return config
-
-
-def vae_config() -> ml_collections.ConfigDict:
-    """`base_config()` set up for a VAE on dynamically binarised MNIST (conv, 32-d latent)."""
-    config = base_config()
-    config.task = ml_collections.ConfigDict(
-        {
-            "name": "vae",
-            "likelihood": "bernoulli",  # or "logistic": 256-level discretized logistic, unbinarised
-            "objective": "elbo",  # or "iwae": the importance-weighted bound
-            "train_samples": 1,  # k of the IWAE objective
-            "beta": 1.0,  # weight of the KL term (beta-VAE); applies to the "elbo" objective
-            "kl_warmup_steps": 0,  # beta ramps linearly from 0 over these steps
-            "eval_samples": 100,  # importance samples for the NLL of periodic evaluations
-            "final_eval_samples": 1000,  # ... and of the final one (the reported number)
-            "eval_sample_chunk": 50,  # decoded at once (memory: chunk x eval batch), same NLL
-            "eval_seed": 0,  # fixes the test binarisation and the evaluation samples
-            "classifier_workdir": "",  # a finished classifier run: prior samples' FID, IS, P/R
-            "prior_samples": 10_000,  # prior samples scored (decoder means; <= eval split size)
-            "inception_samples": 0,  # > 0: the final evaluation's Inception-v3 FID, KID, P/R
-            "inception_reference": 0,  # train images of its reference statistics (0: all)
-            "neighbours": 3,  # k of the k-NN manifolds of precision and recall
-        }
-    )
-    config.model = ml_collections.ConfigDict({"name": "conv_vae", "latent_dim": 32, "hidden": 256})
-    config.optimizer.name = "adam"
-    config.optimizer.learning_rate = 1e-3
-    config.data.eval_batch_size = 200
-    return config
-
-
-def gan_config() -> ml_collections.ConfigDict:
-    """`base_config()` set up for a DCGAN on MNIST in [-1, 1]: non-saturating loss, Adam
-    (2e-4, b1 0.5) for each player, an EMA generator."""
-    config = base_config()
-    config.task = ml_collections.ConfigDict(
-        {
-            "name": "gan",
-            "loss": "non_saturating",  # or "hinge", "wasserstein"
-            "critic_steps": 1,  # discriminator updates per generator update
-            "gradient_penalty": 0.0,  # weight of the WGAN-GP penalty (> 0 for "wasserstein")
-            "r1_penalty": 0.0,  # weight of the R1 penalty, mean |grad_x D(real)|^2
-            "ema_decay": 0.999,
-            "classifier_workdir": "",  # a finished classifier run: FID, IS, precision, recall
-            "inception_samples": 0,  # > 0: the final evaluation's Inception-v3 FID, KID, P/R
-            "inception_reference": 0,  # train images of its reference statistics (0: all)
-            "eval_samples": 10_000,  # generated images per evaluation (<= eval split size)
-            "neighbours": 3,  # k of the k-NN manifolds of precision and recall
-            "eval_seed": 0,  # fixes the evaluation noise and the picture noise
-        }
-    )
-    config.model = ml_collections.ConfigDict({"name": "dcgan", "noise_dim": 64, "num_classes": 0})
-    config.data.preprocess = ("scale_to_symmetric",)
-    config.data.eval_batch_size = 500
-    adam = config.optimizer.to_dict() | {"name": "adam", "learning_rate": 2e-4, "b1": 0.5}
-    config.optimizer = ml_collections.ConfigDict(
-        {"generator": dict(adam), "discriminator": dict(adam)}
-    )
-    return config
-
-
-def r1_dcgan_config(epoch: int) -> ml_collections.ConfigDict:
-    """`gan_config()` with the R1 recipe of experiments/mnist_dcgan.py: a discriminator without
-    normalisation (R1 is per example) that downsamples by space_to_depth, R1 weight 1, batch 64,
-    Adam 5e-4 for each player decayed linearly to zero over the last 40% of training; evaluation
-    and checkpoint periods count in `epoch` steps, which the experiment sets."""
-    config = gan_config()
-    config.model.discriminator_norm = "none"
-    config.model.downsampling = "space_to_depth"  # R1 differentiates D twice: 1.75x faster
-    config.task.r1_penalty = 1.0
-    config.data.batch_size = 64
-    for player in ("generator", "discriminator"):
-        config.optimizer[player].learning_rate = 5e-4
-        config.optimizer[player].schedule = "linear"
-        config.optimizer[player].decay_fraction = 0.4
-    config.train.eval_every = 2 * epoch
-    config.train.checkpoint_every = 2 * epoch
-    return config
-
-
-def diffusion_config() -> ml_collections.ConfigDict:
-    """`base_config()` set up for diffusion on MNIST in [-1, 1]: a DDPM (cosine schedule, noise
-    prediction) with a U-Net sized for a CPU (16, 32, 32 features at 28, 14, 7 pixels: 0.45M
-    parameters), batch 64, Adam 1e-3 with warm-up and cosine decay, an EMA, DDIM sampling; 6
-    epochs, evaluated every 2."""
-    config = base_config()
-    config.task = ml_collections.ConfigDict(
-        {
-            "name": "diffusion",
-            "objective": "ddpm",  # or "flow": rectified flow / conditional flow matching
-            "schedule": "cosine",  # ddpm's noise schedule, or "linear"
-            "prediction": "epsilon",  # ddpm: or "v"; flow: "velocity"
-            "time_distribution": "uniform",  # of training times; or "logit_normal"
-            "label_dropout": 0.1,  # class-conditional: labels replaced by "no label" (guidance)
-            "ema_decay": 0.999,
-            "sampler": "ddim",  # or "ddpm", "euler", "heun" (gen_jax/tasks/samplers.py)
-            "sample_steps": 50,  # of samples and the final evaluation
-            "eta": 0.0,  # ddim's noise: 0 deterministic
-            "guidance_scale": 1.0,  # classifier-free guidance; 1: the conditional model alone
-            "clip_denoised": True,  # clip the x_0 estimate to [-1, 1] at every step
-            "classifier_workdir": "",  # a finished classifier run: FID, IS, precision, recall
-            "inception_samples": 0,  # > 0: the final evaluation's Inception-v3 FID, KID, P/R
-            "inception_reference": 0,  # train images of its reference statistics (0: all)
-            "eval_samples": 1_000,  # images scored (and test loss images) by periodic evals ...
-            "eval_steps": 20,  # ... drawn in this many steps
-            "final_eval_samples": 10_000,  # ... and by the final one (<= eval split size)
-            "neighbours": 3,  # k of the k-NN manifolds of precision and recall
-            "eval_seed": 0,  # fixes the evaluation noise and the picture noise
-        }
-    )
-    config.model = ml_collections.ConfigDict(
-        {"name": "unet", "features": 16, "channel_multipliers": (1, 2, 2), "blocks_per_level": 2}
-    )
-    config.data.preprocess = ("scale_to_symmetric",)
-    config.data.batch_size = 64
-    config.data.eval_batch_size = 500
-    config.optimizer.name = "adam"
-    config.optimizer.learning_rate = 1e-3
-    config.optimizer.schedule = "cosine"
-    config.optimizer.warmup_steps = 200
-    epoch = 60_000 // config.data.batch_size
-    config.train.update(
-        {"num_steps": 6 * epoch, "eval_every": 2 * epoch, "checkpoint_every": epoch // 2}
-    )
-    return config
-
-
-def flow_config() -> ml_collections.ConfigDict:
-    """`diffusion_config()` for flow matching: rectified flow (the straight Gaussian path), the
-    network regressing the velocity noise - image; sampled by Heun's method in 10 steps (19
-    network evaluations), 5 (9) in periodic evaluations."""
-    config = diffusion_config()
-    config.task.update(
-        {
-            "objective": "flow",
-            "prediction": "velocity",
-            "sampler": "heun",
-            "sample_steps": 10,
-            "eval_steps": 5,
-        }
-    )
-    return config
-
-
-# Overrides shared by the QUICK runs of `gen-jax reproduce --quick` (gen_jax/reproduce.py).
-QUICK_VAE = [  # 200 steps; 10 importance samples, so the final evaluation takes seconds
-    "--config.train.num_steps=200",
-    "--config.task.inception_samples=0",  # the papers' Inception scores: full runs only
-    "--config.task.eval_samples=10",
-    "--config.task.final_eval_samples=10",
-    "--config.task.eval_sample_chunk=10",
-]
-QUICK_GAN = [
-    "--config.train.num_steps=300",
-    "--config.task.eval_samples=2000",
-    "--config.task.inception_samples=0",
-]
-QUICK_DIFFUSION = [  # 250 steps of 32 images; 500 samples scored in the final evaluation
-    "--config.train.num_steps=250",
-    "--config.data.batch_size=32",
-    "--config.task.inception_samples=0",
-    "--config.task.final_eval_samples=500",
-]

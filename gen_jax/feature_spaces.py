@@ -25,13 +25,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from gen_jax import checkpoint, data, inception, parallel
+from gen_jax import checkpoint, data, inception, parallel, tasks
 from gen_jax import config as config_lib
 from gen_jax.atomic import write_atomically
 from gen_jax.data.folder import user_cache_root
 from gen_jax.errors import GenJaxError
 from gen_jax.sample_quality import reference_rows
-from gen_jax.tasks.classifier import ClassifierTask
 
 REFERENCE_SLICE = 1000  # real images whose features are saved at once: a kill loses one slice
 
@@ -46,7 +45,7 @@ def check_classifier_run(workdir: str | Path) -> ml_collections.ConfigDict:
             "train one first: gen-jax train experiments/mnist_cnn.py --workdir runs/mnist_cnn"
         )
     config = config_lib.load(workdir / "config.json")
-    if config.task.name != "classifier":
+    if "classify" not in tasks.family(config.task.name).can:
         raise GenJaxError(
             f"task.classifier_workdir {workdir} is a '{config.task.name}' run, not a classifier"
         )
@@ -64,7 +63,7 @@ class ClassifierRun:
     def __init__(self, workdir: str | Path, input_data: ml_collections.ConfigDict):
         self.workdir = Path(workdir)
         self.config = check_classifier_run(self.workdir)
-        self.task = ClassifierTask(self.config)
+        self.task = tasks.build(self.config)  # a family that can classify
         low, high = data.pixel_range(input_data)
         self.target_low, self.target_high = data.pixel_range(self.config.data)
         self.scale = (self.target_high - self.target_low) / (high - low)

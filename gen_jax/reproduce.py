@@ -38,7 +38,6 @@ from jax.experimental import multihost_utils
 
 from gen_jax import (
     checkpoint,
-    data,
     images,
     latent,
     provenance,
@@ -130,8 +129,7 @@ def config_differences(workdir: Path, config) -> str:
     they change results (`resume_policy`'s refused and recorded keys), and those it was resumed
     with; "" if none."""
     saved = config_lib.load(workdir / "config.json", absolute=True)
-    config = config_lib.with_absolute_paths(config)
-    tasks.fit_to_data(config, data.describe(config.data))  # as the run recorded it
+    config, _, _ = train.as_recorded(config)
     refused, recorded = resume_policy.sorted_changes(saved, config, same_data=False)
     changed = {**refused, **recorded}
     listed = resume_policy.listed(changed)
@@ -185,14 +183,15 @@ def training_minutes(workdir: Path) -> float:
 
 
 def save_figures(name: str, workdir: Path, figures: Path) -> None:
-    """Copy a run's latest picture of each kind to FIGURES/NAME_KIND.png; draw a 2-d VAE's
-    latent map of its eval split and its decoded manifold beside them."""
+    """Copy a run's latest picture of each kind to FIGURES/NAME_KIND.png; where the run encodes
+    images into 2-d latents (a VAE's), draw the latent map of its eval split and its decoded
+    manifold beside them."""
     figures.mkdir(parents=True, exist_ok=True)
     latest = {png.stem.rsplit("_", 1)[0]: png for png in sorted(workdir.glob("samples/*.png"))}
     for kind, png in latest.items():
         shutil.copyfile(png, figures / f"{name}_{kind}.png")
     config = config_lib.load(workdir / "config.json")
-    if config.task.name == "vae" and config.model.latent_dim == 2:
+    if "encode" in tasks.family(config.task.name).can and config.model.get("latent_dim") == 2:
         import matplotlib.pyplot as plt
 
         from gen_jax.run import load_run

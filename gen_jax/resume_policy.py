@@ -23,6 +23,7 @@ EVALUATION_ONLY = "evaluation only: what is trained does not change"
 RECORDED = {  # allowed, appended to the workdir's config_changes.jsonl with the step
     "train.num_steps": "extends (or shortens) the run; a schedule over the steps changes from "
     "the resume step on",
+    "train.num_epochs": "the same as train.num_steps, counted in epochs",
     "train.batch_splits": SPEED_ONLY,
     "train.steps_per_call": SPEED_ONLY,
     "data.on_device": SPEED_ONLY,

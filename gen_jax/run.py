@@ -53,11 +53,11 @@ class Run:
     def __repr__(self) -> str:
         return f"Run({str(self.workdir)!r}, task={self.kind!r}, step={self.step})"
 
-    def _require(self, *kinds: str, what: str) -> None:
-        if self.kind not in kinds:
-            raise GenJaxError(
-                f"{self.workdir} is a '{self.kind}' run: {what} needs a {' or '.join(kinds)} run"
-            )
+    def _require(self, ability: str, what: str) -> None:
+        """Refuse `what` where the run's family cannot do `ability` (the registry says)."""
+        if ability not in tasks.family(self.kind).can:
+            able = " or ".join(f"'{name}'" for name in tasks.able(ability)) or "no"
+            raise GenJaxError(f"{self.workdir} is a '{self.kind}' run: {what} needs a {able} run")
 
     def _apply(self, name: str, function: Callable, *arrays: np.ndarray):
         """`function(state, *batches)`, compiled once per run (kept under `name`), over `arrays`
@@ -111,16 +111,21 @@ class Run:
     # ------------------------------------------------------------------ generative models
     @property
     def latent_dim(self) -> int:
-        """Size of a latent (VAE) or noise vector (GAN)."""
-        self._require("vae", "gan", what="a latent space")
-        return self.task.latent_dim if self.kind == "vae" else self.task.noise_dim
+        """Size of a latent (VAE) or noise vector (GAN): of a flat latent."""
+        self._require("sample", what="a latent space")
+        if len(self.task.latent_shape) != 1:
+            raise GenJaxError(
+                f"{self.workdir} is a '{self.kind}' run: its latents are {self.task.latent_shape}"
+                " arrays, not vectors; use run.prior() for their shape"
+            )
+        return self.task.latent_shape[0]
 
     def prior(self, num: int, seed: int = 0) -> np.ndarray:
         """`num` latents from N(0, I), the prior of every generative family: (num, latent_dim),
         or for diffusion noise images (num, H, W, C)."""
-        self._require("vae", "gan", "diffusion", what="a prior")
-        shape = self.task.image_shape if self.kind == "diffusion" else (self.latent_dim,)
-        return np.asarray(jax.random.normal(jax.random.PRNGKey(seed), (num, *shape)))
+        self._require("sample", what="a prior")
+        shape = (num, *self.task.latent_shape)
+        return np.asarray(jax.random.normal(jax.random.PRNGKey(seed), shape))
 
     def encode(
         self, images: np.ndarray, labels: np.ndarray | None = None, steps: int | None = None
@@ -128,17 +133,10 @@ class Run:
         """VAE: posterior means and log-variances (N, latent_dim) of images in the input range.
         Diffusion: the noise (N, H, W, C) that deterministic DDIM decodes into the images in
         `steps` (default task.sample_steps); a conditional model takes one label per image."""
-        self._require("vae", "diffusion", what="encode")
-        if self.kind == "vae":
-            encode = lambda state, x: self.task.encode(state.params, x)
-            return self._apply("encode", encode, images)
-        invert = lambda state, x, *y: self.task.invert(state.ema, x, *y, steps=steps)
-        if not self.task.num_classes:
-            return self._apply(f"invert_{steps}", invert, images)
-        if labels is None:
-            raise GenJaxError("a class-conditional model inverts images with labels: pass labels=")
-        labels = np.broadcast_to(np.asarray(labels, np.int32), (len(images),))
-        return self._apply(f"invert_{steps}_labelled", invert, images, labels)
+        self._require("encode", what="encode")
+        options = self._sampling({"steps": steps})
+        encode = lambda state, x, *y: self.task.latents_of(state, x, *y, **options)
+        return self._per_example(encode, f"encode_{options}", images, labels)
 
     def decode(
         self,
@@ -148,22 +146,16 @@ class Run:
         sampler: str | None = None,
         guidance_scale: float | None = None,
     ) -> np.ndarray:
-        """Images (N, H, W, C) in [0, 1]: a VAE's decoded images (`task.decoded_images`), a GAN's
+        """Images (N, H, W, C) in [0, 1] made from `latents`: a VAE's decoded images, a GAN's
         (EMA) generator output, a diffusion model's samples from noise `latents` by `sampler` in
-        `steps` at `guidance_scale` (defaults: the task's); conditional models take one label per
-        latent."""
-        self._require("vae", "gan", "diffusion", what="decode")
-        sampling = {"steps": steps, "sampler": sampler, "guidance_scale": guidance_scale}
-        if self.kind != "diffusion":
-            self._refuse_sampling(sampling)
-            if self.kind == "vae":
-                decode = lambda state, z: self.task.decoded_images(state.params, z)
-                return self._apply("decode", decode, np.asarray(latents, np.float32))
-            return self._generated(
-                lambda state, z, *y: self.task.sample(state, z, *y), "gan", latents, labels
-            )
-        generate = lambda state, z, *y: self.task.generate(state.ema, z, *y, **sampling)
-        return self._generated(generate, f"generate_{sampling}", latents, labels)
+        `steps` at `guidance_scale` (defaults: the task's); conditional models take one label
+        per latent."""
+        self._require("sample", what="decode")
+        sampling = self._sampling(
+            {"steps": steps, "sampler": sampler, "guidance_scale": guidance_scale}
+        )
+        generate = lambda state, z, *y: self.task.images_from(state, z, *y, **sampling)
+        return self._per_example(generate, f"decode_{sampling}", latents, labels, np.float32)
 
     def trajectory(
         self,
@@ -175,56 +167,63 @@ class Run:
     ) -> np.ndarray:
         """A diffusion run's sampling path from `noise` (N, H, W, C): every x_t it visits, noise
         first and the images last, (steps + 1, N, H, W, C), in [0, 1] (clipped) for pictures."""
-        self._require("diffusion", what="trajectory")
-        sampling = {"steps": steps, "sampler": sampler, "guidance_scale": guidance_scale}
+        self._require("trajectory", what="trajectory")
+        sampling = self._sampling(
+            {"steps": steps, "sampler": sampler, "guidance_scale": guidance_scale}
+        )
 
-        def record(state, z, *y):
-            _, visited = self.task.generate(state.ema, z, *y, record=True, **sampling)
-            return jnp.moveaxis(visited, 0, 1)  # batched along the images, not the times
+        def path(state, z, *y):  # batched along the images, not the times
+            return jnp.moveaxis(self.task.path_from(state, z, *y, **sampling), 0, 1)
 
-        path = self._generated(record, f"trajectory_{sampling}", noise, labels)
-        return np.clip(np.moveaxis(path, 1, 0), 0.0, 1.0)
+        visited = self._per_example(path, f"trajectory_{sampling}", noise, labels, np.float32)
+        return np.moveaxis(visited, 1, 0)
 
-    def _refuse_sampling(self, sampling: dict) -> None:
-        given = [f"{k}=" for k, v in sampling.items() if v is not None]
-        if given:
+    def _sampling(self, sampling: dict) -> dict:
+        """The sampling settings given (not None), refused where the family has no such
+        setting."""
+        given = {k: v for k, v in sampling.items() if v is not None}
+        unknown = sorted(set(given) - set(self.task.sampling_options))
+        if unknown:
+            takes = ", ".join(f"{k}=" for k in self.task.sampling_options) or "none"
             raise GenJaxError(
-                f"{', '.join(given)} choose a diffusion run's sampler, not a {self.kind}'s"
+                f"{', '.join(f'{k}=' for k in unknown)}: a '{self.kind}' run takes no such "
+                f"sampling setting (it takes: {takes})"
             )
+        return given
 
-    def _generated(self, generate: Callable, name: str, latents, labels) -> np.ndarray:
-        """`generate(state, latents[, labels])` in [0, 1]; a conditional model's labels are
-        required, one per latent (or one for all)."""
-        latents = np.asarray(latents, np.float32)
+    def _per_example(self, function: Callable, name: str, arrays, labels, dtype=None):
+        """`function(state, arrays[, labels])` in batches; a class-conditional model's labels
+        are required, one per row (or one for all)."""
+        arrays = np.asarray(arrays, dtype)
         if not self.task.num_classes:
-            return self.to_unit(self._apply(name, generate, latents))
+            return self._apply(name, function, arrays)
         if labels is None:
-            raise GenJaxError("a class-conditional model decodes latents with labels: pass labels=")
-        labels = np.broadcast_to(np.asarray(labels, np.int32), (len(latents),))
-        return self.to_unit(self._apply(f"{name}_labelled", generate, latents, labels))
+            what = name.split("_")[0]
+            raise GenJaxError(f"a class-conditional model's {what} needs labels: pass labels=")
+        labels = np.broadcast_to(np.asarray(labels, np.int32), (len(arrays),))
+        return self._apply(f"{name}_labelled", function, arrays, labels)
 
     def sample(
         self, num: int, seed: int = 0, labels: np.ndarray | None = None, **sampling
     ) -> np.ndarray:
         """`num` generated images in [0, 1]; a conditional model cycles through the classes
         unless `labels` are given. A diffusion run takes `steps=`, `sampler=`, `guidance_scale=`."""
-        if self.kind in ("gan", "diffusion") and self.task.num_classes and labels is None:
+        self._require("sample", what="sample")
+        if self.task.num_classes and labels is None:
             labels = np.arange(num) % self.task.num_classes
         return self.decode(self.prior(num, seed), labels, **sampling)
 
     # ------------------------------------------------------------------ classifiers
     def classify(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities (N, classes) of images in the input range."""
-        self._require("classifier", what="classify")
+        self._require("classify", what="classify")
         probabilities = lambda state, x: jax.nn.softmax(self.task.logits(state, x))
         return self._apply("classify", probabilities, images)
 
     def features(self, images: np.ndarray) -> np.ndarray:
         """The classifier's penultimate activations (N, D): the feature space of FID."""
-        self._require("classifier", what="features")
-        variables = lambda state: {"params": state.params, "batch_stats": state.batch_stats}
-        features = lambda state, x: self.task.features_and_logits(variables(state), x)[0]
-        return self._apply("features", features, images)
+        self._require("classify", what="features")
+        return self._apply("features", self.task.features, images)
 
     # ------------------------------------------------------------------ metrics
     def evaluate(self, final: bool = True, **task_settings) -> dict[str, float]:

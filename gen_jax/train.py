@@ -491,16 +491,28 @@ def checked_setup(config: ml_collections.ConfigDict) -> Setup:
     """Check the config against the devices and the data, and build the task: every refusal
     that needs no workdir, made before anything is written in it (opening a folder split may
     build its decoded cache, outside the workdir)."""
-    config = config_lib.with_absolute_paths(config)
     mesh = parallel.make_mesh()
     sizes = {f"data.{key}": config.data[key] for key in ("batch_size", "eval_batch_size")}
     parallel.check_batch_sizes(sizes, mesh)
     check_train_settings(config.train, config.data.batch_size // mesh.devices.size)
-    spec = data.describe(config.data)
-    tasks.fit_to_data(config, spec)
-    source = data.open_split(config.data, config.data.train_split)  # decoded later
+    config, source, said = as_recorded(config)
+    if said and jax.process_index() == 0:
+        print(said, file=sys.stderr)
     check_batch_fits(config.data, source)
     return Setup(config, mesh, tasks.build(config), source)
+
+
+def as_recorded(
+    config: ml_collections.ConfigDict,
+) -> tuple[ml_collections.ConfigDict, data.Split, str]:
+    """The config as a run records it (a copy): paths absolute, the model fitted to the data
+    (`tasks.fit_to_data`) and the steps counted from `train.num_epochs` where that is set; the
+    opened training split; and what the epochs made of the steps, to say ("" if nothing)."""
+    config = config_lib.with_absolute_paths(config)
+    source = data.open_split(config.data, config.data.train_split)  # decoded later
+    tasks.fit_to_data(config, source.spec)
+    said = config_lib.resolve_epochs(config.train, len(source), config.data.batch_size)
+    return config, source, said
 
 
 def check_batch_fits(data_config: ml_collections.ConfigDict, source: data.Split) -> None:

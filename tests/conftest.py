@@ -193,7 +193,7 @@ def write_experiment(path: Path, family: str = "classifier", **overrides) -> Pat
     settings = {**COMMON_SETTINGS, **family_settings, **overrides}
     lines = "\n".join(f"    config.{k} = {v!r}" for k, v in settings.items())
     path.write_text(
-        f"from gen_jax.config import {config_function}\n\n\n"
+        f"from gen_jax.recipes import {config_function}\n\n\n"
         f"def get_config():\n    config = {config_function}()\n{lines}\n    return config\n"
     )
     return path

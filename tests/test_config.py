@@ -169,3 +169,24 @@ def test_cli_refuses_a_heartbeat_timeout_under_one_second(tmp_path, capsys):
 )
 def test_only_a_failed_collective_counts_as_a_lost_process(error, lost):
     assert (parallel.lost_peer(error) == str(error)) is lost
+
+
+def test_num_epochs_counts_the_steps_in_whole_batches_of_the_split_and_says_so(
+    experiment, mock_mnist, capsys
+):
+    from gen_jax import train
+
+    path = experiment(**{"train.num_epochs": 2.5, "data.batch_size": 48})
+    config = config_lib.load_experiment(path)  # mocked MNIST: MOCK_EXAMPLES training images
+    recorded, source, said = train.as_recorded(config)
+    per_epoch = len(source) // 48
+    assert recorded.train.num_steps == -(-5 * per_epoch // 2)  # 2.5 epochs, rounded up
+    assert said == (
+        f"train.num_epochs=2.5: {recorded.train.num_steps} steps ({per_epoch} an epoch: "
+        f"{len(source)} training examples // batch 48)"
+    )
+    assert config.train.num_steps == 10  # the experiment's own config is left as it was
+    config_lib.apply_overrides(config, ["--config.train.num_steps=7"])  # counting in steps
+    assert config.train.num_epochs == 0 and train.as_recorded(config)[0].train.num_steps == 7
+    config_lib.apply_overrides(config, ["--config.train.num_epochs=1"])
+    assert train.as_recorded(config)[0].train.num_steps == per_epoch

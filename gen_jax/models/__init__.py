@@ -28,6 +28,14 @@ REGISTRY: dict[str, Callable[..., nn.Module | GANModels]] = {
 }
 
 
+def register(name: str, builder: Callable[..., nn.Module | GANModels]) -> None:
+    """Make `config.model.name = name` build `builder(**config.model options)`; its keyword
+    arguments (with defaults) are the options that config.model may set."""
+    if name in REGISTRY and REGISTRY[name] is not builder:
+        raise GenJaxError(f"a model named '{name}' is already registered")
+    REGISTRY[name] = builder
+
+
 def options(name: str) -> dict[str, Any]:
     """The options the model `name` takes (what config.model may set), with their defaults."""
     if name not in REGISTRY:

@@ -10,10 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import optax
 
+from gen_jax import data
 from gen_jax.errors import GenJaxError
 
 Batch = dict[str, jax.Array]
@@ -65,6 +69,52 @@ def step_key(rng: jax.Array, step: jax.Array) -> jax.Array:
 def ema_decay(decay: float, step: jax.Array) -> jax.Array:
     """The EMA's decay at `step`: (1 + step) / (10 + step) early on, so the average starts fast."""
     return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def ema_update(average: Any, new: Any, decay: float, step: jax.Array) -> Any:
+    """The moving average `average` moved towards `new` by step `step`'s rate (`ema_decay`)."""
+    return optax.incremental_update(new, average, 1.0 - ema_decay(decay, step))
+
+
+def optimizer_step(params: Any, opt_state: Any, grads: Any, optimizer) -> tuple[Any, Any]:
+    """`optimizer`'s update of `params` by `grads`: the new parameters and optimizer state."""
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+
+@flax.struct.dataclass
+class TrainState:
+    """What a single-network run carries from step to step; families add fields (batch
+    statistics, an EMA) by subclassing. Checkpoints store it by field name."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+
+    def apply_gradients(self, grads: Any, optimizer, **changes: Any) -> TrainState:
+        """The next step's state: the parameters updated by `optimizer` with `grads`, the other
+        fields `changes` replaced (e.g. new batch statistics)."""
+        params, opt_state = optimizer_step(self.params, self.opt_state, grads, optimizer)
+        return self.replace(step=self.step + 1, params=params, opt_state=opt_state, **changes)
+
+
+def picture_latents(num_classes: int) -> tuple[int, int, jax.Array, jax.Array | None]:
+    """The rows, columns, eval indices and labels of a sample picture: 8x8, or one row of 10
+    per class; the indices lie beyond any eval example's, so pictures never repeat one."""
+    rows, columns = (num_classes, 10) if num_classes else (8, 8)
+    labels = jnp.repeat(jnp.arange(rows), columns) if num_classes else None
+    return rows, columns, jnp.arange(rows * columns) + 10**6, labels
+
+
+def check_symmetric_range(config: ml_collections.ConfigDict, family: str) -> None:
+    """Refuse data outside [-1, 1], the range a generator's tanh output and the noise paths of
+    diffusion assume."""
+    low, high = data.pixel_range(config.data)
+    if np.any(low != -1.0) or np.any(high != 1.0):
+        raise GenJaxError(
+            f"{family} images must be in [-1, 1]: data.preprocess=('scale_to_symmetric',)"
+        )
 
 
 def example_keys(seed: int, index: jax.Array) -> jax.Array:

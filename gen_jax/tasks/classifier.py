@@ -14,18 +14,21 @@ import optax
 from gen_jax import models, optim
 from gen_jax.errors import GenJaxError
 from gen_jax.models.cnn import FEATURES
-from gen_jax.tasks.base import Batch, Metrics, mean_of_sums, split_value_and_grad, step_key
+from gen_jax.tasks.base import (
+    Batch,
+    Metrics,
+    TrainState,
+    mean_of_sums,
+    split_value_and_grad,
+    step_key,
+)
 
 
 @flax.struct.dataclass
-class ClassifierState:
-    """Everything a classifier run carries from step to step."""
+class ClassifierState(TrainState):
+    """A classifier run's state: the train state and the network's batch statistics."""
 
-    step: jax.Array
-    params: Any
     batch_stats: Any
-    opt_state: Any
-    rng: jax.Array
 
 
 def random_shift(rng: jax.Array, images: jax.Array, max_shift: int) -> jax.Array:
@@ -105,13 +108,7 @@ class ClassifierTask:
         (loss, (accuracy, batch_stats)), grads = value_and_grad(
             state.params, images, batch["label"]
         )
-        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
-        new_state = state.replace(
-            step=state.step + 1,
-            params=optax.apply_updates(state.params, updates),
-            batch_stats=batch_stats,
-            opt_state=opt_state,
-        )
+        new_state = state.apply_gradients(grads, self.optimizer, batch_stats=batch_stats)
         metrics = {
             "loss": loss,
             "accuracy": accuracy,
@@ -143,6 +140,11 @@ class ClassifierTask:
         down_right = padded[:, 2 * shift : 2 * shift + height, 2 * shift : 2 * shift + width]
         translated = [jax.nn.log_softmax(predict(x)) for x in (up_left, down_right)]
         return jax.nn.log_softmax(logits) / 2 + (translated[0] + translated[1]) / 4
+
+    def features(self, state: ClassifierState, images: jax.Array) -> jax.Array:
+        """Penultimate activations of `images` in inference mode."""
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        return self.features_and_logits(variables, images)[0]
 
     def features_and_logits(self, variables: dict, images: jax.Array) -> tuple[jax.Array, ...]:
         """Penultimate activations (the feature space of FID) and logits, in inference mode."""

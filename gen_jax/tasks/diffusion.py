@@ -23,17 +23,20 @@ import ml_collections
 import numpy as np
 import optax
 
-from gen_jax import data, models, optim, sample_quality
+from gen_jax import models, optim, sample_quality
 from gen_jax.errors import GenJaxError
 from gen_jax.models.unet import UNet
 from gen_jax.tasks import samplers
 from gen_jax.tasks.base import (
     Batch,
     Metrics,
+    TrainState,
     check_image_shape,
-    ema_decay,
+    check_symmetric_range,
+    ema_update,
     example_keys,
     means_and_scores,
+    picture_latents,
     split_value_and_grad,
     step_key,
 )
@@ -43,20 +46,15 @@ TRAJECTORY_FRAMES = 10  # x_t shown along one sampling trajectory, noise to imag
 
 
 @flax.struct.dataclass
-class DiffusionState:
-    """Everything a diffusion run carries from step to step."""
+class DiffusionState(TrainState):
+    """A diffusion run's state: the train state and the moving average of `params`, which
+    samples."""
 
-    step: jax.Array
-    params: Any
-    opt_state: Any
-    ema: Any  # the moving average of `params`, which samples
-    rng: jax.Array
+    ema: Any
 
 
 class DiffusionTask:
     """Trains `config.model` (a U-Net) to denoise `batch['image']` in [-1, 1]."""
-
-    scored = True  # tasks.build hands it a SampleScorer (or None)
 
     def __init__(self, config: ml_collections.ConfigDict, scorer=None):
         self.model = models.build(config.model)
@@ -91,11 +89,7 @@ class DiffusionTask:
         if not 0 <= self.label_dropout < 1:
             raise GenJaxError(f"task.label_dropout {self.label_dropout} must be in [0, 1)")
         self._check_guidance(self.guidance_scale)
-        low, high = data.pixel_range(config.data)
-        if np.any(low != -1.0) or np.any(high != 1.0):
-            raise GenJaxError(
-                "diffusion's images must be in [-1, 1]: data.preprocess=('scale_to_symmetric',)"
-            )
+        check_symmetric_range(config, "diffusion's")
 
     def evaluations(self, steps: int, sampler: str | None = None) -> int:
         """Network evaluations per sample (NFE) of `sampler` (default task.sampler) in `steps`:
@@ -175,6 +169,27 @@ class DiffusionTask:
         denoise = self.denoiser(params, labels)
         return samplers.ddim_invert(denoise, self.path, images, steps or self.steps[True])
 
+    # ------------------------------------------------------------------ what Run asks
+    sampling_options = ("steps", "sampler", "guidance_scale")  # keywords of `generate`
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return self.image_shape  # the noise is image-shaped
+
+    def images_from(self, state: DiffusionState, noise: jax.Array, labels=None, **sampling):
+        """The EMA model's samples from `noise` (`generate`), mapped to [0, 1]."""
+        return (self.generate(state.ema, noise, labels, **sampling) + 1.0) / 2.0
+
+    def latents_of(self, state: DiffusionState, images: jax.Array, labels=None, steps=None):
+        """The noise that deterministic DDIM decodes into `images` (`invert`, EMA model)."""
+        return self.invert(state.ema, images, labels, steps)
+
+    def path_from(self, state: DiffusionState, noise: jax.Array, labels=None, **sampling):
+        """Every x_t that `generate` visits from `noise`, (steps + 1, B, H, W, C), in [0, 1]
+        (clipped: for pictures)."""
+        _, visited = self.generate(state.ema, noise, labels, record=True, **sampling)
+        return jnp.clip((visited + 1.0) / 2.0, 0.0, 1.0)
+
     # ------------------------------------------------------------------ training
     def init(self, rng: jax.Array, batch: Batch) -> DiffusionState:
         params_rng, run_rng = jax.random.split(rng)
@@ -224,15 +239,9 @@ class DiffusionTask:
 
         value_and_grad = split_value_and_grad(loss_fn, self.batch_splits)
         (loss, _), grads = value_and_grad(state.params, *inputs)
-        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        rate = 1.0 - ema_decay(self.ema_decay, state.step)
-        new_state = state.replace(
-            step=state.step + 1,
-            params=params,
-            opt_state=opt_state,
-            ema=optax.incremental_update(params, state.ema, rate),
-        )
+        new_state = state.apply_gradients(grads, self.optimizer)
+        ema = ema_update(state.ema, new_state.params, self.ema_decay, state.step)
+        new_state = new_state.replace(ema=ema)
         return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
 
     # ------------------------------------------------------------------ evaluation
@@ -301,9 +310,7 @@ class DiffusionTask:
         """Samples at fixed noise (8x8, or one row per class) and one sampling trajectory, x_t at
         `TRAJECTORY_FRAMES` times from noise to image, all by the final evaluation's sampler."""
         del images
-        rows, columns = (self.num_classes, 10) if self.num_classes else (8, 8)
-        index = jnp.arange(rows * columns) + 10**6  # beyond any eval index
-        labels = jnp.repeat(jnp.arange(rows), columns) if self.num_classes else None
+        rows, columns, index, labels = picture_latents(self.num_classes)
         samples = self.generate(state.ema, self.eval_noise(index), labels)
         first = None if labels is None else labels[:1]
         _, visited = self.generate(state.ema, self.eval_noise(index[:1]), first, record=True)

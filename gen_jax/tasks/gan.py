@@ -16,18 +16,20 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
-from gen_jax import data, models, optim, sample_quality
+from gen_jax import models, optim, sample_quality
 from gen_jax.errors import GenJaxError
 from gen_jax.models.dcgan import GANModels
 from gen_jax.tasks.base import (
     Batch,
     Metrics,
     check_image_shape,
-    ema_decay,
+    check_symmetric_range,
+    ema_update,
     example_keys,
+    optimizer_step,
+    picture_latents,
     step_key,
 )
 from gen_jax.tasks.gan_losses import (
@@ -48,6 +50,11 @@ class Player:
     batch_stats: Any
     opt_state: Any
 
+    def apply_gradients(self, grads: Any, optimizer, batch_stats: Any) -> Player:
+        """The player after `optimizer`'s update by `grads`, with new batch statistics."""
+        params, opt_state = optimizer_step(self.params, self.opt_state, grads, optimizer)
+        return Player(params, batch_stats, opt_state)
+
 
 @flax.struct.dataclass
 class GANState:
@@ -64,8 +71,6 @@ class GANState:
 class GANTask:
     """Trains `config.model` (a generator and a discriminator) on `batch['image']` in [-1, 1]."""
 
-    scored = True  # tasks.build hands it a SampleScorer (or None)
-
     def __init__(self, config: ml_collections.ConfigDict, scorer=None):
         pair = models.build(config.model)
         if not isinstance(pair, GANModels):
@@ -74,6 +79,7 @@ class GANTask:
             )
         self.generator, self.discriminator = pair.generator, pair.discriminator
         self.noise_dim, self.num_classes = pair.noise_dim, pair.num_classes
+        self.latent_shape = (self.noise_dim,)
         if config.train.batch_splits != 1:
             raise GenJaxError(
                 f"train.batch_splits={config.train.batch_splits}: a GAN step cannot split its "
@@ -113,11 +119,7 @@ class GANTask:
         sample_quality.check_sample_count(
             config.task.neighbours, self.eval_samples, "task.eval_samples"
         )
-        low, high = data.pixel_range(config.data)
-        if np.any(low != -1.0) or np.any(high != 1.0):
-            raise GenJaxError(
-                "a GAN's images must be in [-1, 1]: data.preprocess=('scale_to_symmetric',)"
-            )
+        check_symmetric_range(config, "a GAN's")
 
     # ------------------------------------------------------------------ the two networks
     def _generate(self, variables: dict, noise, labels, train: bool):
@@ -212,10 +214,7 @@ class GANTask:
                 return loss + self.penalty * penalty + self.r1 * r1, (stats, metrics)
 
             grads, (stats, metrics) = jax.grad(loss_fn, has_aux=True)(player.params)
-            updates, opt_state = self.optimizers["discriminator"].update(
-                grads, player.opt_state, player.params
-            )
-            new = Player(optax.apply_updates(player.params, updates), stats, opt_state)
+            new = player.apply_gradients(grads, self.optimizers["discriminator"], stats)
             return new, {**metrics, "d_grad_norm": optax.global_norm(grads)}
 
         # A Python loop, unrolled at trace time: XLA's CPU backend runs convolutions inside a
@@ -239,14 +238,9 @@ class GANTask:
             return generator_loss(self.loss, scores), stats
 
         (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(player.params)
-        updates, opt_state = self.optimizers["generator"].update(
-            grads, player.opt_state, player.params
-        )
-        new = Player(optax.apply_updates(player.params, updates), stats, opt_state)
-        rate = 1.0 - ema_decay(self.ema_decay, state.step)
-        ema = optax.incremental_update(
-            {"params": new.params, "batch_stats": new.batch_stats}, state.ema, rate
-        )
+        new = player.apply_gradients(grads, self.optimizers["generator"], stats)
+        weights = {"params": new.params, "batch_stats": new.batch_stats}
+        ema = ema_update(state.ema, weights, self.ema_decay, state.step)
         return new, ema, {"g_loss": loss, "g_grad_norm": optax.global_norm(grads)}
 
     def train_step(self, state: GANState, batch: Batch) -> tuple[GANState, Metrics]:
@@ -272,6 +266,12 @@ class GANTask:
         """Images in [-1, 1] from the EMA generator in inference mode."""
         return self._generate(state.ema, noise, labels, train=False)[0]
 
+    sampling_options = ()  # a GAN generates in one way
+
+    def images_from(self, state: GANState, noise: jax.Array, labels=None) -> jax.Array:
+        """`sample`'s images mapped to [0, 1]."""
+        return (self.sample(state, noise, labels) + 1.0) / 2.0
+
     def eval_latents(self, index: jax.Array):
         """Noise (and balanced labels) for eval examples `index`: fixed by `eval_seed`."""
         keys = example_keys(self.eval_seed, index)
@@ -294,8 +294,6 @@ class GANTask:
     def pictures(self, state: GANState, images: jax.Array) -> dict[str, jax.Array]:
         """Samples at fixed noise: 8x8, or for a cGAN one row per class."""
         del images
-        rows, columns = (self.num_classes, 10) if self.num_classes else (8, 8)
-        noise, _ = self.eval_latents(jnp.arange(rows * columns) + 10**6)  # beyond any eval index
-        labels = jnp.repeat(jnp.arange(rows), columns) if self.num_classes else None
-        samples = (self.sample(state, noise, labels) + 1.0) / 2.0
+        rows, columns, index, labels = picture_latents(self.num_classes)
+        samples = self.images_from(state, self.eval_latents(index)[0], labels)
         return {"samples": samples.reshape(rows, columns, *samples.shape[1:])}

@@ -9,9 +9,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -23,6 +21,7 @@ from gen_jax.tasks import likelihoods
 from gen_jax.tasks.base import (
     Batch,
     Metrics,
+    TrainState,
     check_image_shape,
     example_keys,
     means_and_scores,
@@ -80,14 +79,7 @@ def iw_bound(weights: jax.Array) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------- the task
-@flax.struct.dataclass
-class VAEState:
-    """Everything a VAE run carries from step to step."""
-
-    step: jax.Array
-    params: Any
-    opt_state: Any
-    rng: jax.Array
+VAEState = TrainState  # a VAE carries one network's parameters and optimizer state
 
 
 def _check_objective(task: ml_collections.ConfigDict) -> None:
@@ -114,8 +106,6 @@ class VAETask:
     """Trains `config.model` (a VAE) on `batch['image']` under `task.likelihood`: binarised anew
     each step ("bernoulli") or as they are ("logistic")."""
 
-    scored = True  # tasks.build hands it a SampleScorer (or None) for its prior samples
-
     def __init__(self, config: ml_collections.ConfigDict, scorer=None):
         task = config.task
         _check_objective(task)
@@ -130,6 +120,7 @@ class VAETask:
         self.model = models.build(config.model, outputs_per_channel=outputs_per_channel)
         self.optimizer = optim.build(config.optimizer, config.train.num_steps)
         self.latent_dim = config.model.latent_dim
+        self.latent_shape, self.num_classes = (self.latent_dim,), 0
         self.objective, self.train_samples = task.objective, task.train_samples
         self.beta, self.warmup_steps = task.beta, task.kl_warmup_steps
         self.eval_samples, self.final_eval_samples = task.eval_samples, task.final_eval_samples
@@ -166,6 +157,19 @@ class VAETask:
     def decoded_images(self, params, z: jax.Array) -> jax.Array:
         """Images in [0, 1] decoded from latents `z` (pixel probabilities, or logistic means)."""
         return self.likelihood.images(self.decode(params, z))
+
+    # ------------------------------------------------------------------ what Run asks
+    sampling_options = ()  # a VAE decodes in one way
+
+    def images_from(self, state: VAEState, latents: jax.Array, labels=None) -> jax.Array:
+        """Images in [0, 1] decoded from `latents` (`decoded_images`)."""
+        del labels  # unconditional
+        return self.decoded_images(state.params, latents)
+
+    def latents_of(self, state: VAEState, images: jax.Array, labels=None):
+        """The posterior means and log-variances of `images` (input range)."""
+        del labels
+        return self.encode(state.params, images)
 
     def log_px_z(self, params, z: jax.Array, x: jax.Array) -> jax.Array:
         """log p(x|z) per example, in nats."""
@@ -227,12 +231,7 @@ class VAETask:
 
         value_and_grad = split_value_and_grad(loss_fn, self.batch_splits)
         (loss, terms), grads = value_and_grad(state.params, x, noise, iw_noise)
-        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
-        new_state = state.replace(
-            step=state.step + 1,
-            params=optax.apply_updates(state.params, updates),
-            opt_state=opt_state,
-        )
+        new_state = state.apply_gradients(grads, self.optimizer)
         metrics = {
             "loss": loss,
             "neg_elbo": terms["recon"] + terms["kl"],
