@@ -26,7 +26,8 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from speed import _experiment, _train_arrays, models_options, torch_airbench
+from common import experiment, train_arrays  # this folder; run as a script
+from speed import models_options, torch_airbench
 
 WHITENING_IMAGES = 5000
 LOOKAHEAD_EVERY = 5
@@ -89,11 +90,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
-    config = _experiment("cifar10_airbench", args)
+    config = experiment("cifar10_airbench", data_dir=args.data_dir)
     model, settings = models_options("airbench", config), config.optimizer
 
     def nchw(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = _train_arrays(config, split)
+        images, labels = train_arrays(config, split)
         images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
         return images, torch.from_numpy(labels).long()
 

@@ -14,12 +14,11 @@ run as `jax.lax.scan` over the five slices or as a Python loop unrolled at trace
 from __future__ import annotations
 
 import sys
-import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import optax
+from common import experiment, timings  # this folder; run as a script
 
 from gen_jax import config as config_lib
 from gen_jax import tasks
@@ -29,26 +28,19 @@ from gen_jax.tasks.base import init_state
 from gen_jax.tasks.gan_losses import gradient_penalty
 
 EXPERIMENTS = ("mnist_dcgan", "mnist_hinge_gan", "mnist_cgan", "mnist_wgan_gp")
-REPO = Path(__file__).resolve().parents[1]
 
 
 def seconds_per_call(function, *args, repeats: int = 10) -> tuple[float, float]:
-    """(first call incl. compilation, mean of `repeats` further calls), in seconds."""
-    start = time.perf_counter()
-    jax.block_until_ready(function(*args))
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(repeats):
-        out = function(*args)
-    jax.block_until_ready(out)
-    return first, (time.perf_counter() - start) / repeats
+    """(first call incl. compilation, mean of `repeats` further calls back to back), in seconds."""
+    (first,) = timings(lambda: function(*args))
+    (mean,) = timings(lambda: function(*args), repeats, back_to_back=True)
+    return first, mean
 
 
 def experiment_step(name: str, overrides: list[str]) -> tuple[int, float, float]:
     """(batch size, first-step seconds, seconds per step) of an experiment's train step with
     `overrides` (`--config.KEY=VALUE` strings) applied."""
-    config = config_lib.load_experiment(REPO / f"experiments/{name}.py")
-    config_lib.apply_overrides(config, overrides)
+    config = experiment(name, overrides)
     config.task.classifier_workdir = ""
     task = tasks.build(config)
     size = config.data.batch_size

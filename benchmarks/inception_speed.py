@@ -22,7 +22,8 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
+
+from common import timings  # this folder; run as a script
 
 
 def cpu_name() -> str:
@@ -38,13 +39,7 @@ def cpu_name() -> str:
 
 def timed(call, rounds: int) -> float:
     """Median seconds of `call()` over `rounds`, after one warm-up call."""
-    call()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(timings(call, repeats=rounds, warmup=1))
 
 
 def jax_rows(batch: int, rounds: int, profile: int = 0) -> dict[str, float]:
@@ -62,10 +57,8 @@ def jax_rows(batch: int, rounds: int, profile: int = 0) -> dict[str, float]:
     network = network.lower(params, inputs).compile()
     protocol = jax.jit(inception.features)
     seconds = {
-        "JAX network": timed(lambda: network(params, inputs).block_until_ready(), rounds),
-        "JAX protocol (32x32 -> 299)": timed(
-            lambda: protocol(params, small).block_until_ready(), rounds
-        ),
+        "JAX network": timed(lambda: network(params, inputs), rounds),
+        "JAX protocol (32x32 -> 299)": timed(lambda: protocol(params, small), rounds),
     }
     if profile:
         from train_flops import top_operations  # this folder; run as a script

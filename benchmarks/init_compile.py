@@ -9,23 +9,25 @@ the experiment's dataset shape. Prints a table.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+from common import REPO, child_env  # this folder; run as a script
+
+EXPERIMENTS = REPO / "experiments"
 
 INIT = """
-import hashlib, os, time
+import hashlib, os
 from pathlib import Path
 import jax, numpy as np
-from gen_jax import config as config_lib, tasks
+from common import experiment, timings
+from gen_jax import tasks
 from gen_jax.data import DataSpec
 from gen_jax.tasks.base import INIT_COMPILER_OPTIONS
 
 path = os.environ["EXPERIMENT"]
-config = config_lib.load_experiment(path)
+config = experiment(path)
 if "classifier_workdir" in config.task:
     config.task.classifier_workdir = ""  # the scores' classifier plays no part in init
 shape = (32, 32, 3) if "cifar" in Path(path).name else (28, 28, 1)
@@ -33,17 +35,16 @@ tasks.fit_to_data(config, DataSpec(shape, tuple("0123456789"), True))
 task = tasks.build(config)
 batch = {"image": np.zeros((8, *shape), np.float32), "label": np.zeros(8, np.int32)}
 options = INIT_COMPILER_OPTIONS if os.environ["LEVEL"] == "-O2" else {}
-start = time.perf_counter()
-state = jax.jit(task.init, compiler_options=options)(jax.random.PRNGKey(0), batch)
-jax.block_until_ready(state)
-seconds = time.perf_counter() - start
+init = jax.jit(task.init, compiler_options=options)
+(seconds,) = timings(lambda: init(jax.random.PRNGKey(0), batch))  # tracing and compiling too
+state = init(jax.random.PRNGKey(0), batch)  # compiled above: the same program, the same bits
 digest = hashlib.sha1(b"".join(np.asarray(x).tobytes() for x in jax.tree.leaves(state)))
 print(seconds, len(jax.tree.leaves(state)), digest.hexdigest())
 """
 
 
 def measure(experiment: Path, level: str) -> tuple[float, int, str]:
-    env = {**os.environ, "EXPERIMENT": str(experiment), "LEVEL": level}
+    env = child_env(EXPERIMENT=str(experiment), LEVEL=level)
     output = subprocess.check_output([sys.executable, "-c", INIT], env=env, text=True)
     seconds, leaves, digest = output.strip().splitlines()[-1].split()
     return float(seconds), int(leaves), digest

@@ -12,15 +12,17 @@ the median; the seconds per 1,000 images follow.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
-import time
 
 import jax
 import numpy as np
+from common import experiment, timings  # this folder; run as a script
 
 from gen_jax import config as config_lib
 from gen_jax import tasks
 from gen_jax.tasks import samplers
+from gen_jax.tasks.base import init_state
 
 
 def main() -> None:
@@ -31,10 +33,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=250)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    if args.experiment:
-        config = config_lib.load_experiment(args.experiment)
-    else:
-        config = config_lib.diffusion_config()
+    config = experiment(args.experiment) if args.experiment else config_lib.diffusion_config()
     if "image_shape" not in config.model:  # an experiment leaves it to the data
         config.model.image_shape = (28, 28, 1)
     config.task.classifier_workdir = ""  # only the sampler is timed
@@ -42,7 +41,7 @@ def main() -> None:
     shape = tuple(config.model.image_shape)
     noise = np.random.default_rng(0).normal(size=(args.batch, *shape)).astype(np.float32)
     labels = np.arange(args.batch) % task.num_classes if task.num_classes else None
-    state = task.init(jax.random.PRNGKey(0), {"image": noise[:1]})
+    state = init_state(task, jax.random.PRNGKey(0), {"image": noise[:1]})
     size = sum(x.size for x in jax.tree.leaves(state.params))
     print(f"U-Net {shape}, {size:,} parameters, batch {args.batch}, {jax.devices()[0].device_kind}")
     print("| sampler | NFE | images/s | s / 1,000 images | first call (compile) s |")
@@ -52,14 +51,8 @@ def main() -> None:
             steps = samplers.steps_for(sampler, nfe)
             made = task.evaluations(steps, sampler)
             run = jax.jit(lambda p, z, y, s=sampler, n=steps: task.generate(p, z, y, n, s))
-            start = time.perf_counter()
-            run(state.ema, noise, labels).block_until_ready()
-            first = time.perf_counter() - start
-            seconds = []
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                run(state.ema, noise, labels).block_until_ready()
-                seconds.append(time.perf_counter() - start)
+            call = functools.partial(run, state.ema, noise, labels)
+            first, *seconds = timings(call, repeats=1 + args.repeats)  # first: compiling too
             rate = args.batch / statistics.median(seconds)
             print(f"| {sampler} | {made} | {rate:.1f} | {1000 / rate:.1f} | {first:.1f} |")
 

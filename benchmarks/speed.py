@@ -45,12 +45,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
+from common import built, experiment, timings, train_arrays  # this folder; run as a script
 
-REPO = Path(__file__).resolve().parents[1]
 ROWS = (
     "matmul peak",
     "plain CNN loop",
@@ -75,8 +74,7 @@ def matmul_peak(args) -> dict:
     n = 2048
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n))
     matmul = jax.jit(lambda x: x @ x)
-    matmul(a).block_until_ready()
-    best = min(_seconds(lambda: matmul(a).block_until_ready()) for _ in range(20))
+    best = min(timings(lambda: matmul(a), repeats=20, warmup=1))
     return {"gflops": 2 * n**3 / best / 1e9}
 
 
@@ -87,8 +85,8 @@ def plain_cnn_loop(args) -> dict:
 
     from gen_jax import models
 
-    config = _experiment("mnist_cnn", args)
-    images, labels = _train_arrays(config)
+    config = experiment("mnist_cnn", data_dir=args.data_dir)
+    images, labels = train_arrays(config)
     batch_size = config.data.batch_size
     model = models.build(config.model)
     params = model.init(jax.random.PRNGKey(0), images[:1])["params"]
@@ -140,7 +138,7 @@ def pytorch_cnn(args) -> dict:
         from torch import nn
     except ImportError:
         return {"skipped": TORCH_MISSING}
-    config = _experiment("mnist_cnn", args)
+    config = experiment("mnist_cnn", data_dir=args.data_dir)
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(1, 32, 3, padding=1),
@@ -177,7 +175,7 @@ def pytorch_dcgan(args) -> dict:
         from torch import nn
     except ImportError:
         return {"skipped": TORCH_MISSING}
-    config = _experiment("mnist_dcgan", args)
+    config = experiment("mnist_dcgan", data_dir=args.data_dir)
     model = models_options("dcgan", config)
     noise_dim, size, channels = model["noise_dim"], model["image_size"], model["channels"]
     torch.manual_seed(0)
@@ -314,7 +312,7 @@ def pytorch_airbench(args, compiled: bool = False) -> dict:
         from torch import nn
     except ImportError:
         return {"skipped": TORCH_MISSING}
-    config = _experiment("cifar10_airbench", args)
+    config = experiment("cifar10_airbench", data_dir=args.data_dir)
     torch.manual_seed(0)
     network, optimizer, _ = torch_airbench(config)
     forward = torch.compile(network) if compiled else network
@@ -356,17 +354,15 @@ def gen_jax_cnn_fixed_batch(args) -> dict:
 
 def gen_jax_cnn_eval(args) -> dict:
     """Seconds to evaluate the 10,000 test images (a trained state's shape: a fresh one)."""
-    from gen_jax import data, parallel, tasks, train
+    from gen_jax import compiled, data
+    from gen_jax.tasks.base import init_state
 
-    config = _experiment("mnist_cnn", args)
-    mesh = parallel.make_mesh()
-    task = tasks.build(config)
+    task, config, mesh, batch = built(experiment("mnist_cnn", data_dir=args.data_dir))
     eval_split = data.get_split(config.data, config.data.eval_split)
-    batch = train.example_batch(eval_split, config, mesh)
-    state = jax.jit(task.init)(jax.random.PRNGKey(0), batch)
-    steps = train.compile_steps(task, config, mesh, eval_split)
-    first = _seconds(lambda: steps.evaluate(state))
-    seconds = statistics.median(_seconds(lambda: steps.evaluate(state)) for _ in range(5))
+    state = init_state(task, jax.random.PRNGKey(0), batch)
+    steps = compiled.compile_steps(task, config, mesh, eval_split)
+    first, *rest = timings(lambda: steps.evaluate(state), repeats=1 + 5)
+    seconds = statistics.median(rest)
     count = len(eval_split)
     return {"examples_per_second": count / seconds, "first_step": first, "seconds": seconds}
 
@@ -416,12 +412,6 @@ MEASURE = dict(
 
 
 # ----------------------------------------------------------------------------- helpers
-def _seconds(function) -> float:
-    start = time.perf_counter()
-    function()
-    return time.perf_counter() - start
-
-
 def _cifar(args):
     """`args` with the CIFAR rows' step counts."""
     return argparse.Namespace(
@@ -434,25 +424,6 @@ def models_options(name: str, config) -> dict:
     from gen_jax import models
 
     return models.options(name) | config.model.to_dict()
-
-
-def _experiment(name: str, args, *overrides: str):
-    from gen_jax import config as config_lib
-
-    config = config_lib.load_experiment(REPO / "experiments" / f"{name}.py")
-    config.data.data_dir = args.data_dir
-    config_lib.apply_overrides(config, list(overrides))
-    return config
-
-
-def _train_arrays(config, split: str = "") -> tuple[np.ndarray, np.ndarray]:
-    """A split's (the training split's by default) images, scaled as the experiment does (no
-    random steps), and labels, in memory."""
-    from gen_jax import data
-
-    split = split or config.data.train_split
-    arrays = data.preprocessor(config.data)(data.load_split(config.data, split))
-    return arrays["image"], arrays["label"]
 
 
 def _check_same_size(networks: dict, config, shape: tuple[int, ...]) -> None:
@@ -481,7 +452,7 @@ def _torch_rate(step, config, args) -> dict:
     experiment's training set: `window` untimed steps, then `steps` timed ones."""
     import torch
 
-    images, labels = _train_arrays(config)
+    images, labels = train_arrays(config)
     images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # NCHW
     labels = torch.from_numpy(labels).long()
     batch_size = config.data.batch_size
@@ -516,13 +487,15 @@ def gen_jax_training(name: str, args, *overrides: str) -> dict:
 
     host.keep_freed_memory_in_heap()
     total = args.window + args.steps
-    config = _experiment(
+    config = experiment(
         name,
-        args,
-        f"--config.train.num_steps={total}",
-        f"--config.train.log_every={args.window}",
-        f"--config.train.checkpoint_every={total}",
-        *overrides,
+        [
+            f"--config.train.num_steps={total}",
+            f"--config.train.log_every={args.window}",
+            f"--config.train.checkpoint_every={total}",
+            *overrides,
+        ],
+        data_dir=args.data_dir,
     )
     with tempfile.TemporaryDirectory() as workdir:
         train.run(config, workdir)

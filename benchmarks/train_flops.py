@@ -22,14 +22,12 @@ import gzip
 import json
 import re
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
-from speed import matmul_peak  # this folder; run as a script
+from common import built, experiment, timings  # this folder; run as a script
+from speed import matmul_peak
 
-from gen_jax import config as config_lib
-from gen_jax import data, parallel, tasks, train
 from gen_jax.tasks.base import init_state
 
 
@@ -66,23 +64,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps")
     parser.add_argument("--profile", type=int, default=0, help="list this many longest ops")
     args, overrides = parser.parse_known_args()
-    config = config_lib.load_experiment(args.experiment)
-    config_lib.apply_overrides(config, overrides)
-    task = tasks.build(config)
-    split = data.get_split(config.data, config.data.train_split)
-    batch = jax.device_get(train.example_batch(split, config, parallel.make_mesh()))
-    batch = {k: jnp.asarray(v) for k, v in batch.items() if k in ("image", "label")}
+    task, config, _, batch = built(experiment(args.experiment, overrides))
+    batch = {k: jnp.asarray(v) for k, v in jax.device_get(batch).items() if k in ("image", "label")}
     state = init_state(task, jax.random.PRNGKey(config.seed), batch)
     step = jax.jit(task.train_step).lower(state, batch).compile()
     cost = step.cost_analysis()
     flops = (cost[0] if isinstance(cost, list) else cost)["flops"]
-    state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)
-    start = time.perf_counter()
-    for _ in range(args.steps):
+
+    def train():  # one step, the state carried on
+        nonlocal state
         state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)
-    seconds = (time.perf_counter() - start) / args.steps
+        return metrics
+
+    (seconds,) = timings(train, repeats=args.steps, warmup=1, back_to_back=True)
     peak, steps = matmul_peak(args)["gflops"], config.train.num_steps
     print(f"{args.experiment}, batch {config.data.batch_size}, {jax.devices()[0].device_kind}")
     print(

@@ -12,10 +12,10 @@ depend on them. Use it to size `diffusion_config()`'s U-Net for a CPU.
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import numpy as np
+from common import timings  # this folder; run as a script
 
 from gen_jax import config as config_lib
 from gen_jax import tasks
@@ -48,18 +48,17 @@ def measure(features: int, multipliers: tuple[int, ...], blocks: int, batch: int
     step = jax.jit(task.train_step).lower(state, batch_).compile()
     cost = step.cost_analysis()
     flops = (cost[0] if isinstance(cost, list) else cost).get("flops", 0.0)
-    jax.block_until_ready(step(state, batch_))
-    start = time.perf_counter()
-    for _ in range(steps):
+
+    def train():  # one step, the state carried on
+        nonlocal state
         state, metrics = step(state, batch_)
-    jax.block_until_ready(metrics)
-    seconds = (time.perf_counter() - start) / steps
+        return metrics
+
+    (seconds,) = timings(train, repeats=steps, warmup=1, back_to_back=True)
     noise = np.random.default_rng(1).normal(size=(250, 28, 28, 1)).astype(np.float32)
     sample = jax.jit(lambda params, z: task.generate(params, z, None, 5, "euler"))
-    sample(state.ema, noise).block_until_ready()
-    start = time.perf_counter()
-    sample(state.ema, noise).block_until_ready()
-    per_image = (time.perf_counter() - start) / (250 * 5)
+    (per_call,) = timings(lambda: sample(state.ema, noise), warmup=1)
+    per_image = per_call / (250 * 5)
     return parameters, batch / seconds, flops / 1e9, flops / seconds / 1e9, 1000 * per_image
 
 

@@ -10,12 +10,12 @@ gen_jax.models.vae.ConvDecoder uses).
 from __future__ import annotations
 
 import argparse
-import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from common import timings  # this folder; run as a script
 
 from gen_jax.models.layers import depth_to_space
 
@@ -49,12 +49,8 @@ def milliseconds_per_step(method: str, features: tuple[int, ...], repeats: int =
     model = Upsampler(method, features)
     params = model.init(jax.random.PRNGKey(0), x)
     step = jax.jit(jax.grad(lambda p, x: model.apply(p, x).sum(), argnums=(0, 1)))
-    jax.block_until_ready(step(params, x))
-    start = time.perf_counter()
-    for _ in range(repeats):
-        grads = step(params, x)
-    jax.block_until_ready(grads)
-    return (time.perf_counter() - start) / repeats * 1e3
+    (seconds,) = timings(lambda: step(params, x), repeats, warmup=1, back_to_back=True)
+    return seconds * 1e3
 
 
 def main() -> None:

@@ -12,14 +12,12 @@ left out: see benchmarks/README.md.)
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
+
+from common import child_env  # this folder; run as a script
 
 from gen_jax.host import XLA_YNN_FUSIONS as XLA_DEFAULT  # XLA's own, which gen_jax replaces
-
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 VARIANTS = [  # (label, experiment, XLA_FLAGS, gen_jax's allocator setting, batch splits)
     ("XLA's defaults", "mnist_cnn", XLA_DEFAULT, False, 1),
@@ -38,14 +36,15 @@ VARIANTS = [  # (label, experiment, XLA_FLAGS, gen_jax's allocator setting, batc
 ]
 
 STEP = """
-import os, time
+import os
 import jax, numpy as np
-from gen_jax import config as config_lib, data, host, parallel, tasks, train
+from common import experiment, timings
+from gen_jax import compiled, data, host, parallel, tasks
 from gen_jax.tasks.base import init_state
 
 if os.environ["KEEP_FREED_MEMORY"] == "1":
     host.keep_freed_memory_in_heap()
-config = config_lib.load_experiment(os.environ["EXPERIMENT"])
+config = experiment(os.environ["EXPERIMENT"])
 config.train.batch_splits = int(os.environ["BATCH_SPLITS"])
 task = tasks.build(config)
 mesh = parallel.make_mesh()
@@ -55,28 +54,29 @@ batch = {
     "label": rng.integers(0, 10, 128).astype(np.int32),
 }
 eval_split = data.InMemory(batch, data.DataSpec((28, 28, 1), tuple("0123456789"), True))
-steps = train.compile_steps(task, config, mesh, eval_split)
+steps = compiled.compile_steps(task, config, mesh, eval_split)
 rng, replicated = jax.random.PRNGKey(0), parallel.replicated(mesh)
 state = init_state(task, rng, parallel.global_batch(batch, mesh), out_shardings=replicated)
-for _ in range(10):
+
+
+def train():  # one step, the state carried on
+    global state
     state, metrics = steps.train(state, [batch])
-jax.block_until_ready(metrics)
-start = time.perf_counter()
-for _ in range(100):
-    state, metrics = steps.train(state, [batch])
-jax.block_until_ready(metrics)
-print(100 * 128 / (time.perf_counter() - start))
+    return metrics
+
+
+(seconds,) = timings(train, repeats=100, warmup=10, back_to_back=True)
+print(128 / seconds)
 """
 
 
 def measure(experiment: str, xla_flags: str, keep_freed_memory: bool, splits: int) -> float:
-    env = {
-        **os.environ,
-        "XLA_FLAGS": xla_flags,
-        "EXPERIMENT": str(EXPERIMENTS / f"{experiment}.py"),
-        "KEEP_FREED_MEMORY": str(int(keep_freed_memory)),
-        "BATCH_SPLITS": str(splits),
-    }
+    env = child_env(
+        XLA_FLAGS=xla_flags,
+        EXPERIMENT=experiment,
+        KEEP_FREED_MEMORY=str(int(keep_freed_memory)),
+        BATCH_SPLITS=str(splits),
+    )
     output = subprocess.check_output([sys.executable, "-c", STEP], env=env, text=True)
     return float(output.strip().splitlines()[-1])
 

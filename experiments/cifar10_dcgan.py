@@ -8,15 +8,11 @@ trains on 32x32x3 folder data.
     gen-jax train experiments/cifar10_cnn.py --workdir runs/cifar10_cnn  # the feature space
     gen-jax train experiments/cifar10_dcgan.py --workdir runs/cifar10_dcgan
 
-Reproduces: classifier-space FID 25.6 against a real floor of 0.40 (64x), IS 1.61 (floor 3.44),
-precision 0.76, recall 0.03; all 10 classes, but unevenly (0.8%-30.5% of samples): a weak
-baseline that trains, far from a good CIFAR-10 GAN. 61:13 for the command on a 2-core Intel
-Xeon VM, beside two other trainings (RESULTS.md).
+Measured: RESULTS.md, section 'VAE and DCGAN on Fashion-MNIST and CIFAR-10 (JPEG copy)'.
 
 Its final evaluation also scores 10k samples in the FID Inception-v3's features against the
-train split's 50k (`inception_*` metrics, docs/inception.md): FID 137.5 (floor 5.14), KID 0.136,
-precision 0.49, recall 0.003, beside a published DCGAN's 42.7 at 50k on canonical CIFAR-10
-(RESULTS.md); 8:07 for the samples' features on the 2-core Intel Xeon.
+train split's 50k (`inception_*` metrics, docs/inception.md), beside a published DCGAN on
+canonical CIFAR-10. Measured: RESULTS.md, section 'Inception-v3 scores: ...'.
 """
 
 from gen_jax.recipes import QUICK_GAN, r1_dcgan_config

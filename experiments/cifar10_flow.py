@@ -8,15 +8,11 @@ folder data: a U-Net this small is far from a good CIFAR-10 model.
     gen-jax train experiments/cifar10_cnn.py --workdir runs/cifar10_cnn  # the feature space
     gen-jax train experiments/cifar10_flow.py --workdir runs/cifar10_flow
 
-Reproduces: FID 13.3 against a floor of 0.39 at 10k samples (33.9x), IS 1.69 (floor 3.44),
-precision 0.90, recall 0.23, all 10 classes (the least 3.2% of samples), Heun 19 NFE, in the
-features of a 75.85% cifar10_cnn run; 48.5 min for the whole command (~1.4-1.5 steps/s, a ~6 min
-final evaluation) on a 2-core Intel Xeon (RESULTS.md).
+Measured: RESULTS.md, section 'Diffusion and flow matching (MNIST, ...)' (`cifar10_flow`).
 
 Its final evaluation also scores 10k samples in the FID Inception-v3's features against the
-train split's 50k (`inception_*` metrics, docs/inception.md): FID 74.8 (floor 5.14), KID 0.070,
-precision 0.77, recall 0.04, beside DDPM's 3.17 at 50k on canonical CIFAR-10 (RESULTS.md);
-8:51 for the samples' features on the 2-core Intel Xeon.
+train split's 50k (`inception_*` metrics, docs/inception.md), beside DDPM on canonical CIFAR-10.
+Measured: RESULTS.md, section 'Inception-v3 scores: ...'.
 """
 
 from gen_jax.recipes import QUICK_DIFFUSION, flow_config

@@ -5,9 +5,8 @@ batch 128, 8 epochs. It proves the VAE trains on 32x32x3 folder data.
     gen-jax train experiments/cifar10_vae.py --workdir runs/cifar10_vae
 
 Reports the test NLL (nats, importance-sampled with k=100) and bits per dimension beside the
-negative ELBO. Reproduces: test NLL 13,514.5 nats = 6.347 bits/dim (negative ELBO 13,556.1 =
-6.366 bits/dim); 52:10 for the command on a 2-core Intel Xeon VM, beside two other trainings
-(RESULTS.md). A baseline: 8 epochs are far from converged (6.415 bits/dim after 4, k=10).
+negative ELBO. A baseline: 8 epochs are far from converged (6.415 bits/dim after 4, k=10).
+Measured: RESULTS.md, section 'VAE and DCGAN on Fashion-MNIST and CIFAR-10 (JPEG copy)'.
 
 Its final evaluation also scores 10k samples in the FID Inception-v3's features against the
 train split's (`inception_*` metrics, docs/inception.md): not yet measured for this recipe.

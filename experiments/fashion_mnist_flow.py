@@ -6,10 +6,7 @@ Fashion-MNIST classifier, beside experiments/fashion_mnist_dcgan.py.
     gen-jax train experiments/fashion_mnist_cnn.py --workdir runs/fashion_mnist_cnn  # features
     gen-jax train experiments/fashion_mnist_flow.py --workdir runs/fashion_mnist_flow
 
-Reproduces: FID 3.01 against a floor of 0.15 at 10k samples (20.5x), IS 3.55 (floor 5.48),
-precision 0.66, recall 0.58, all 10 classes (the least 8.6% of samples), Heun 19 NFE; ~60 min of
-training (1.5-1.76 steps/s alone) and a ~15 min final evaluation on a 2-core Intel Xeon
-(RESULTS.md).
+Measured: RESULTS.md, section 'Diffusion and flow matching (MNIST, ...)' (`fashion_mnist_flow`).
 
 Its final evaluation also scores 10k samples in the FID Inception-v3's features against the
 train split's (`inception_*` metrics, docs/inception.md): not yet measured for this recipe.

@@ -5,8 +5,7 @@ likelihood (256 levels per pixel); Adam 1e-3 with cosine decay, batch 128, 30 ep
 
 Reads the TFDS dataset `fashion_mnist` ($TFDS_DATA_DIR or --config.data.data_dir). Reports the
 test NLL (nats, importance-sampled with k=100) and bits per dimension beside the negative ELBO.
-Reproduces: test NLL 1767.8 nats = 3.253 bits/dim (negative ELBO 1789.3 nats, 3.293 bits/dim) in
-46 min for the command on a 2-core Intel Xeon VM, beside other work (RESULTS.md).
+Measured: RESULTS.md, section 'VAE and DCGAN on Fashion-MNIST and CIFAR-10 (JPEG copy)'.
 """
 
 from gen_jax.recipes import QUICK_VAE, vae_config

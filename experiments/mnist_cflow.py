@@ -9,15 +9,12 @@ flat; `notebooks/diffusion_sampling.ipynb` shows its guidance scales side by sid
     gen-jax train experiments/mnist_cnn.py --workdir runs/mnist_cnn    # the feature space
     gen-jax train experiments/mnist_cflow.py --workdir runs/mnist_cflow
 
-Goal (issue 23): FID <= 2x the real floor at 10k samples. Reproduces: FID 1.92 against a floor
-of 0.96 (1.99x: the goal is reached, by a hair; uniform training times gave 2.25, 2.34x; the
-DCGAN's 100 epochs reach 3.4x), IS 9.86 (floor 9.92), precision 0.79, recall 0.86, every class
-9.5%-10.5% of samples; ~80-90 min of training and a ~30-45 minute final evaluation (50 network
-evaluations per image) on a 2-core Intel Xeon (RESULTS.md).
+Goal (issue 23): FID <= 2x the real floor at 10k samples.
+Measured: RESULTS.md, section 'Diffusion and flow matching (MNIST, ...)' (`mnist_cflow`).
 
 Its final evaluation also scores 10k samples in the FID Inception-v3's features against the
-train split's (`inception_*` metrics, docs/inception.md): FID 9.99 against a floor of 1.55
-(RESULTS.md, "Inception-v3 scores").
+train split's (`inception_*` metrics, docs/inception.md). Measured: RESULTS.md, section
+'Inception-v3 scores: ...'.
 """
 
 from gen_jax.recipes import QUICK_DIFFUSION, flow_config

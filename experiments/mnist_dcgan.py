@@ -1,6 +1,6 @@
 """DCGAN on MNIST: non-saturating loss; a discriminator without normalisation trained with an R1
 penalty (weight 1, Mescheder et al., 2018) that downsamples by space_to_depth + 2x2 convolutions
-(1.75x faster steps than stride-2 convolutions under R1 on a CPU, benchmarks/README.md), batch
+(faster steps than stride-2 convolutions under R1 on a CPU, benchmarks/README.md), batch
 norm in the generator; Adam (b1 0.5) for each, 5e-4 for 60 epochs, then decayed linearly to zero
 over 40 more; batch 64, EMA generator; scored in the baseline CNN classifier's features. The
 recipe is `r1_dcgan_config` (gen_jax/recipes.py), shared with the Fashion-MNIST and CIFAR-10 runs.
@@ -9,9 +9,8 @@ recipe is `r1_dcgan_config` (gen_jax/recipes.py), shared with the Fashion-MNIST 
     gen-jax train experiments/mnist_dcgan.py --workdir runs/mnist_dcgan
 
 Goal: classifier-space FID <= 3x the real-vs-real floor, IS >= 9.0, all 10 classes with none
-under 5% of samples. Reproduces: FID 3.00 against a floor of 0.88 (3.4x: the FID goal is not
-reached), IS 9.03, every class 8.8%-11.5% of samples; ~3.1 h on a 2-core AMD EPYC VM at 8.3
-steps/s. The stride-2 recipe before it (50 epochs) ended at FID 4.01, IS 8.92 (RESULTS.md).
+under 5% of samples. Measured (the FID goal is not reached): RESULTS.md, section
+'GAN family (MNIST, ...)'.
 """
 
 from gen_jax.recipes import QUICK_GAN, r1_dcgan_config

@@ -3,10 +3,8 @@ first set up (batch norm in the discriminator, no R1 penalty, a constant 2e-4: `
 
     gen-jax train experiments/mnist_hinge_gan.py --workdir runs/mnist_hinge_gan
 
-(needs the classifier run runs/mnist_cnn, see mnist_dcgan.py). 5 epochs; measured on a 2-core AMD
-EPYC VM (18.0 min, sharing the cores): classifier-space FID 32.58 (real floor 0.88), IS 7.26,
-precision 0.41, recall 0.65, all 10 classes, the rarest 3.3% — level with the non-saturating
-DCGAN after the same 5 epochs (32.21, 7.36; RESULTS.md).
+(needs the classifier run runs/mnist_cnn, see mnist_dcgan.py). 5 epochs, to compare with the
+non-saturating loss over the same 5 epochs. Measured: RESULTS.md, section 'GAN family (MNIST, ...)'.
 """
 
 from gen_jax.recipes import QUICK_GAN, gan_config

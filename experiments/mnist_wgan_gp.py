@@ -1,15 +1,13 @@
 """WGAN-GP on MNIST (Gulrajani et al., 2017): Wasserstein loss, gradient penalty 10, 5 critic
 steps per generator step, a layer-normalised critic that downsamples by space_to_depth (the
-penalty differentiates the critic twice: 2x faster steps than stride-2 convolutions on a CPU,
+penalty differentiates the critic twice: faster steps than stride-2 convolutions on a CPU,
 benchmarks/README.md), Adam 1e-4 (b1 0.5, b2 0.9) each.
 
     gen-jax train experiments/mnist_wgan_gp.py --workdir runs/mnist_wgan_gp
 
 Each step takes 5 x 64 real images, one slice of 64 per critic step (with its own noise and
 penalty key), so an epoch is 187 generator steps; 10 epochs. Needs the classifier run
-runs/mnist_cnn (see mnist_dcgan.py). Measured on a 2-core Intel Xeon VM (~38 min alone):
-classifier-space FID 31.94 (real floor 0.96), IS 7.26, precision 0.37, recall 0.66, all 10
-classes, the rarest 5.4% (RESULTS.md).
+runs/mnist_cnn (see mnist_dcgan.py). Measured: RESULTS.md, section 'GAN family (MNIST, ...)'.
 """
 
 from gen_jax.recipes import QUICK_GAN, gan_config

@@ -8,7 +8,7 @@ save that is still being written.
 
 A committed checkpoint whose files were damaged later (truncated by a full disk, overwritten,
 missing) raises a `DamagedCheckpointError` naming its step and what failed; the training run
-moves it aside (`Checkpointer.move_aside`) and resumes from an older one (`train.resume`).
+moves it aside (`Checkpointer.move_aside`) and resumes from an older one (`workdir.resume`).
 """
 
 from __future__ import annotations

@@ -1,19 +1,24 @@
-"""Where metrics go: `metrics.jsonl`, TensorBoard event files, and a terminal progress bar."""
+"""Where metrics go: `metrics.jsonl`, TensorBoard event files, and a terminal progress bar; and
+`TrainLog`, the training loop's per-step metrics, averaged per logging window."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import jax
 import numpy as np
 import tqdm
 from tensorboardX import SummaryWriter
 
 from gen_jax import images
 from gen_jax.atomic import write_text_atomically
+from gen_jax.errors import NonFiniteLossError
 
 
 class MetricWriter:
@@ -97,3 +102,60 @@ def logged_metrics(workdir: Path, step: int, split: str) -> dict[str, float]:
 def _whole_lines(lines: Iterable[str]) -> list[str]:
     """The lines, less a last one that a kill cut off while it was being written."""
     return [line for line in lines if line.endswith("\n")]
+
+
+class TrainLog:
+    """Per-step train metrics: kept on device until needed, checked for divergence, averaged
+    over each logging window, with the time of the first call (`first_step_seconds`: what is
+    left of its compile, which starts in the background, and the steps) and of the whole
+    start-up up to its end (`startup_seconds`, from `started`), and a progress bar."""
+
+    def __init__(
+        self, writer: MetricWriter, batch_size: int, start: int, total: int, started: float
+    ):
+        self.writer, self.batch_size, self.start, self.started = writer, batch_size, start, started
+        self.pending: list[tuple[int, dict]] = []  # (step, device metrics) not yet fetched
+        self.window: list[dict] = []  # host metrics since the last write
+        self.window_start = time.perf_counter()
+        self.bar = progress_bar(total, start, enabled=writer.enabled)
+
+    def record(self, step: int, metrics: dict) -> None:
+        """Keep the metrics of the steps up to `step` (a leading axis, one row per step)."""
+        if step - len(metrics["loss"]) == self.start:  # the first call
+            jax.block_until_ready(metrics)
+            now = time.perf_counter()
+            seconds = {"first_step_seconds": now - self.window_start}
+            self.writer.write(step, "train", {**seconds, "startup_seconds": now - self.started})
+        self.pending.append((step, metrics))
+        self.bar.update(len(metrics["loss"]))
+
+    def check_finite(self) -> None:
+        """Fetch pending metrics; stop the run at the first step whose loss is not finite."""
+        for last, metrics in jax.device_get(self.pending):
+            count = len(metrics["loss"])
+            for row in range(count):
+                values = {k: float(v[row]) for k, v in metrics.items()}
+                if not math.isfinite(values["loss"]):
+                    raise NonFiniteLossError(last - count + 1 + row, values)
+                self.window.append(values)
+        self.pending = []
+
+    def write(self, step: int) -> None:
+        """Write the window's mean metrics and throughput, then start a new window."""
+        elapsed = time.perf_counter() - self.window_start
+        means = {k: float(np.mean([m[k] for m in self.window])) for k in self.window[0]}
+        means["steps_per_second"] = len(self.window) / elapsed
+        means["examples_per_second"] = len(self.window) * self.batch_size / elapsed
+        self.writer.write(step, "train", means)
+        self.bar.set_postfix(loss=f"{means['loss']:.4f}")
+        self.window, self.window_start = [], time.perf_counter()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Leave the time spent inside out of the current window's throughput."""
+        start = time.perf_counter()
+        yield
+        self.window_start += time.perf_counter() - start
+
+    def close(self) -> None:
+        self.bar.close()

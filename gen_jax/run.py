@@ -33,8 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gen_jax import checkpoint, data, tasks, train
+from gen_jax import checkpoint, compiled, data, tasks, train
 from gen_jax import config as config_lib
+from gen_jax import workdir as workdir_lib
 from gen_jax.data.folder import CHANNEL_MODES, conform, from_array
 from gen_jax.errors import GenJaxError
 
@@ -44,7 +45,7 @@ class Run:
 
     def __init__(self, workdir: str | Path, step: int | None = None):
         self.workdir = Path(workdir)
-        self.config, self.task, self.mesh, self.state = train.load_state(self.workdir, step)
+        self.config, self.task, self.mesh, self.state = workdir_lib.load_state(self.workdir, step)
         self.step = int(self.state.step)
         self.kind = self.config.task.name
         self.low, self.high = data.pixel_range(self.config.data)
@@ -242,7 +243,7 @@ class Run:
             config.task.update(task_settings)
             task = tasks.build(config)
         split = data.get_split(config.data, config.data.eval_split)
-        steps = train.compile_steps(task, config, self.mesh, split)
+        steps = compiled.compile_steps(task, config, self.mesh, split)
         return {"step": self.step, **steps.evaluate(self.state, final=final)}
 
 

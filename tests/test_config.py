@@ -8,7 +8,7 @@ import pytest
 from gen_jax import config as config_lib
 from gen_jax import models, parallel
 from gen_jax.errors import GenJaxError
-from tests.conftest import REPO
+from tests.helpers.runs import REPO
 
 
 @pytest.fixture

@@ -13,11 +13,12 @@ import pytest
 
 from gen_jax import cli, train
 from gen_jax import config as config_lib
+from gen_jax import workdir as workdir_lib
 from gen_jax.checkpoint import Checkpointer
 from gen_jax.errors import GenJaxError
 from gen_jax.metric_writer import read_metrics
 from gen_jax.run import load_run
-from tests.conftest import assert_trees_equal, copied_run
+from tests.helpers.runs import assert_trees_equal, copied_run
 
 # when one array cannot be read, orbax cancels its other reads, whose coroutines raise again as
 # they are collected (Python reports it and carries on); the error the user sees is the first
@@ -92,7 +93,7 @@ def test_training_moves_a_damaged_checkpoint_aside_and_resumes_bitwise_before_it
     assert logged == [1, 2, 3, 4, 5, 6]  # steps 5 and 6 recorded once, by the resumed run
     # resuming is bitwise identical to not stopping (test_distributed), so steps 5 and 6
     # trained again from step 4 give exactly the state the undamaged run saved at step 6
-    assert_trees_equal(train.load_state(workdir)[3], train.load_state(finished)[3])
+    assert_trees_equal(workdir_lib.load_state(workdir)[3], workdir_lib.load_state(finished)[3])
 
 
 def test_training_moves_every_damaged_newer_checkpoint_aside(finished, workdir, mock_mnist):
@@ -102,7 +103,9 @@ def test_training_moves_every_damaged_newer_checkpoint_aside(finished, workdir, 
     records = [json.loads(line) for line in (workdir / "damaged_checkpoints.jsonl").open()]
     assert [(r["step"], r["resumes_at"]) for r in records] == [(6, 2), (4, 2)]
     assert all((workdir / r["moved_to"]).is_dir() for r in records)
-    assert_trees_equal(train.load_state(workdir)[3], train.load_state(finished)[3])  # as above
+    assert_trees_equal(
+        workdir_lib.load_state(workdir)[3], workdir_lib.load_state(finished)[3]
+    )  # as above
 
 
 @pytest.mark.parametrize("damage", [truncate_state, delete_an_array_file, delete_metadata])
@@ -172,7 +175,7 @@ def test_a_passing_read_error_is_retried_once_and_is_not_damage(
     train.run(config_lib.load(workdir / "config.json"), workdir)  # resumes at 6: nothing to do
     assert failed == [6] and listing(workdir / "checkpoints") == before
     assert not (workdir / "damaged_checkpoints").exists()
-    assert_trees_equal(train.load_state(workdir)[3], train.load_state(finished)[3])
+    assert_trees_equal(workdir_lib.load_state(workdir)[3], workdir_lib.load_state(finished)[3])
 
 
 def test_running_out_of_memory_while_restoring_is_not_damage(workdir, mock_mnist, monkeypatch):

@@ -14,7 +14,7 @@ from gen_jax.errors import GenJaxError
 from gen_jax.tasks import samplers
 from gen_jax.tasks.base import init_state
 from gen_jax.tasks.gaussian_paths import GaussianPath
-from tests.conftest import TINY_UNET
+from tests.helpers.experiments import TINY_UNET
 
 PATHS = {
     "ddpm_linear_epsilon": GaussianPath("ddpm", "linear", "epsilon"),

@@ -3,99 +3,45 @@
 Every run here is the real CLI on mocked MNIST (tests/mocked_cli.py) in its own process.
 """
 
-import contextlib
 import shlex
 import signal
-import socket
 import subprocess
 import time
-from collections.abc import Iterator
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image
 
 import gen_jax
-from gen_jax import checkpoint, cli, train
+from gen_jax import checkpoint, cli
 from gen_jax import config as config_lib
+from gen_jax import workdir as workdir_lib
 from gen_jax.metric_writer import logged_metrics, read_metrics
-from tests.conftest import (
-    DEVICE_RUN_FAMILIES,
-    assert_trees_equal,
+from tests.helpers.distributed import (
+    DUMP_PARAMS,
+    FIRST_RTOL,
+    FIRST_STEPS,
+    TRAJECTORY_RTOL,
+    assert_trees_close,
+    dumped_params,
+    finish,
+    train_args,
+    train_losses,
+    two_hosts,
+)
+from tests.helpers.experiments import DEVICE_RUN_FAMILIES, write_experiment
+from tests.helpers.processes import (
     chained,
     check_call_mocked_cli,
     locked_by_another_process,
     mocked_cli,
-    write_experiment,
 )
+from tests.helpers.runs import assert_trees_equal
 
 pytestmark = pytest.mark.slow
 
-DUMP_PARAMS = {"GEN_JAX_DUMP_PARAMS": "1"}  # tests/mocked_cli.py: each process's own params
 TWO_HOST_STEPS = 60  # long enough that a SIGTERM stops the run before its end
 STOP_SECONDS = 20  # how soon a process whose peer was killed must have stopped
-
-
-def train_args(experiment, workdir, *extra):
-    return ["train", str(experiment), "--workdir", str(workdir), *extra]
-
-
-def train_losses(workdir):
-    return np.array(
-        [r["value"] for r in read_metrics(workdir) if r["split"] == "train" and r["name"] == "loss"]
-    )
-
-
-def relative_difference(a, b, scale=None) -> float:
-    """|a - b| / |scale| (default |a|) in the L2 norm over a whole array (0 when both are zero):
-    the size of a difference against the size of what is compared, so that a leaf of Adam second
-    moments (~1e-8) is judged by its own scale and near-zero elements do not dominate."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    scale = np.linalg.norm(a if scale is None else np.asarray(scale, np.float64))
-    return float(np.linalg.norm(a - b) / scale) if scale else float(np.abs(b).max(initial=0))
-
-
-def assert_trees_close(a, b, rtol, scales=None):
-    """Every leaf of `b` within `rtol` of the same leaf of `a`, relatively (relative_difference),
-    each judged on the size of its leaf in `scales` (default: `a`'s)."""
-    scales = jax.tree.leaves(a if scales is None else scales)
-    differences = {
-        jax.tree_util.keystr(path): relative_difference(x, y, scale)
-        for (path, x), y, scale in zip(
-            jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b), scales, strict=True
-        )
-    }
-    too_far = {name: d for name, d in differences.items() if not d <= rtol}
-    assert not too_far, f"leaves further apart than {rtol:g} (relative, L2): {too_far}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# Tolerances of the 1-vs-8-device comparison. Both sides compute the same global batch; they
-# differ only in the order of float32 reductions (a sum over 8 device partials, all-reduced,
-# against one sum) and in the kernels XLA picks for a batch of 16 or 2 per device, which depend
-# on the CPU's vector width (AVX2 or AVX-512). One step's loss is a mean over a few thousand
-# float32 terms: it agrees to a few ulps (~1e-6 relative). Each Adam step then feeds those
-# differences back into the parameters. A real bug is far larger: batch-norm statistics taken
-# per device instead of over the global batch, or a device drawing another device's noise,
-# changes the first loss already by ~1e-2 (checked once by breaking the code that way: RESULTS.md).
-FIRST_STEPS, FIRST_RTOL = 3, 2e-5  # before rounding has been amplified by training
-TRAJECTORY_RTOL = {  # all 10 steps' losses, and every state leaf after them
-    "classifier": 1e-4,  # batch norm, dropout, random shifts; a smooth objective
-    "vae": 1e-4,
-    # A GAN is chaotic: each player's update moves the other's loss, and a 1e-6 difference grows
-    # ~2x per step (on the AMD Zen 3, losses agreed to 1e-6 for 8 steps and by 2.8e-5 at step
-    # 12). Its trajectory is compared loosely; its first steps are where a bug would show.
-    "gan": 1e-3,
-    "wgan_gp": 1e-3,  # conditional, 2 critic steps, gradient penalty
-    "r1_gan": 1e-3,  # an R1 penalty through the discriminator
-    "diffusion": 1e-4,  # a regression, like the VAE's
-}
 
 
 @pytest.mark.parametrize("family", DEVICE_RUN_FAMILIES)
@@ -112,7 +58,7 @@ def test_one_device_and_eight_devices_agree_after_ten_steps(family, device_runs,
     )
     rtol = TRAJECTORY_RTOL[family]
     np.testing.assert_allclose(first, trajectory, rtol=rtol, atol=rtol * scale)
-    states = [train.load_state(run)[3] for run in (one_device, eight)]
+    states = [workdir_lib.load_state(run)[3] for run in (one_device, eight)]
     # The diffusion EMA is judged on the scale of the weights it averages: an average of weights
     # that cross zero can cancel (the output layer's bias: 8e-5, its EMA 1e-7), and the weights'
     # rounding (~1e-11 a step, summed by the average) then looks large beside it (1e-3 of the
@@ -120,40 +66,6 @@ def test_one_device_and_eight_devices_agree_after_ten_steps(family, device_runs,
     scales = states[0].replace(ema=states[0].params) if family == "diffusion" else None
     # params, statistics, Adam moments
     assert_trees_close(*states, rtol=TRAJECTORY_RTOL[family], scales=scales)
-
-
-@contextlib.contextmanager
-def two_hosts(experiment, workdir, *extra: str) -> Iterator[list[subprocess.Popen]]:
-    """Both processes of a two-process run on 127.0.0.1 (two fake devices each, `extra` train
-    arguments), output piped, each dumping its own params at every checkpoint; killed when the
-    block ends."""
-    address = f"127.0.0.1:{free_port()}"
-    piped = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
-    with contextlib.ExitStack() as stack:
-        yield [
-            stack.enter_context(
-                mocked_cli(
-                    train_args(experiment, workdir, *host_flags(address, process), *extra),
-                    devices=2,
-                    env=DUMP_PARAMS,
-                    **piped,
-                )
-            )
-            for process in range(2)
-        ]
-
-
-def host_flags(address: str, process: int) -> list[str]:
-    return ["--coordinator_address", address, "--num_processes", "2", "--process_id", str(process)]
-
-
-def finish(hosts) -> None:
-    outputs = [host.communicate(timeout=300)[0] for host in hosts]
-    assert [host.returncode for host in hosts] == [0, 0], "\n".join(outputs)
-
-
-def dumped_params(workdir, process, step):
-    return dict(np.load(workdir / "local_params" / f"process{process}_step{step}.npz"))
 
 
 @pytest.fixture(scope="module")
@@ -294,7 +206,7 @@ def test_ctrl_c_stops_after_the_step_under_way_with_a_checkpoint_and_resumes_bit
     check_call_mocked_cli(train_args(experiment, workdir))
     resumed_at = [r["step"] for r in read_metrics(workdir) if r["name"] == "first_step_seconds"]
     assert resumed_at == [1, latest + 1]
-    assert_trees_equal(train.load_state(reference)[3], train.load_state(workdir)[3])
+    assert_trees_equal(workdir_lib.load_state(reference)[3], workdir_lib.load_state(workdir)[3])
 
 
 @pytest.mark.parametrize(
@@ -339,8 +251,8 @@ def test_a_run_stopped_halfway_and_resumed_in_a_new_process_is_bitwise_identical
     resumed = resumed_runs / family
     starts = [r["step"] for r in read_metrics(resumed) if r["name"] == "first_step_seconds"]
     assert starts == [1, 7]  # stopped after step 6, resumed from its checkpoint
-    reference = train.load_state(device_runs / "one_device" / family)[3]
-    assert_trees_equal(reference, train.load_state(resumed)[3])
+    reference = workdir_lib.load_state(device_runs / "one_device" / family)[3]
+    assert_trees_equal(reference, workdir_lib.load_state(resumed)[3])
     np.testing.assert_array_equal(
         train_losses(device_runs / "one_device" / family), train_losses(resumed)
     )
@@ -350,7 +262,7 @@ def test_sigkill_mid_run_and_mid_save_leaves_a_workdir_that_resumes(
     device_runs, tmp_path, mock_mnist
 ):
     experiment = device_runs / "experiments" / "classifier.py"
-    reference = train.load_state(device_runs / "one_device" / "classifier")[3]
+    reference = workdir_lib.load_state(device_runs / "one_device" / "classifier")[3]
     workdir, checkpoints = tmp_path / "run", tmp_path / "run" / "checkpoints"
 
     def finished_steps():  # renamed into place: a tmp directory is unfinished, whatever it holds
@@ -379,7 +291,7 @@ def test_sigkill_mid_run_and_mid_save_leaves_a_workdir_that_resumes(
     assert "error" not in output.lower()
     resumed_at = [r["step"] for r in read_metrics(workdir) if r["name"] == "first_step_seconds"][-1]
     assert resumed_at == min(latest + 1, 10) or latest == 10
-    assert_trees_equal(reference, train.load_state(workdir)[3])
+    assert_trees_equal(reference, workdir_lib.load_state(workdir)[3])
 
 
 # Evaluating the same state on 1 device instead of 8 changes only the order of float32 sums
@@ -393,7 +305,7 @@ EVAL_RTOL = {"vae": 1e-5, "gan": 1e-4, "diffusion": 1e-4}
 # nearest-neighbour distance or top class sits within those ulps of a tie may count the other
 # way, so they may differ by one sample. A wrong restore moves them by many.
 COUNTED = ("precision", "recall", "fraction", "classes")
-EVAL_SAMPLES = 64  # the tiny runs' final evaluation (tests/conftest.py FAMILIES)
+EVAL_SAMPLES = 64  # the tiny runs' final evaluation (tests/helpers/experiments.py FAMILIES)
 # The grids are the samples rounded to 8-bit levels: a value within those ulps of a level's edge
 # rounds the other way, one level off. Measured: none so far; allowed: 1% of the pixels.
 GRID_PIXELS_OFF_BY_ONE = 0.01

@@ -15,7 +15,7 @@ from gen_jax import config as config_lib
 from gen_jax import data, tasks
 from gen_jax.data import folder as folder_lib
 from gen_jax.errors import GenJaxError
-from tests.conftest import make_image_folder
+from tests.helpers.runs import make_image_folder
 
 
 def folder_config(root, cache, **settings):

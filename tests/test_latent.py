@@ -6,7 +6,7 @@ import pytest
 
 from gen_jax import latent
 from gen_jax.tasks.base import init_state
-from tests.test_vae import tiny_task
+from tests.helpers.vae import tiny_task
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from nbclient import NotebookClient
 
 from gen_jax import config as config_lib
 from gen_jax import train
-from tests.conftest import REPO
+from tests.helpers.runs import REPO
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 PROMISED = [  # the notebooks README promises

@@ -8,12 +8,13 @@ diffusion run (`real_diffusion_run`); each test compares one with where it start
 import jax
 import pytest
 
+from gen_jax import compiled, data, parallel, tasks
 from gen_jax import config as config_lib
-from gen_jax import data, parallel, tasks, train
+from gen_jax import workdir as workdir_lib
 from gen_jax.metric_writer import read_metrics
 from gen_jax.run import load_run
 from gen_jax.tasks.base import init_state
-from tests.conftest import REPO
+from tests.helpers.runs import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -29,10 +30,12 @@ def at_initialisation(experiment: str, data_dir: str, *overrides: str) -> dict[s
     config_lib.apply_overrides(config, [f"--config.data.data_dir={data_dir}", *overrides])
     config = config_lib.with_absolute_paths(config)
     mesh, task = parallel.make_mesh(), tasks.build(config)
-    batch = train.example_batch(data.get_split(config.data, config.data.train_split), config, mesh)
+    batch = workdir_lib.example_batch(
+        data.get_split(config.data, config.data.train_split), config, mesh
+    )
     state = init_state(task, jax.random.PRNGKey(config.seed), batch)
     eval_split = data.get_split(config.data, config.data.eval_split)
-    return train.compile_steps(task, config, mesh, eval_split).evaluate(state, final=True)
+    return compiled.compile_steps(task, config, mesh, eval_split).evaluate(state, final=True)
 
 
 def test_three_hundred_steps_of_the_baseline_reach_95_percent(quick_runs):

@@ -10,8 +10,10 @@ import pytest
 
 from gen_jax import cli, data, parallel, provenance, reproduce, sample_quality, tasks, train
 from gen_jax import config as config_lib
+from gen_jax import workdir as workdir_lib
 from gen_jax.errors import GenJaxError
-from tests.conftest import QUICK_FAMILIES, REPO, write_experiment
+from tests.helpers.experiments import QUICK_FAMILIES, write_experiment
+from tests.helpers.runs import REPO
 
 
 def test_the_table_goes_between_the_markers_and_keeps_the_text_around_it(tmp_path):
@@ -286,7 +288,7 @@ def reported_metrics(tmp_path_factory) -> dict[str, set[str]]:
                     pixel_features, None, config.data, config.task
                 )
             splits = {k: data.get_split(config.data, config.data[k]) for k in SPLITS}
-            example = train.example_batch(splits["train_split"], config, mesh)
+            example = workdir_lib.example_batch(splits["train_split"], config, mesh)
             state = jax.eval_shape(task.init, jax.random.PRNGKey(0), example)
             batch = next(data.eval_batches(splits["eval_split"], config.data))
             shapes = jax.eval_shape(functools.partial(task.eval_step, final=True), state, batch)

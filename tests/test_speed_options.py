@@ -19,7 +19,7 @@ from gen_jax.metric_writer import read_metrics
 from gen_jax.run import load_run
 from gen_jax.tasks.base import init_state
 from gen_jax.tasks.classifier import ClassifierTask
-from tests.conftest import assert_trees_equal
+from tests.helpers.runs import assert_trees_equal
 
 
 def load(path, *overrides, model: dict | None = None):

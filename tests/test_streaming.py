@@ -1,6 +1,6 @@
 """The streamed pipeline (a split read from disk by grain workers) trains exactly as the
 in-memory one: the same batches and augmentation, bitwise; resumed; on 8 devices and 2 processes
-as the in-memory path is (tests/test_distributed.py's tolerances)."""
+as the in-memory path is (tests/helpers/distributed.py's tolerances)."""
 
 import numpy as np
 import pytest
@@ -10,14 +10,7 @@ from gen_jax import data, train
 from gen_jax.errors import GenJaxError
 from gen_jax.metric_writer import logged_metrics, read_metrics
 from gen_jax.run import load_run
-from tests.conftest import (
-    THEN,
-    assert_trees_equal,
-    check_call_mocked_cli,
-    make_image_folder,
-    write_experiment,
-)
-from tests.test_distributed import (
+from tests.helpers.distributed import (
     TRAJECTORY_RTOL,
     assert_trees_close,
     dumped_params,
@@ -26,6 +19,10 @@ from tests.test_distributed import (
     train_losses,
     two_hosts,
 )
+from tests.helpers.experiments import write_experiment
+from tests.helpers.processes import check_call_mocked_cli
+from tests.helpers.runs import assert_trees_equal, make_image_folder
+from tests.mocked_cli import THEN
 
 pytestmark = pytest.mark.slow
 STEPS = 10

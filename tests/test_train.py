@@ -8,20 +8,17 @@ import jax
 import numpy as np
 import pytest
 
-from gen_jax import checkpoint, resume_policy, tasks, train
+from gen_jax import checkpoint, compiled, resume_policy, tasks, train
 from gen_jax import config as config_lib
+from gen_jax import workdir as workdir_lib
 from gen_jax.checkpoint import Checkpointer
 from gen_jax.errors import GenJaxError, NonFiniteLossError, NonFiniteStateError
 from gen_jax.metric_writer import logged_metrics, read_metrics
 from gen_jax.run import load_run
 from gen_jax.stop_signals import StopSignals
 from gen_jax.tasks.base import init_state
-from tests.conftest import (
-    assert_trees_equal,
-    check_call_mocked_cli,
-    copied_run,
-    make_image_folder,
-)
+from tests.helpers.processes import check_call_mocked_cli
+from tests.helpers.runs import assert_trees_equal, copied_run, make_image_folder
 
 
 def load(path, *overrides):
@@ -108,17 +105,17 @@ def test_the_first_call_runs_the_step_compiled_in_the_background_bit_for_bit(
         f"--config.train.steps_per_call={steps_per_call}",
         f"--config.train.log_every={steps_per_call}",
     )
-    compile_ahead = train.TrainCalls.compile_ahead
+    compile_ahead = compiled.TrainCalls.compile_ahead
     ahead = []  # the variants compiled ahead: stacked or not
 
     def spy(self, stacked, *abstract):
         ahead.append(stacked)
         compile_ahead(self, stacked, *abstract)
 
-    monkeypatch.setattr(train.TrainCalls, "compile_ahead", spy)
+    monkeypatch.setattr(compiled.TrainCalls, "compile_ahead", spy)
     train.run(config, tmp_path / "ahead")
     assert ahead == [steps_per_call > 1]
-    monkeypatch.setattr(train.TrainCalls, "compile_ahead", lambda *args: None)
+    monkeypatch.setattr(compiled.TrainCalls, "compile_ahead", lambda *args: None)
     train.run(config, tmp_path / "lazy")  # jit compiles at the first call
     records = {run: read_metrics(tmp_path / run) for run in ("ahead", "lazy")}
     losses = {
@@ -318,12 +315,12 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 ):
     workdir, path = tmp_path / "run", experiment(family=family)
     train.run(load(path, "--config.train.num_steps=5"), workdir)
-    _, _, _, good = train.load_state(workdir)
+    _, _, _, good = workdir_lib.load_state(workdir)
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step (\d+)") as error:
         train.run(load(path, *DIVERGING[family]), workdir, allow_change=True)
     assert 5 < error.value.step <= 10
     assert Checkpointer(workdir / "checkpoints").latest_step() == 5
-    _, _, _, kept = train.load_state(workdir)
+    _, _, _, kept = workdir_lib.load_state(workdir)
     assert jax.tree.all(jax.tree.map(np.array_equal, good, kept))
 
 
@@ -348,7 +345,7 @@ def test_from_step_resumes_an_older_checkpoint_and_sets_the_newer_aside(
 ):
     workdir, path = tmp_path / "run", experiment()
     train.run(load(path), workdir)  # checkpoints at 5 and 10
-    _, _, _, at_five = train.load_state(workdir, step=5)
+    _, _, _, at_five = workdir_lib.load_state(workdir, step=5)
     with pytest.raises(GenJaxError, match=r"no checkpoint at step 7 .* holds steps \[5, 10\]"):
         train.run(load(path), workdir, from_step=7)
     with pytest.raises(GenJaxError, match=r"trained to step 5 with other settings"):
@@ -362,7 +359,7 @@ def test_from_step_resumes_an_older_checkpoint_and_sets_the_newer_aside(
     assert (workdir / "set_aside_checkpoints" / "10").is_dir()  # kept, never deleted
     resumed = [r["step"] for r in read_metrics(workdir) if r["name"] == "first_step_seconds"]
     assert resumed[-1] == 6  # trained on from step 5
-    _, _, _, state = train.load_state(workdir, step=5)
+    _, _, _, state = workdir_lib.load_state(workdir, step=5)
     assert_trees_equal(state, at_five)
 
 

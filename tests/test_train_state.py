@@ -16,10 +16,10 @@ import numpy as np
 import optax
 import pytest
 
-from gen_jax import train
+from gen_jax import workdir as workdir_lib
 from gen_jax.checkpoint import Checkpointer
 from gen_jax.tasks.base import TrainState, ema_update
-from tests.conftest import assert_trees_equal, copied_run
+from tests.helpers.runs import assert_trees_equal, copied_run
 
 OLD_LAYOUTS = {  # the state classes of each family before the shared one (5441f76), in order
     "classifier": ("step", "params", "batch_stats", "opt_state", "rng"),
@@ -39,7 +39,7 @@ def test_a_checkpoint_of_the_state_class_before_the_shared_one_restores(
     family, tiny_run, tmp_path, mock_mnist
 ):
     workdir = copied_run(tiny_run(family), tmp_path / "run")
-    _, _, _, state = train.load_state(workdir)
+    _, _, _, state = workdir_lib.load_state(workdir)
     fields = OLD_LAYOUTS[family]
     assert {field.name for field in dataclasses.fields(state)} == set(fields)
     host = jax.tree.map(np.asarray, state)
@@ -48,7 +48,7 @@ def test_a_checkpoint_of_the_state_class_before_the_shared_one_restores(
     writer = Checkpointer(workdir / "checkpoints", max_to_keep=1)
     writer.save(int(host.step), old, iter(grain.MapDataset.range(4).to_iter_dataset()))
     writer.close()
-    _, _, _, restored = train.load_state(workdir)
+    _, _, _, restored = workdir_lib.load_state(workdir)
     assert type(restored) is type(state)
     assert_trees_equal(restored, host)
 

@@ -12,13 +12,14 @@ import scipy.stats
 from PIL import Image
 
 from gen_jax import config as config_lib
-from gen_jax import data, tasks, train
+from gen_jax import data, train
 from gen_jax.errors import GenJaxError
 from gen_jax.metric_writer import logged_metrics
 from gen_jax.run import load_run
 from gen_jax.tasks import likelihoods, vae
 from gen_jax.tasks.base import init_state
-from tests.conftest import make_image_folder
+from tests.helpers.runs import make_image_folder
+from tests.helpers.vae import tiny_task
 
 EPS32 = np.finfo(np.float32).eps
 
@@ -28,16 +29,6 @@ def data_section(preprocess: tuple[str, ...]):
     section = config_lib.base_config().data
     section.preprocess = preprocess
     return section
-
-
-def tiny_task(image_shape=(28, 28, 1), preprocess=("scale_to_unit",), **task_options):
-    config = config_lib.vae_config()
-    config.model = config_lib.ml_collections.ConfigDict(
-        {"name": "mlp_vae", "latent_dim": 2, "hidden": 3, "image_shape": image_shape}
-    )
-    config.data.preprocess = preprocess
-    config.task.update(task_options)
-    return tasks.build(config)
 
 
 @pytest.fixture

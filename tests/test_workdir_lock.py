@@ -11,7 +11,8 @@ import pytest
 
 from gen_jax import cli, workdir_lock
 from gen_jax.workdir_lock import LOCK_FILE, WorkdirLocked
-from tests.conftest import copied_run, locked_by_another_process
+from tests.helpers.processes import locked_by_another_process
+from tests.helpers.runs import copied_run
 
 
 def test_a_second_trainer_stops_at_once_naming_the_first_and_readers_still_read(

@@ -5,17 +5,14 @@ import subprocess
 
 import pytest
 
-from gen_jax import cli, data, reproduce, train
+from gen_jax import cli, data, reproduce
 from gen_jax import config as config_lib
+from gen_jax import workdir as workdir_lib
 from gen_jax.errors import GenJaxError
 from gen_jax.run import load_run
-from tests.conftest import (
-    check_call_mocked_cli,
-    copied_run,
-    disk_full_after,
-    mocked_cli,
-    write_experiment,
-)
+from tests.helpers.experiments import write_experiment
+from tests.helpers.processes import check_call_mocked_cli, mocked_cli
+from tests.helpers.runs import copied_run, disk_full_after
 
 
 def _keeps_its_bytes_on_a_full_disk(write, path) -> None:
@@ -36,7 +33,8 @@ def test_records_rewritten_on_a_full_disk_keep_their_old_contents(tiny_run, tmp_
     )
     splits = {k: data.get_split(config.data, config.data[f"{k}_split"]) for k in ("train", "eval")}
     _keeps_its_bytes_on_a_full_disk(
-        lambda: train.record_dataset(run, config.data, splits, "in process"), run / "dataset.json"
+        lambda: workdir_lib.record_dataset(run, config.data, splits, "in process"),
+        run / "dataset.json",
     )
     results = tmp_path / "RESULTS.md"
     results.write_text("# Results\n" + "text by hand\n" * 20)

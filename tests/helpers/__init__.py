@@ -1,0 +1,1 @@
+"""Helpers that several test files share (tests/conftest.py holds the hooks and fixtures)."""
