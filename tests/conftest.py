@@ -52,6 +52,19 @@ def pytest_unconfigure(config):
         shutil.rmtree(config.stash[XLA_CACHE], ignore_errors=True)
 
 
+SESSION_RUNS = {"runs", "device_runs", "quick_runs", "real_diffusion_run"}  # fixtures that train
+
+
+def pytest_collection_modifyitems(config, items):
+    """The fast tier (`-m "not slow"`, README) leaves out every test marked slow and every test
+    that reads the runs several families train for the session (SESSION_RUNS): they cost minutes
+    whichever test comes first. A test is marked slow where it takes over ~3 s on the slowest CPU
+    (AMD EPYC Zen 3), starts processes or reads real data for long."""
+    for item in items:
+        if SESSION_RUNS & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 INCEPTION_IMAGES_AT_MOST = 512  # a test proves the Inception path on a few hundred images
 
 

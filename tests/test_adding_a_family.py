@@ -104,6 +104,7 @@ QUICK = {"overrides": ["--config.train.num_steps=20"], "expected": {"nll": ("<="
 """
 
 
+@pytest.mark.slow
 def test_a_family_registered_in_one_file_trains_evaluates_samples_and_reproduces(
     pixel_gaussian, tmp_path, mock_mnist, capsys
 ):

@@ -2,11 +2,10 @@
 
 import json
 
-import jax
 import pytest
 
 from gen_jax import config as config_lib
-from gen_jax import models, parallel
+from gen_jax import models
 from gen_jax.errors import GenJaxError
 from tests.helpers.runs import REPO
 
@@ -128,47 +127,6 @@ def test_cli_rejects_bad_override_before_running(tmp_path, capsys):
     assert code == 2
     assert "unknown config key 'train.steps'" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
-
-
-@pytest.mark.parametrize(
-    "flags",
-    [
-        ["--coordinator_address", "127.0.0.1:12345"],
-        ["--num_processes", "2", "--process_id", "0"],
-        ["--coordinator_address", "127.0.0.1:12345", "--num_processes", "2", "--process_id", "2"],
-    ],
-)
-def test_cli_refuses_incomplete_multi_process_flags_before_running(flags, tmp_path, capsys):
-    from gen_jax import cli
-
-    experiment = str(REPO / "experiments/mnist_cnn.py")
-    code = cli.main(["train", experiment, "--workdir", str(tmp_path / "w"), *flags])
-    assert code == 2
-    assert "needs --coordinator_address, --num_processes N and" in capsys.readouterr().err
-    assert not (tmp_path / "w").exists()
-
-
-def test_cli_refuses_a_heartbeat_timeout_under_one_second(tmp_path, capsys):
-    from gen_jax import cli
-
-    experiment = str(REPO / "experiments/mnist_cnn.py")
-    hosts = ["--coordinator_address", "127.0.0.1:12345", "--num_processes", "2"]
-    flags = [*hosts, "--process_id", "0", "--heartbeat_timeout", "0"]
-    assert cli.main(["train", experiment, "--workdir", str(tmp_path / "w"), *flags]) == 2
-    assert "--heartbeat_timeout must be at least 1 second, not 0" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(
-    "error, lost",
-    [  # the first two as a killed process left them: in a train step, in orbax's barrier
-        (jax.errors.JaxRuntimeError("UNKNOWN: Gloo all-reduce failed: [pair.cc] Read error"), True),
-        (ValueError("UNKNOWN: Gloo AllGather failed: [pair.cc] Read error"), True),
-        (jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory"), False),
-        (ValueError("Incompatible shapes for broadcasting: (3,) and (4,)"), False),
-    ],
-)
-def test_only_a_failed_collective_counts_as_a_lost_process(error, lost):
-    assert (parallel.lost_peer(error) == str(error)) is lost
 
 
 def test_num_epochs_counts_the_steps_in_whole_batches_of_the_split_and_says_so(

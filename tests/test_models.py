@@ -18,6 +18,7 @@ def count(params) -> int:
     return sum(x.size for x in jax.tree.leaves(params))
 
 
+@pytest.mark.slow
 def test_baseline_cnn_matches_the_flax_example_size_and_shapes():
     model = models.build(ml_collections.ConfigDict({"name": "cnn"}))
     variables = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 28, 28, 1)))
@@ -25,6 +26,7 @@ def test_baseline_cnn_matches_the_flax_example_size_and_shapes():
     assert model.apply(variables, jnp.zeros((5, 28, 28, 1))).shape == (5, 10)
 
 
+@pytest.mark.slow
 def test_batch_norm_cnn_has_running_statistics_and_trains_with_dropout():
     model = models.build(ml_collections.ConfigDict({"name": "bn_cnn"}))
     x = jnp.ones((4, 28, 28, 1))
@@ -126,6 +128,7 @@ def test_an_option_the_task_decides_may_be_repeated_but_not_contradicted():
         build(outputs_per_channel=1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "size, channels, generator_features, num_classes, downsampling",
     [
@@ -182,6 +185,7 @@ def test_bad_dcgan_downsampling_is_a_clear_error(settings, message):
         models.build(ml_collections.ConfigDict({"name": "dcgan", **settings}))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "shape, window", [((3, 31, 31, 8), 2), ((2, 9, 9, 5), 3), ((2, 3, 3, 4), 3)]
 )
@@ -200,6 +204,7 @@ def test_max_pool_and_its_gradient_are_flax_max_pools_bit_for_bit(shape, window,
     np.testing.assert_array_equal(pullback(cotangent)[0], flax_pullback(cotangent)[0])
 
 
+@pytest.mark.slow
 def test_space_to_depth_undoes_depth_to_space():
     from gen_jax.models.layers import depth_to_space, space_to_depth
 
@@ -207,6 +212,7 @@ def test_space_to_depth_undoes_depth_to_space():
     assert jnp.array_equal(space_to_depth(depth_to_space(x)), x)
 
 
+@pytest.mark.slow
 def test_space_to_depth_downsampling_is_a_stride_2_4x4_convolution_one_pixel_later():
     """Its 2x2 kernel over 2x2 pixel blocks, rearranged to 4x4, gives the stride-2 convolution
     whose windows start at even pixels (padding 0 before, 2 after) - not SAME's (1, 1)."""
@@ -239,6 +245,7 @@ def test_a_strided_discriminator_keeps_the_parameter_names_of_runs_saved_before_
     assert sorted(params) == ["BatchNorm_0", "Conv_0", "Conv_1", "Dense_0"]
 
 
+@pytest.mark.slow
 def test_airbench_whitening_layer_decorrelates_the_patches_it_was_initialised_on():
     scales = jnp.array([1.0, 3.0, 0.3])
     images = jax.random.normal(jax.random.PRNGKey(0), (8, 12, 12, 3)) * scales
@@ -256,6 +263,7 @@ def test_airbench_whitening_layer_decorrelates_the_patches_it_was_initialised_on
     np.testing.assert_allclose(second_moment, np.eye(12), atol=2e-3)
 
 
+@pytest.mark.slow
 def test_airbench_starts_its_convs_as_identities_and_keeps_the_whitening_out_of_params():
     kernel = airbench.identity_then_default(jax.random.PRNGKey(0), (3, 3, 4, 6))
     np.testing.assert_array_equal(kernel[1, 1, :, :4], np.eye(4))

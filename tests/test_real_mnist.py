@@ -6,6 +6,7 @@ diffusion run (`real_diffusion_run`); each test compares one with where it start
 """
 
 import jax
+import numpy as np
 import pytest
 
 from gen_jax import compiled, data, parallel, tasks
@@ -15,8 +16,6 @@ from gen_jax.metric_writer import read_metrics
 from gen_jax.run import load_run
 from gen_jax.tasks.base import init_state
 from tests.helpers.runs import REPO
-
-pytestmark = pytest.mark.slow
 
 
 def last_evaluation(workdir) -> dict[str, float]:
@@ -38,6 +37,7 @@ def at_initialisation(experiment: str, data_dir: str, *overrides: str) -> dict[s
     return compiled.compile_steps(task, config, mesh, eval_split).evaluate(state, final=True)
 
 
+@pytest.mark.slow
 def test_three_hundred_steps_of_the_baseline_reach_95_percent(quick_runs):
     _, runs, _ = quick_runs
     config = config_lib.load(runs / "mnist_cnn/config.json")
@@ -47,6 +47,7 @@ def test_three_hundred_steps_of_the_baseline_reach_95_percent(quick_runs):
     assert load_run(runs / "mnist_cnn").evaluate()["accuracy"] == accuracy
 
 
+@pytest.mark.slow
 def test_a_short_mlp_vae_run_lowers_the_test_negative_elbo_far_below_its_start(
     quick_runs, real_data_dir
 ):
@@ -58,6 +59,7 @@ def test_a_short_mlp_vae_run_lowers_the_test_negative_elbo_far_below_its_start(
     assert after["nll"] <= after["neg_elbo"]
 
 
+@pytest.mark.slow
 def test_a_short_dcgan_run_improves_its_fid_far_beyond_its_start(quick_runs, real_data_dir):
     _, runs, _ = quick_runs
     classifier = f"--config.task.classifier_workdir={runs / 'mnist_cnn'}"
@@ -68,6 +70,7 @@ def test_a_short_dcgan_run_improves_its_fid_far_beyond_its_start(quick_runs, rea
     assert after["floor_fid"] == at_start["floor_fid"]  # real vs real: does not train
 
 
+@pytest.mark.slow
 def test_a_short_flow_matching_run_lowers_its_fid_far_below_its_start(
     real_diffusion_run, real_data_dir
 ):
@@ -84,3 +87,14 @@ def test_a_short_flow_matching_run_lowers_its_fid_far_below_its_start(
     assert fewer["nfe"] == 2 and fewer["fid"] > after["fid"]
     assert fewer["floor_fid"] == after["floor_fid"]
     assert fewer["loss"] == pytest.approx(after["loss"], rel=1e-6)  # another program: rounding
+
+
+def test_the_prepared_mnist_is_read_by_name_with_its_splits_shapes_and_labels(real_data_dir):
+    config = config_lib.base_config().data  # data.name "mnist"
+    config.data_dir = real_data_dir
+    train, test = (data.open_split(config, split) for split in ("train", "test"))
+    assert (len(train), len(test)) == (60_000, 10_000)
+    assert train.spec.image_shape == (28, 28, 1) and train.spec.num_classes == 10
+    first = train.read(np.arange(64))
+    assert first["image"].dtype == np.uint8 and first["image"].max() == 255
+    assert set(first["label"]) <= set(range(10)) and len(set(first["label"])) > 5

@@ -111,6 +111,7 @@ def reproduce_quick(tmp_path) -> tuple[int, str]:
     return code, out.read_text()
 
 
+@pytest.mark.slow
 def test_the_table_reports_the_run_it_made_and_fails_when_the_tolerance_is_missed(
     tmp_path, mock_mnist
 ):
@@ -155,6 +156,7 @@ def test_a_finished_run_read_again_is_reported_as_the_run_that_measured_it(tmp_p
     )
 
 
+@pytest.mark.slow
 def test_a_finished_run_with_other_settings_says_so_and_retrain_trains_it_anew(
     tmp_path, mock_mnist
 ):
@@ -247,6 +249,7 @@ def test_quick_reproduction_of_one_experiment_per_family_passes(quick_runs):
         assert f"| {name} |" in table
 
 
+@pytest.mark.slow
 def test_figures_are_each_runs_latest_pictures_and_a_2d_vaes_maps(tmp_path, mock_mnist):
     run = tmp_path / "runs/vae"
     path = write_experiment(tmp_path / "vae.py", "vae", **{"model.latent_dim": 2})

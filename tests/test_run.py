@@ -115,6 +115,7 @@ def test_a_diffusion_runs_evaluations_draw_samples_and_a_trajectory(runs):
     assert trajectory.std() > 0 and samples.std() > 0  # drawn, not blank
 
 
+@pytest.mark.slow
 def test_a_scored_diffusion_runs_test_loss_does_not_depend_on_how_it_samples(tiny_run, mock_mnist):
     classifier = tiny_run("classifier")
     run = gen_jax.load_run(tiny_run("diffusion", **{"task.classifier_workdir": str(classifier)}))
@@ -123,6 +124,7 @@ def test_a_scored_diffusion_runs_test_loss_does_not_depend_on_how_it_samples(tin
     assert other["loss"] == default["loss"]
 
 
+@pytest.mark.slow
 def test_ddim_inversion_encodes_images_that_decode_back_close_to_them(tiny_run, mock_mnist):
     run = gen_jax.load_run(tiny_run("diffusion", **{"task.guidance_scale": 1.0}))  # unguided
     images, labels = run.images("test")["image"][:4], np.arange(4)
@@ -188,3 +190,8 @@ def test_gen_jax_sample_takes_a_diffusion_runs_sampler_and_steps(
     np.testing.assert_array_equal(np.asarray(Image.open(out)), grid(expected)[..., 0])
     assert cli.main(["sample", diffusion, "--sampler", "rk4", "--out", str(out)]) == 2
     assert "unknown sampler 'rk4'" in capsys.readouterr().err
+
+
+def test_loading_a_folder_that_holds_no_run_is_a_clear_error(tmp_path):
+    with pytest.raises(GenJaxError, match=r"config.json not found: is .* a gen-jax workdir\?"):
+        gen_jax.load_run(tmp_path)

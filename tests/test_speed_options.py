@@ -78,6 +78,7 @@ def assert_same_training(expected, actual, learning_rate: float) -> None:
             np.testing.assert_array_equal(b, a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "family, overrides, model",
     [
@@ -115,6 +116,7 @@ def test_split_batches_are_refused_where_they_would_change_the_step(experiment, 
         train.run(load(experiment(), "--config.train.steps_per_call=0"), tmp_path / "run")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["classifier", "vae"])
 def test_several_steps_per_call_train_the_same_run(experiment, tmp_path, mock_mnist, family):
     """Steps 1-4 and 6-9 go as scans of 4, steps 5 and 10 singly (each before a log, an
@@ -147,6 +149,7 @@ AIRBENCH_SGD = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", [{}, AIRBENCH_SGD], ids=["adam", "airbench_sgd"])
 def test_a_stop_ends_after_the_call_that_reaches_it_so_the_resumed_run_is_the_same(
     experiment, tmp_path, mock_mnist, optimizer
@@ -162,6 +165,7 @@ def test_a_stop_ends_after_the_call_that_reaches_it_so_the_resumed_run_is_the_sa
     assert_trees_equal(straight, resumed)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("calls", [1, 4])
 def test_the_train_step_is_traced_once_per_run(experiment, tmp_path, mock_mnist, calls):
     traces = []
@@ -184,6 +188,7 @@ def test_the_train_step_is_traced_once_per_run(experiment, tmp_path, mock_mnist,
     assert traces == [(16, 28, 28, 1)]
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_trains_with_float32_parameters(experiment):
     """Mixed precision (for GPUs and TPUs) trains as well as float32 on a fixed batch."""
     batch, final_losses = fake_batch(), {}
@@ -207,6 +212,7 @@ def test_bfloat16_compute_trains_with_float32_parameters(experiment):
     assert final_losses["bfloat16"] == pytest.approx(final_losses["float32"], rel=0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["classifier", "vae"])
 def test_a_split_kept_on_device_trains_exactly_as_host_batches(
     experiment, tiny_run, tmp_path, mock_mnist, family
@@ -252,6 +258,7 @@ def convolution_hlo(case: str, xla_flags: str | None = None) -> str:
     return result.stdout.strip()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not importlib.metadata.version("jaxlib").startswith(host.MEASURED_JAXLIB),
     reason="gen_jax leaves other jaxlib versions' XLA flags as they are",

@@ -24,7 +24,6 @@ from tests.helpers.processes import check_call_mocked_cli
 from tests.helpers.runs import assert_trees_equal, make_image_folder
 from tests.mocked_cli import THEN
 
-pytestmark = pytest.mark.slow
 STEPS = 10
 
 
@@ -57,6 +56,7 @@ def streamed(experiment, *overrides):
     return config
 
 
+@pytest.mark.slow
 def test_streamed_batches_train_bitwise_as_in_memory_and_resume_exactly(folder_runs):
     experiment, root = folder_runs
     workdir = root / "streamed"
@@ -76,6 +76,7 @@ def test_streamed_batches_train_bitwise_as_in_memory_and_resume_exactly(folder_r
     assert load_run(in_memory).class_names == ("cat", "dog", "owl")
 
 
+@pytest.mark.slow
 def test_a_loaded_run_preprocesses_pictures_of_any_size_and_channels_as_its_data(folder_runs):
     _, root = folder_runs
     run = load_run(root / "in_memory")
@@ -93,6 +94,7 @@ def test_a_loaded_run_preprocesses_pictures_of_any_size_and_channels_as_its_data
         run.preprocess(gray.astype(np.float32))
 
 
+@pytest.mark.slow
 def test_streamed_on_eight_devices_and_two_processes_as_in_memory_on_one(folder_runs):
     experiment, root = folder_runs
     eight, eight_in_memory = root / "eight_devices", root / "eight_devices_in_memory"
@@ -112,3 +114,13 @@ def test_streamed_on_eight_devices_and_two_processes_as_in_memory_on_one(folder_
     np.testing.assert_allclose(train_losses(root / "two_processes"), one, rtol=rtol)
     two = load_run(root / "two_processes").state
     assert_trees_close(load_run(root / "in_memory").state, two, rtol=rtol)
+
+
+def test_a_split_over_the_memory_budget_or_asked_to_stream_is_streamed(mock_mnist):
+    config = config_lib.base_config().data
+    source = data.open_split(config, "train")
+    assert data.fits_in_memory(config, source)  # mocked MNIST: a few hundred KB
+    config.memory_budget = 1_000
+    assert not data.fits_in_memory(config, source)
+    config.memory_budget, config.streaming = 2**30, True
+    assert not data.fits_in_memory(config, source)

@@ -27,6 +27,7 @@ def load(path, *overrides):
     return config
 
 
+@pytest.mark.slow
 def test_train_step_from_its_init_lowers_the_loss_on_a_fixed_batch(experiment):
     config = load(
         experiment(), "--config.train.num_steps=30", "--config.optimizer.learning_rate=0.01"
@@ -96,6 +97,7 @@ def test_a_run_writes_config_metrics_tensorboard_and_checkpoints(experiment, tmp
     assert load_run(workdir).evaluate() == {"step": 10, **final}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("steps_per_call", [1, 5])  # 5: each call scans 5 stacked batches
 def test_the_first_call_runs_the_step_compiled_in_the_background_bit_for_bit(
     steps_per_call, experiment, tmp_path, mock_mnist, monkeypatch
@@ -129,6 +131,7 @@ def test_the_first_call_runs_the_step_compiled_in_the_background_bit_for_bit(
     assert 0 < times["first_step_seconds"] < times["startup_seconds"]
 
 
+@pytest.mark.slow
 def test_a_resumed_run_replaces_the_records_written_after_its_checkpoint(
     experiment, tiny_run, tmp_path, mock_mnist
 ):
@@ -151,6 +154,7 @@ def test_a_resumed_run_replaces_the_records_written_after_its_checkpoint(
     assert [r["step"] for r in train_losses()] == list(range(1, 11))
 
 
+@pytest.mark.slow
 def test_a_resume_refuses_changes_of_what_is_trained_and_records_the_allowed_ones(
     experiment, tmp_path, mock_mnist, capsys
 ):
@@ -187,6 +191,7 @@ def test_a_resume_refuses_changes_of_what_is_trained_and_records_the_allowed_one
     assert records[-1] == {"step": 6, "changes": {"train.num_steps": [6, 8]}}
 
 
+@pytest.mark.slow
 def test_the_cli_refuses_a_changed_seed_and_resumes_with_allow_config_change(
     experiment, tmp_path, mock_mnist, capsys
 ):
@@ -207,6 +212,7 @@ def test_the_cli_refuses_a_changed_seed_and_resumes_with_allow_config_change(
     )
 
 
+@pytest.mark.slow
 def test_a_moved_image_folder_is_the_same_data_and_another_folder_is_refused(experiment, tmp_path):
     make_image_folder(tmp_path / "a", {"train": 32, "test": 8})
     shutil.copytree(tmp_path / "a", tmp_path / "moved")
@@ -224,6 +230,7 @@ def test_a_moved_image_folder_is_the_same_data_and_another_folder_is_refused(exp
         train.run(folder("other", 6), workdir)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(  # False: a run from before the record, which grain's error tells
     "recorded", [True, pytest.param(False, marks=pytest.mark.slow)]
 )
@@ -309,6 +316,7 @@ DIVERGING = {  # learning rates that make the next step's loss non-finite
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(DIVERGING))
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     experiment, tmp_path, mock_mnist, family
@@ -324,6 +332,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     assert jax.tree.all(jax.tree.map(np.array_equal, good, kept))
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # 1e300
 @pytest.mark.parametrize("family", sorted(DIVERGING))
 def test_an_update_that_overflows_with_a_finite_loss_is_never_checkpointed(
@@ -340,6 +349,7 @@ def test_an_update_that_overflows_with_a_finite_loss_is_never_checkpointed(
     assert Checkpointer(workdir / "checkpoints").all_steps() == [5]
 
 
+@pytest.mark.slow
 def test_from_step_resumes_an_older_checkpoint_and_sets_the_newer_aside(
     experiment, tmp_path, mock_mnist, capsys
 ):
@@ -374,6 +384,7 @@ def test_a_first_stop_signal_asks_the_loop_to_stop_and_a_second_acts_as_it_did_b
     assert {s: signal.getsignal(s) for s in before} == before
 
 
+@pytest.mark.slow
 def test_reading_a_run_leaves_a_save_in_progress_and_names_the_steps_it_has(
     experiment, tiny_run, tmp_path, mock_mnist
 ):

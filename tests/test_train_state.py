@@ -34,6 +34,7 @@ def old_state_class(fields: tuple[str, ...]) -> type:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(OLD_LAYOUTS))
 def test_a_checkpoint_of_the_state_class_before_the_shared_one_restores(
     family, tiny_run, tmp_path, mock_mnist

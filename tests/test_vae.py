@@ -70,6 +70,7 @@ def numpy_elbo_terms(params, x, noise):
     return recon, numpy_kl(mean, logvar)
 
 
+@pytest.mark.slow
 def test_elbo_terms_match_an_independent_numpy_computation(setup):
     task, state, x = setup
     rng = jax.random.PRNGKey(7)
@@ -89,6 +90,7 @@ def test_kl_of_identical_gaussians_is_zero_and_positive_otherwise():
     assert jnp.all(vae.gaussian_kl(zeros + 0.1, zeros - 0.2) > 0)
 
 
+@pytest.mark.slow
 def test_iw_bound_with_one_sample_is_the_single_sample_elbo_estimate(setup):
     task, state, x = setup
     rng = jax.random.PRNGKey(3)
@@ -117,6 +119,7 @@ def far_from_the_prior(params):
 MEAN_SHIFT = jnp.array([2.0, -1.5])  # with log-variances lowered by 2: a KL of ~4 nats
 
 
+@pytest.mark.slow
 def test_one_sample_iw_bound_averages_to_the_analytic_elbo(setup):
     """E_q[log p(x|z) + log p(z) - log q(z|x)] = -(E_q[-log p(x|z)] + KL(q || p)): with each
     key's bound and reconstruction taken at the same z, the ~100-nat spread of log p(x|z) cancels
@@ -139,6 +142,7 @@ def test_one_sample_iw_bound_averages_to_the_analytic_elbo(setup):
     np.testing.assert_array_less(np.abs(gaps.mean(0)), tolerance)
 
 
+@pytest.mark.slow
 def test_iw_bound_rises_with_k_and_chunking_does_not_change_it(setup):
     task, state, x = setup
     keys = jax.random.split(jax.random.PRNGKey(1), 300)
@@ -177,6 +181,7 @@ def test_kl_weight_warms_up_linearly_to_beta():
     assert [float(task.kl_weight(jnp.asarray(s))) for s in (0, 50, 100, 500)] == [0, 2, 4, 4]
 
 
+@pytest.mark.slow
 def test_a_short_mocked_run_reports_elbo_terms_and_nll(tmp_path, mock_mnist):
     config = config_lib.vae_config()
     config_lib.apply_overrides(
@@ -203,6 +208,7 @@ def test_a_short_mocked_run_reports_elbo_terms_and_nll(tmp_path, mock_mnist):
     assert prior.shape == (8 * 30 + 2, 8 * 30 + 2)
 
 
+@pytest.mark.slow
 def test_pictures_show_as_many_rows_of_eight_inputs_as_the_images_fill(setup):
     task, state, _ = setup
     images = jnp.asarray(np.random.default_rng(1).random((20, 28, 28, 1)), jnp.float32)
@@ -359,6 +365,7 @@ def numpy_gaussian_log_density(z, mean, logvar):
     return -0.5 * np.sum(np.log(2 * np.pi) + logvar + (z - mean) ** 2 / np.exp(logvar), axis=-1)
 
 
+@pytest.mark.slow
 def test_logistic_elbo_terms_and_iw_bound_match_an_independent_numpy_computation():
     task, state, x = logistic_setup()
     params = jax.tree.map(np.asarray, state.params)
@@ -401,6 +408,7 @@ def ignoring_latents(params):
     return {**params, "encoder": encoder, "decoder": decoder}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preprocess", PREPROCESSINGS)
 def test_logistic_eval_reports_the_nll_of_the_images_as_they_are_in_nats_and_bits(preprocess):
     task, state, x = logistic_setup((preprocess,))
@@ -418,6 +426,7 @@ def test_logistic_eval_reports_the_nll_of_the_images_as_they_are_in_nats_and_bit
     np.testing.assert_allclose(sums["bits_per_dim"], sums["nll"] / (dims * np.log(2)), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_logistic_decoder_outputs_means_and_log_scales_and_pictures_show_the_means_in_0_1():
     task, state, x = logistic_setup(("scale_to_symmetric",))
     z = jax.random.normal(jax.random.PRNGKey(0), (5, 2)) * 50  # far out: means beyond [-1, 1]
@@ -433,6 +442,7 @@ def test_logistic_decoder_outputs_means_and_log_scales_and_pictures_show_the_mea
         assert layout.min() >= 0 and layout.max() <= 1
 
 
+@pytest.mark.slow
 def test_a_short_run_of_a_logistic_vae_on_a_32x32x3_folder_reports_nll_and_bits(tmp_path):
     make_image_folder(tmp_path / "images", {"train": 64, "test": 32}, shape=(32, 32, 3))
     config = config_lib.vae_config()
@@ -467,6 +477,7 @@ def test_a_short_run_of_a_logistic_vae_on_a_32x32x3_folder_reports_nll_and_bits(
     assert samples.shape == (3, 32, 32, 3) and samples.min() >= 0 and samples.max() <= 1
 
 
+@pytest.mark.slow
 def test_a_vae_run_scores_its_prior_samples_in_the_classifiers_space(tiny_run):
     """The decoder's mean images of 64 prior samples, scored by the same code as the GANs'."""
     classifier = tiny_run("classifier")

@@ -15,6 +15,7 @@ from tests.helpers.processes import locked_by_another_process
 from tests.helpers.runs import copied_run
 
 
+@pytest.mark.slow
 def test_a_second_trainer_stops_at_once_naming_the_first_and_readers_still_read(
     tiny_run, tmp_path, capsys, mock_mnist
 ):

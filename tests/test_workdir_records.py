@@ -60,6 +60,7 @@ def test_a_damaged_dataset_record_is_an_error_that_names_the_file(tiny_run, tmp_
         _ = load_run(run).class_names
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_does_not_fit_on_the_disk_is_one_error_and_leaves_no_partial_save(
     tmp_path,
 ):
