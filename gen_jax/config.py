@@ -18,32 +18,16 @@ import ml_collections
 from gen_jax import models, tasks
 from gen_jax.atomic import write_text_atomically
 from gen_jax.errors import GenJaxError
-from gen_jax.recipes import (  # the recipes live in gen_jax/recipes.py; importable here as before
-    QUICK_DIFFUSION as QUICK_DIFFUSION,
-)
-from gen_jax.recipes import (
-    QUICK_GAN as QUICK_GAN,
-)
-from gen_jax.recipes import (
-    QUICK_VAE as QUICK_VAE,
-)
-from gen_jax.recipes import (
-    base_config as base_config,
-)
-from gen_jax.recipes import (
-    diffusion_config as diffusion_config,
-)
-from gen_jax.recipes import (
-    flow_config as flow_config,
-)
-from gen_jax.recipes import (
-    gan_config as gan_config,
-)
-from gen_jax.recipes import (
-    r1_dcgan_config as r1_dcgan_config,
-)
-from gen_jax.recipes import (
-    vae_config as vae_config,
+from gen_jax.recipes import (  # noqa: F401 (the recipes' first home: still importable from here)
+    QUICK_DIFFUSION,
+    QUICK_GAN,
+    QUICK_VAE,
+    base_config,
+    diffusion_config,
+    flow_config,
+    gan_config,
+    r1_dcgan_config,
+    vae_config,
 )
 
 OVERRIDE_PREFIX = "--config."

@@ -117,7 +117,9 @@ def test_a_family_registered_in_one_file_trains_evaluates_samples_and_reproduces
     first = untrained.init(jax.random.PRNGKey(0), {"image": jnp.zeros((1, 28, 28, 1))})
     images = run.images()["image"][:256]
     start = float(untrained.nll(first.params, images).mean())
-    assert run.evaluate()["nll"] < start - 100  # trained: the likelihood rose
+    # trained: the likelihood rose. Measured -579 nats from ~+33 on mocked MNIST's uniform pixels
+    # (Zen 3); 100 nats is a sixth of that, far beyond any CPU's rounding of 30 Adam steps
+    assert run.evaluate()["nll"] < start - 100
     samples = run.sample(5, seed=1)
     assert samples.shape == (5, 28, 28, 1) and samples.min() >= 0 and samples.max() <= 1
     np.testing.assert_array_equal(run.sample(5, seed=1), samples)

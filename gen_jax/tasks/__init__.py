@@ -23,14 +23,14 @@ from gen_jax.tasks.diffusion import DiffusionTask
 from gen_jax.tasks.gan import GANTask
 from gen_jax.tasks.vae import VAETask
 
-# What a family's runs may be able to do, and the task methods each ability promises:
+# What a family's runs may be able to do, and what each ability asks of its task
+# (docs/adding_a_family.md):
 ABILITIES = {
-    "classify": "logits(state, images), features(state, images)",
-    "sample": "latent_shape, num_classes, sampling_options, "
-    "decode(state, latents, labels, **sampling): images in the input range; its samples are "
-    "scored (the task is built with a SampleScorer)",
-    "encode": "encode_images(state, images, labels, **sampling)",
-    "trajectory": "generate(params, noise, labels, record=True, **sampling)",
+    "classify": "logits(state, x), features(state, x), features_and_logits(variables, x)",
+    "sample": "latent_shape, num_classes, sampling_options, images_from(state, latents, labels, "
+    "**sampling) in [0, 1]; built with the scorer of its samples: task(config, scorer)",
+    "encode": "latents_of(state, images, labels, **options)",
+    "trajectory": "path_from(state, noise, labels, **sampling): every x_t, in [0, 1]",
 }
 LABELS = ("never", "always", "conditional")  # when a family's runs need labelled data
 

@@ -311,12 +311,11 @@ class DiffusionTask:
         `TRAJECTORY_FRAMES` times from noise to image, all by the final evaluation's sampler."""
         del images
         rows, columns, index, labels = picture_latents(self.num_classes)
-        samples = self.generate(state.ema, self.eval_noise(index), labels)
+        samples = jnp.clip(self.images_from(state, self.eval_noise(index), labels), 0.0, 1.0)
         first = None if labels is None else labels[:1]
-        _, visited = self.generate(state.ema, self.eval_noise(index[:1]), first, record=True)
+        path = self.path_from(state, self.eval_noise(index[:1]), first)
         frames = np.linspace(0, self.steps[True], TRAJECTORY_FRAMES).round().astype(int)
-        to_unit = lambda x: (jnp.clip(x, -1.0, 1.0) + 1.0) / 2.0
         return {
-            "samples": to_unit(samples).reshape(rows, columns, *self.image_shape),
-            "trajectory": to_unit(visited[frames, 0])[None],
+            "samples": samples.reshape(rows, columns, *self.image_shape),
+            "trajectory": path[frames, 0][None],
         }
