@@ -27,13 +27,18 @@ def base_config() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict({"name": "cnn"})
     config.data = ml_collections.ConfigDict(
         {
-            "name": "mnist",  # a TFDS dataset prepared as array_record
+            "name": "mnist",  # a TFDS dataset prepared as array_record, or ...
             "data_dir": "",  # its directory; empty: $TFDS_DATA_DIR
+            # ... where none is prepared ("auto") or always ("download"): MNIST, Fashion-MNIST or
+            # CIFAR-10 from their canonical files, downloaded once into cache_dir; "tfds": never
+            "source": "auto",
+            "mirrors": (),  # base URLs to download from; empty: $GEN_JAX_DATA_MIRRORS, else the
+            # canonical hosts (gen_jax/data/canonical.py)
             "folder": "",  # an image folder root/<split>/[<class>/]*.{png,jpg,jpeg} instead
             "image_size": 0,  # >0: resize the shorter side, then centre-crop to this square
             "channels": 0,  # >0: convert every image to 1 (gray) or 3 (color) channels
             "skip_unreadable": False,  # train without a folder's unreadable images (logged)
-            "cache_dir": "",  # a folder's decoded cache; empty: ~/.cache/gen_jax
+            "cache_dir": "",  # decoded folders and downloads; empty: ~/.cache/gen_jax
             "train_split": "train",
             "eval_split": "test",
             # 0: all; >0 keeps N of each split (quick runs): TFDS's first N, a folder's

@@ -41,6 +41,7 @@ FREE = {  # allowed, not recorded: config.json takes the new value
     "data.eval_batch_size": EVALUATION_ONLY,
     "data.cache_dir": "where decoded images are cached",
     "data.data_dir": "where the TFDS files are (the dataset is data.name)",
+    "data.mirrors": "where canonical files are downloaded from (each checked by its sha256)",
     **{
         f"task.{key}": EVALUATION_ONLY
         for key in (

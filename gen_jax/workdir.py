@@ -153,9 +153,13 @@ def resume_changes(
     saved = config_lib.load(workdir / "config.json", absolute=True)
     before = dataset_record(workdir).get("identity", {}).get(config.data.train_split)
     refused, recorded = resume_policy.sorted_changes(saved, config, before == identity)
-    if config.data.folder and before not in (None, identity) and "data.folder" not in refused:
+    changed = before not in (None, identity) and "data.folder" not in refused
+    if changed and config.data.folder:
         # the same settings, other images: files changed in the folder, another subset
         refused["the training split's images (data.folder's files)"] = [before, identity]
+    elif changed and before.split("/")[0] != identity.split("/")[0]:
+        # data.name from a prepared TFDS copy, then from its canonical files: another order
+        refused["the training split's source (data.source)"] = [before, identity]
     if refused and not allow_change:
         raise resume_policy.refusal(workdir, step, refused)
     return {**refused, **recorded}
@@ -208,7 +212,7 @@ def record_dataset(
     are gone."""
     train_split = splits["train"]
     record = {
-        "source": data_config.folder or f"tfds:{data_config.name}",
+        "source": train_split.source,  # folder:PATH, tfds:NAME VERSION (DIR), download:NAME
         "image_shape": list(train_split.spec.image_shape),
         "class_names": list(train_split.spec.class_names),
         "examples": {data_config[f"{k}_split"]: len(v) for k, v in splits.items()},

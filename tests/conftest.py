@@ -40,6 +40,9 @@ def pytest_configure(config):
     inherited = os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get(CACHE_VARIABLE)
     folder = inherited or tempfile.mkdtemp(prefix="gen_jax_tests_xla_cache_")
     config.stash[XLA_CACHE] = "" if inherited else folder  # the controller removes it
+    # no test downloads from the internet: a dataset without a prepared copy would be fetched
+    # from its canonical host; here from a port with no server (tests serve their own mirror)
+    os.environ["GEN_JAX_DATA_MIRRORS"] = "http://127.0.0.1:9/{name}/"
     settings = {"compilation_cache_dir": folder, "persistent_cache_min_compile_time_secs": 0}
     for name, value in settings.items():
         os.environ[f"JAX_{name.upper()}"] = str(value)  # for the processes the tests start

@@ -233,11 +233,13 @@ def test_random_steps_are_keyed_by_seed_step_and_example_the_same_on_host_and_de
 
 
 def test_missing_dataset_names_dataset_directory_and_remedy(tmp_path):
-    config = data_config(data_dir=str(tmp_path))
+    config = data_config(data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"))
     with pytest.raises(GenJaxError) as error:
         data.load_split(config, "train")
     message = str(error.value)
     assert "'mnist'" in message and str(tmp_path) in message and "TFDS_DATA_DIR" in message
+    # and the canonical files it then tried (tests reach no server: tests/conftest.py)
+    assert "train-images-idx3-ubyte.gz" in message and "by hand" in message
 
 
 def test_mocked_split_decodes_to_uint8_arrays(mock_mnist):

@@ -76,3 +76,32 @@ def test_a_checkpoint_that_does_not_fit_on_the_disk_is_one_error_and_leaves_no_p
     assert "A checkpoint needs about" in output and "none is complete yet" in output
     assert list((workdir / "checkpoints").iterdir()) == []  # the unfinished save removed
     check_call_mocked_cli(command)  # with space again: trains, as the message says
+
+
+@pytest.mark.parametrize(
+    ("folder", "before", "now", "refused"),
+    [
+        ("", "tfds/D/mnist/3.0.1/train/28x28x1/60000", "download/mnist/ab/train/28x28x1/60000",
+         "the training split's source (data.source)"),
+        ("", "tfds/D/mnist/3.0.1/train/28x28x1/60000", "tfds/E/mnist/3.0.1/train/28x28x1/60000",
+         None),  # the prepared copy moved: the same examples
+        ("/imgs", "folder/aa/500", "folder/bb/500",
+         "the training split's images (data.folder's files)"),
+    ],
+)  # fmt: skip
+def test_a_resume_on_other_examples_of_the_same_config_is_refused(
+    folder, before, now, refused, tmp_path
+):
+    """The config alone does not say which examples a split holds: a data.name read from a TFDS
+    copy then from its canonical files (another order), or a folder whose files changed."""
+    config = config_lib.base_config()
+    config.data.folder = folder
+    config_lib.save(config, tmp_path / "config.json")
+    (tmp_path / "dataset.json").write_text(f'{{"identity": {{"train": "{before}"}}}}')
+    if refused is None:
+        assert workdir_lib.resume_changes(config, tmp_path, 10, now) == {}
+        return
+    with pytest.raises(GenJaxError, match="--allow_config_change"):
+        workdir_lib.resume_changes(config, tmp_path, 10, now)
+    allowed = workdir_lib.resume_changes(config, tmp_path, 10, now, allow_change=True)
+    assert allowed == {refused: [before, now]}

@@ -16,7 +16,9 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -249,26 +251,63 @@ def read_meta(folder: Path, key: str) -> dict | None:
         return None
 
 
-def build(listing: Listing, data_config: ml_collections.ConfigDict, folder: Path, key: str):
-    """Decode every image (threads: Pillow releases the GIL) into `folder`: records of a little-
-    endian int32 label and the raw uint8 pixels, then meta.json; written in a temporary folder
-    renamed into place, so a killed build leaves no cache that looks complete."""
+def write_cache(folder: Path, key: str, fill: Callable[[Any], dict]) -> dict:
+    """Write an array_record cache into `folder`: `fill(writer)` writes its records (a little-
+    endian int32 label, then the raw uint8 pixels) and returns its metadata (count, shape,
+    class_names, labelled, ...), which meta.json gets with the key and the records' sha256. It is
+    written in a temporary folder renamed into place, so a killed build leaves no cache that looks
+    complete."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        writer = ArrayRecordWriter(str(temporary / "images.array_record"), "group_size:1")
+        try:
+            filled = fill(writer)
+        finally:
+            writer.close()
+        meta = {
+            "version": CACHE_VERSION,
+            "key": key,
+            **filled,
+            "sha256": _file_sha256(temporary / "images.array_record"),
+        }
+        (temporary / "meta.json").write_text(json.dumps(meta))
+        # Another process (a host of the same run) may have finished the same cache while this
+        # one wrote: keep it, which that process may already be reading, and remove only an
+        # outdated or damaged one.
+        if read_meta(folder, key) is None:
+            shutil.rmtree(folder, ignore_errors=True)
+            try:
+                temporary.rename(folder)
+            except OSError:  # ... or finished it just now
+                if read_meta(folder, key) is None:
+                    raise
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    return meta
+
+
+def record(label: int, image: np.ndarray) -> bytes:
+    """One cache record: the label as a little-endian int32, then the image's uint8 pixels."""
+    return np.int32(label).astype("<i4").tobytes() + image.tobytes()
+
+
+def build(listing: Listing, data_config: ml_collections.ConfigDict, folder: Path, key: str):
+    """Decode every image of the listing (threads: Pillow releases the GIL) into the cache
+    `folder` (`write_cache`)."""
     workers = min(32, os.cpu_count() or 1)
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         headers = dict(zip(listing.files, pool.map(_header, listing.files), strict=True))
         bad = [path for path, header in headers.items() if header is None]  # and more below
         mode = _check_uniform({p: h for p, h in headers.items() if h}, data_config)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        temporary = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-        try:
-            writer = ArrayRecordWriter(str(temporary / "images.array_record"), "group_size:1")
-            labels = listing.labels or (0,) * len(listing.files)
-            readable = [
-                (p, label) for p, label in zip(listing.files, labels, strict=True) if headers[p]
-            ]
-            decode = lambda item: _decode(item[0], mode, data_config.image_size)
+        labels = listing.labels or (0,) * len(listing.files)
+        pairs = zip(listing.files, labels, strict=True)
+        readable = [(path, label) for path, label in pairs if headers[path]]
+        decode = lambda item: _decode(item[0], mode, data_config.image_size)
+
+        def fill(writer) -> dict:
             shape, count = None, 0
             for start in range(0, len(readable), CHUNK):
                 chunk = readable[start : start + CHUNK]
@@ -277,36 +316,21 @@ def build(listing: Listing, data_config: ml_collections.ConfigDict, folder: Path
                         bad.append(path)
                         continue
                     shape = shape or array.shape
-                    writer.write(np.int32(label).astype("<i4").tobytes() + array.tobytes())
+                    writer.write(record(label, array))
                     count += 1
-            writer.close()
             if bad and not data_config.skip_unreadable:
                 raise _unreadable_error(bad)
             if not count:
                 raise GenJaxError(f"none of the {len(listing.files)} images can be read")
-            meta = {
-                "version": CACHE_VERSION,
-                "key": key,
+            return {
                 "count": count,
                 "shape": list(shape),
                 "class_names": list(listing.class_names),
                 "labelled": listing.labels is not None,
                 "skipped": [str(p) for p in bad],
-                "sha256": _file_sha256(temporary / "images.array_record"),
             }
-            (temporary / "meta.json").write_text(json.dumps(meta))
-            # Another process (a host of the same run) may have finished the same cache while
-            # this one decoded: keep it, which that process may already be reading, and remove
-            # only an outdated or damaged one.
-            if read_meta(folder, key) is None:
-                shutil.rmtree(folder, ignore_errors=True)
-                try:
-                    temporary.rename(folder)
-                except OSError:  # ... or finished it just now
-                    if read_meta(folder, key) is None:
-                        raise
-        finally:
-            shutil.rmtree(temporary, ignore_errors=True)
+
+        meta = write_cache(folder, key, fill)
     if bad:
         print(f"gen-jax: skipped {len(bad)} unreadable image(s), e.g. {bad[0]}", file=sys.stderr)
     return meta

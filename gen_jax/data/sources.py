@@ -1,9 +1,10 @@
 """Sources: a dataset split as random-access uint8 images and labels, whatever it is stored as.
 
 `data.folder` set: an image folder, through its array_record cache (`folder.py`). Otherwise
-`data.name`: a TFDS dataset prepared as array_record, read with `tfds.data_source`. Both give a
-`Split`: its examples by index, and a `DataSpec` (image shape, class names) that every model
-takes its shape from.
+`data.name`: a TFDS dataset prepared as array_record, read with `tfds.data_source`, or, where no
+prepared copy is found (or `data.source="download"`), MNIST, Fashion-MNIST or CIFAR-10 from their
+canonical files, downloaded on first use (`canonical.py`). Each gives a `Split`: its examples by
+index, and a `DataSpec` (image shape, class names) that every model takes its shape from.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import dataclasses
 import functools
 import json
 import os
+import sys
 from pathlib import Path
 
 import ml_collections
 import numpy as np
 
+from gen_jax.data import canonical
 from gen_jax.data import folder as folder_lib
 from gen_jax.errors import GenJaxError
 
@@ -42,11 +45,14 @@ class DataSpec:
 class Split:
     """A split's examples by index: `read(indices)` gives uint8 `image` (N, H, W, C) and, for
     labelled data, int32 `label`. Picklable, so grain's worker processes can read it.
-    `identity` names its examples (a cache key for features of them)."""
+    `identity` names its examples (a cache key for features of them); `source` says where they
+    come from, for a run's records."""
 
-    def __init__(self, records, decode, size: int, spec: DataSpec, identity: str = ""):
+    def __init__(
+        self, records, decode, size: int, spec: DataSpec, identity: str = "", source: str = ""
+    ):
         self.records, self.decode, self.size, self.spec = records, decode, size, spec
-        self.identity = identity
+        self.identity, self.source = identity, source
 
     def __len__(self) -> int:
         return self.size
@@ -66,18 +72,61 @@ class Split:
 class InMemory(Split):
     """A split decoded into host arrays: `read` is indexing."""
 
-    def __init__(self, arrays: Batch, spec: DataSpec, identity: str = ""):
-        super().__init__(None, None, len(arrays["image"]), spec, identity)
+    def __init__(self, arrays: Batch, spec: DataSpec, identity: str = "", source: str = ""):
+        super().__init__(None, None, len(arrays["image"]), spec, identity, source)
         self.arrays = arrays
 
     def read(self, indices: np.ndarray) -> Batch:
         return {k: v[indices] for k, v in self.arrays.items()}
 
 
+# ----------------------------------------------------------------------------- decoding
+class _Decode:
+    """A record to (uint8 HWC image, label), converted to data.image_size and data.channels where
+    set: a TFDS record is a dict; a cache record (`shape` given) a label and pixels
+    (`folder.record`)."""
+
+    def __init__(self, labelled: bool, size: int, channels: int, shape: tuple | None = None):
+        self.labelled, self.size, self.channels, self.shape = labelled, size, channels, shape
+
+    def __call__(self, record) -> tuple[np.ndarray, int]:
+        if self.shape is None:
+            image, label = record["image"], int(record["label"]) if self.labelled else 0
+        else:
+            label = int.from_bytes(record[:4], "little", signed=True)
+            image = np.frombuffer(record, np.uint8, offset=4).reshape(self.shape)
+        if self.size or (self.channels and image.shape[-1] != self.channels):
+            pil = folder_lib.from_array(image)
+            mode = folder_lib.CHANNEL_MODES[self.channels] if self.channels else pil.mode
+            image = folder_lib.conform(pil, mode, self.size)
+        return image, label
+
+
+def _shape(data_config: ml_collections.ConfigDict, stored: tuple, name: str) -> tuple:
+    """The image shape a split is read in: as stored, or data.image_size and data.channels."""
+    channels = data_config.channels or stored[-1]
+    if data_config.image_size:
+        return (data_config.image_size, data_config.image_size, channels)
+    if None in stored[:2]:
+        raise GenJaxError(
+            f"dataset '{name}' has images of varying size {stored}; set data.image_size to "
+            "resize the shorter side and centre-crop them to one square size"
+        )
+    return (*stored[:2], channels)
+
+
+def _count(available: int, data_config: ml_collections.ConfigDict) -> int:
+    return min(available, data_config.max_examples) if data_config.max_examples else available
+
+
 # ----------------------------------------------------------------------------- TFDS
 def data_dir(data_config: ml_collections.ConfigDict) -> str | None:
     """The TFDS directory: `data.data_dir` if set, else $TFDS_DATA_DIR, else tfds' default."""
     return data_config.data_dir or os.environ.get("TFDS_DATA_DIR") or None
+
+
+class NotPrepared(GenJaxError):
+    """No prepared TFDS copy of the dataset is found where it is looked for."""
 
 
 def _tfds_source(name: str, split: str, directory: str | None):
@@ -91,34 +140,17 @@ def _tfds_source(name: str, split: str, directory: str | None):
         "for a folder of images set config.data.folder instead."
     )
     if directory and not (Path(directory) / name).is_dir():
-        raise GenJaxError(
-            f"dataset '{name}' not found: {searched} has no {name}/ folder.\n{remedy}"
-        )
+        raise NotPrepared(f"dataset '{name}' not found: {searched} has no {name}/ folder\n{remedy}")
     try:
         source = tfds.data_source(name, split=split, data_dir=directory, download=False)
         info = tfds.builder(name, data_dir=directory).info
     except Exception as error:  # tfds raises several types for "not prepared here"
         reason = str(error).splitlines()[0] if str(error) else ""
-        raise GenJaxError(
+        raise NotPrepared(
             f"dataset '{name}' (split '{split}') cannot be read from {searched}: "
             f"{type(error).__name__}: {reason}\n{remedy}"
         ) from None
     return source, info.features, str(info.version)
-
-
-class _TFDSDecode:
-    """A TFDS record to (uint8 HWC image, label), resized to data.image_size if set."""
-
-    def __init__(self, labelled: bool, size: int, channels: int):
-        self.labelled, self.size, self.channels = labelled, size, channels
-
-    def __call__(self, record: dict) -> tuple[np.ndarray, int]:
-        image = record["image"]
-        if self.size or (self.channels and image.shape[-1] != self.channels):
-            pil = folder_lib.from_array(image)
-            mode = folder_lib.CHANNEL_MODES[self.channels] if self.channels else pil.mode
-            image = folder_lib.conform(pil, mode, self.size)
-        return image, int(record["label"]) if self.labelled else 0
 
 
 def _tfds_split(data_config: ml_collections.ConfigDict, split: str) -> Split:
@@ -129,36 +161,67 @@ def _tfds_split(data_config: ml_collections.ConfigDict, split: str) -> Split:
             f"TFDS dataset '{name}' has no 'image' feature (its features: "
             f"{', '.join(sorted(features))}); gen_jax reads images from 'image'"
         )
-    shape = tuple(features["image"].shape)
-    channels = data_config.channels or shape[-1]
-    if data_config.image_size:
-        shape = (data_config.image_size, data_config.image_size, channels)
-    elif None in shape[:2]:
-        raise GenJaxError(
-            f"TFDS dataset '{name}' has images of varying size {shape}; set data.image_size to "
-            "resize the shorter side and centre-crop them to one square size"
-        )
+    shape = _shape(data_config, tuple(features["image"].shape), name)
     labelled = "label" in features
     names = tuple(getattr(features["label"], "names", ())) if labelled else ()
-    spec = DataSpec((*shape[:2], channels), names, labelled)
-    decode = _TFDSDecode(labelled, data_config.image_size, data_config.channels)
+    spec = DataSpec(shape, names, labelled)
+    decode = _Decode(labelled, data_config.image_size, data_config.channels)
     count = _count(len(source), data_config)
     directory = data_dir(data_config)  # resolved: a relative and an absolute path name one
     where = str(Path(directory).resolve()) if directory else "default"
-    identity = f"tfds/{where}/{name}/{version}/{split}/{shape[0]}x{shape[1]}x{channels}/{count}"
-    return Split(source, decode, count, spec, identity)
+    size = "x".join(map(str, shape))
+    identity = f"tfds/{where}/{name}/{version}/{split}/{size}/{count}"
+    return Split(source, decode, count, spec, identity, f"tfds:{name} {version} ({where})")
 
 
-def _count(available: int, data_config: ml_collections.ConfigDict) -> int:
-    return min(available, data_config.max_examples) if data_config.max_examples else available
+# ----------------------------------------------------------------------------- canonical files
+def _canonical_split(data_config: ml_collections.ConfigDict, split: str) -> Split:
+    import grain
+
+    name = data_config.name
+    if name not in canonical.DATASETS:
+        raise GenJaxError(
+            f"data.source='download' fetches {', '.join(sorted(canonical.DATASETS))}, not "
+            f"'{name}'; prepare '{name}' with TFDS (data.source='tfds') or use data.folder"
+        )
+    path, meta = canonical.cached(data_config, split)
+    shape = _shape(data_config, tuple(meta["shape"]), name)
+    spec = DataSpec(shape, tuple(meta["class_names"]), True)
+    records = grain.sources.ArrayRecordDataSource([str(path)])
+    decode = _Decode(True, data_config.image_size, data_config.channels, tuple(meta["shape"]))
+    count = _count(meta["count"], data_config)
+    size = "x".join(map(str, shape))
+    identity = f"download/{name}/{meta['sha256'][:16]}/{split}/{size}/{count}"
+    described = f"download:{name} (canonical files, their order; {path.parent})"
+    return Split(records, decode, count, spec, identity, described)
+
+
+def _by_name(data_config: ml_collections.ConfigDict, split: str) -> Split:
+    """`data.name` from a prepared TFDS copy, or its canonical files (`data.source`)."""
+    if data_config.source not in SOURCES:
+        raise GenJaxError(f"unknown data.source '{data_config.source}'; use one of {SOURCES}")
+    if data_config.source == "download":
+        return _canonical_split(data_config, split)
+    try:
+        return _tfds_split(data_config, split)
+    except NotPrepared as missing:
+        if data_config.source == "tfds" or data_config.name not in canonical.DATASETS:
+            raise
+        print(
+            f"gen-jax: no prepared TFDS copy of {data_config.name} ({str(missing).splitlines()[0]}"
+            "); reading its canonical files instead",
+            file=sys.stderr,
+        )
+        try:
+            return _canonical_split(data_config, split)
+        except GenJaxError as error:
+            raise GenJaxError(f"{missing}\nIts canonical files: {error}") from None
+
+
+SOURCES = ("auto", "tfds", "download")  # data.source: auto is TFDS where prepared, else download
 
 
 # ----------------------------------------------------------------------------- folders
-def _decode_record(shape: tuple[int, ...], record: bytes) -> tuple[np.ndarray, int]:
-    label = int.from_bytes(record[:4], "little", signed=True)
-    return np.frombuffer(record, np.uint8, offset=4).reshape(shape), label
-
-
 def _folder_split(data_config: ml_collections.ConfigDict, split: str) -> Split:
     import grain
 
@@ -168,7 +231,7 @@ def _folder_split(data_config: ml_collections.ConfigDict, split: str) -> Split:
     records = grain.sources.ArrayRecordDataSource([str(path)])
     if len(records) != meta["count"]:
         raise GenJaxError(f"the image cache {path.parent} is damaged; delete it to rebuild it")
-    decode = functools.partial(_decode_record, shape)
+    decode = _Decode(meta["labelled"], 0, 0, shape)  # sized and converted in the cache
     count = _count(meta["count"], data_config)
     # the decoded records' hash, not the cache key: a copy of the same files (new paths or
     # modification times) decodes to the same images, whose cached features still hold
@@ -177,7 +240,7 @@ def _folder_split(data_config: ml_collections.ConfigDict, split: str) -> Split:
         labels = _record_labels(records)
         records = Subset(records, stratified_subset(labels, count))
         identity = f"folder/{meta['sha256']}/{count}-of-{len(labels)}-stratified-{SUBSET_SEED}"
-    return Split(records, decode, count, spec, identity)
+    return Split(records, decode, count, spec, identity, f"folder:{data_config.folder}")
 
 
 SUBSET_SEED = 0  # the same data.max_examples subset for every run and process
@@ -223,6 +286,8 @@ class Subset:
 # ----------------------------------------------------------------------------- splits
 SOURCE_KEYS = (
     "name",
+    "source",
+    "mirrors",
     "folder",
     "train_split",  # a folder's other splits must have its class folders
     "image_size",
@@ -244,7 +309,7 @@ def _open(key: str, split: str) -> Split:
     data_config = ml_collections.ConfigDict(json.loads(key))
     if data_config.folder:
         return _folder_split(data_config, split)
-    return _tfds_split(data_config, split)
+    return _by_name(data_config, split)
 
 
 def open_split(data_config: ml_collections.ConfigDict, split: str) -> Split:
@@ -260,7 +325,7 @@ def _load(key: str, split: str) -> InMemory:
         for start in range(0, len(source), DECODE_CHUNK)
     ]
     arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    return InMemory(arrays, source.spec, source.identity)
+    return InMemory(arrays, source.spec, source.identity, source.source)
 
 
 def load_split(data_config: ml_collections.ConfigDict, split: str) -> Batch:
