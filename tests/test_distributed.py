@@ -316,7 +316,8 @@ def test_sigkill_mid_run_and_mid_save_leaves_a_workdir_that_resumes(
     killed_during_save = False
     for delay in (0.0, 0.05, 0.1, 0.2, 0.3, 0.5):
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-        with mocked_cli(train_args(experiment, workdir), **quiet) as process:
+        every_step = train_args(experiment, workdir, "--config.train.checkpoint_every=1")
+        with mocked_cli(every_step, **quiet) as process:
             start = finished_steps()[-1] if finished_steps() else 0
             deadline = time.time() + 120
             while (
@@ -332,7 +333,7 @@ def test_sigkill_mid_run_and_mid_save_leaves_a_workdir_that_resumes(
             break
     assert killed_during_save, "no kill landed during a save; the test did not test that case"
     latest = finished_steps()[-1]
-    output = check_call_mocked_cli(train_args(experiment, workdir))
+    output = check_call_mocked_cli(every_step)
     assert "error" not in output.lower()
     resumed_at = [r["step"] for r in read_metrics(workdir) if r["name"] == "first_step_seconds"][-1]
     assert resumed_at == min(latest + 1, 10) or latest == 10
