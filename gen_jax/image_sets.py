@@ -6,7 +6,8 @@ A set is named by one string:
 - an `.npz` file holding one array of images (N, H, W, C) or (N, C, H, W), C 1 or 3: uint8, or
   float in [0, 1];
 - a gen_jax run's workdir: that many of its samples (`Run.sample`, seed 0);
-- `tfds:NAME:SPLIT`, a prepared TFDS dataset (e.g. `tfds:mnist:train`), or `folder:ROOT:SPLIT`, a
+- `tfds:NAME:SPLIT`, a prepared TFDS dataset (e.g. `tfds:mnist:train`; where none is prepared,
+  MNIST, Fashion-MNIST and CIFAR-10 come from their canonical files), or `folder:ROOT:SPLIT`, a
   split of an image-folder dataset (`ROOT/SPLIT/<class>/*.jpg`, as `data.folder` reads it): their
   features are cached, and computed in slices that a stopped run resumes.
 """

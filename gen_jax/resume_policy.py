@@ -67,17 +67,21 @@ FREE = {  # allowed, not recorded: config.json takes the new value
 }
 
 
+SAME_DATA_KEYS = ("data.folder", "data.source")  # free where the examples are the same
+
+
 def sorted_changes(
     old: ml_collections.ConfigDict, new: ml_collections.ConfigDict, same_data: bool
 ) -> tuple[dict[str, list], dict[str, list]]:
     """(refused, recorded) changes between the configs `old` and `new` ({key: [old value, new
     value]}); free ones are in neither. `same_data`: the training split's examples
-    are those the run was trained on, so a moved `data.folder` is a path, free."""
+    are those the run was trained on, so a moved `data.folder` is a path, and a `data.source`
+    that reads the same copy (e.g. "download" pinning what "auto" chose) a name, both free."""
     refused, recorded = {}, {}
     for key, values in config_lib.changes(old, new).items():
         if key in RECORDED:
             recorded[key] = values
-        elif key not in FREE and not (key == "data.folder" and same_data):
+        elif key not in FREE and not (key in SAME_DATA_KEYS and same_data):
             refused[key] = values
     return refused, recorded
 

@@ -158,8 +158,10 @@ def resume_changes(
         # the same settings, other images: files changed in the folder, another subset
         refused["the training split's images (data.folder's files)"] = [before, identity]
     elif changed and before.split("/")[0] != identity.split("/")[0]:
-        # data.name from a prepared TFDS copy, then from its canonical files: another order
-        refused["the training split's source (data.source)"] = [before, identity]
+        # data.name from a prepared TFDS copy, then from its canonical files: another order;
+        # the identity's first part names the source it trained on ("tfds" or "download")
+        trained_on = f"the training split's source (set data.source='{before.split('/')[0]}')"
+        refused[trained_on] = [before, identity]
     if refused and not allow_change:
         raise resume_policy.refusal(workdir, step, refused)
     return {**refused, **recorded}

@@ -26,12 +26,14 @@ from gen_jax.errors import GenJaxError
 
 
 class Mirror:
-    """A local HTTP server of `files` (URL path -> bytes) that honours Range requests, logs each
-    request's path and Range header, and can cut a file's first response half-way."""
+    """A local HTTP server of `files` (URL path -> bytes) that honours Range requests (or, with
+    `ignores_range`, sends the whole file), logs each request's path and Range header, and can
+    cut a file's first response half-way."""
 
     def __init__(self):
         self.files: dict[str, bytes] = {}
         self.cut_once: set[str] = set()
+        self.ignores_range = False
         self.requests: list[tuple[str, str | None]] = []
         mirror = self
 
@@ -43,7 +45,14 @@ class Mirror:
                     self.send_error(404)
                     return
                 start = int(self.headers["Range"][6:-1]) if self.headers.get("Range") else 0
+                if mirror.ignores_range:
+                    start = 0
+                if start >= len(body) > 0:
+                    self.send_error(416)  # as S3, GCS and nginx answer a range past the end
+                    return
                 self.send_response(206 if start else 200)
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
                 self.send_header("Content-Length", str(len(body) - start))
                 self.end_headers()
                 if self.path in mirror.cut_once:
@@ -108,9 +117,42 @@ def test_a_partial_file_left_by_a_killed_process_is_continued(mirror, tmp_path):
     body = np.random.default_rng(1).bytes(100_000)
     mirror.files["/file.bin"] = body
     (tmp_path / "file.bin.part").write_bytes(body[:40_000])
+    (tmp_path / "file.bin.part.url").write_text(f"{mirror.url}/file.bin")  # where it came from
     download.fetch(remote(body), tmp_path, [mirror.url], manual="")
     assert (tmp_path / "file.bin").read_bytes() == body
     assert mirror.requests == [("/file.bin", "bytes=40000-")]
+
+
+def test_a_partial_file_is_fetched_anew_where_it_cannot_be_continued(mirror, tmp_path):
+    body = np.random.default_rng(2).bytes(50_000)
+    mirror.files["/file.bin"] = body
+    part, origin = tmp_path / "file.bin.part", tmp_path / "file.bin.part.url"
+    part.write_bytes(body[:10_000] + b"x" * 60_000)  # longer than the file: the server says 416
+    origin.write_text(f"{mirror.url}/file.bin")
+    download.fetch(remote(body), tmp_path, [mirror.url], manual="")
+    assert (tmp_path / "file.bin").read_bytes() == body
+    assert mirror.requests == [("/file.bin", "bytes=70000-"), ("/file.bin", None)]
+    mirror.requests.clear()
+    (tmp_path / "file.bin").unlink()
+    part.write_bytes(body[:10_000])
+    origin.write_text("http://another.mirror/file.bin")  # its bytes may differ: not continued
+    download.fetch(remote(body), tmp_path, [mirror.url], manual="")
+    assert mirror.requests == [("/file.bin", None)]
+    mirror.requests.clear()
+    (tmp_path / "file.bin").unlink()
+    part.write_bytes(body[:10_000])
+    origin.write_text(f"{mirror.url}/file.bin")
+    mirror.ignores_range = True  # answers 200 and the whole file: written from the start
+    download.fetch(remote(body), tmp_path, [mirror.url], manual="")
+    assert (tmp_path / "file.bin").read_bytes() == body
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.bin"]
+
+
+def test_a_complete_partial_file_is_used_without_a_connection(tmp_path):
+    body = b"whole, but killed before its rename"
+    (tmp_path / "file.bin.part").write_bytes(body)
+    dead = [f"http://127.0.0.1:{closed_port()}"]
+    assert download.fetch(remote(body), tmp_path, dead, "").read_bytes() == body
 
 
 def test_a_wrong_checksum_tries_the_next_mirror_and_then_fails_leaving_no_file(mirror, tmp_path):
@@ -119,7 +161,7 @@ def test_a_wrong_checksum_tries_the_next_mirror_and_then_fails_leaving_no_file(m
     with pytest.raises(download.DownloadError) as error:
         download.fetch(remote(body), tmp_path, [f"{mirror.url}/bad"], manual="put it here")
     assert "sha256 is not" in str(error.value) and "put it here" in str(error.value)
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == []  # neither the bad copy nor its .part
     mirror.files["/good/file.bin"] = body
     download.fetch(remote(body), tmp_path, [f"{mirror.url}/bad", f"{mirror.url}/good"], "")
     assert (tmp_path / "file.bin").read_bytes() == body
@@ -133,6 +175,13 @@ def test_a_file_put_in_place_by_hand_is_checked_and_used_without_a_connection(tm
     (tmp_path / "file.bin").write_bytes(b"damaged")  # fails its checksum: fetched again
     with pytest.raises(download.DownloadError, match="Connection refused"):
         download.fetch(remote(body), tmp_path, dead, "")
+    assert (tmp_path / "file.bin.bad").read_bytes() == b"damaged"  # kept aside, not deleted
+    gzipped = download.RemoteFile("file.gz", hashlib.sha256(body).hexdigest(), gunzipped=True)
+    (tmp_path / "file.gz").write_bytes(b"\x1f\x8b\x08\x00" + bytes(40))  # corrupt gzip data
+    with pytest.raises(download.DownloadError, match="Connection refused"):
+        download.fetch(gzipped, tmp_path, dead, "")
+    (tmp_path / "file.gz").write_bytes(gzip.compress(body))  # recompressed: the same data
+    assert download.fetch(gzipped, tmp_path, dead, "") == tmp_path / "file.gz"
 
 
 def test_no_server_gives_one_error_that_says_where_to_put_the_files(tmp_path):
@@ -152,6 +201,8 @@ def test_mirrors_come_from_the_config_then_the_environment_then_the_defaults(mon
     assert download.mirrors("mnist", (), defaults) == ["http://127.0.0.1:1/mnist/", "http://b"]
     monkeypatch.delenv(download.MIRRORS_VARIABLE)
     assert download.mirrors("mnist", (), defaults) == ["http://canonical/"]
+    with pytest.raises(GenJaxError, match=r"'lab-mirror/mnist' .* is not an http"):
+        download.mirrors("mnist", ("lab-mirror/mnist",), defaults)
 
 
 # ----------------------------------------------------------------------------- MNIST
@@ -162,6 +213,7 @@ def test_mnist_downloaded_from_a_mirror_is_the_prepared_copy_in_idx_order(
     idx = Path(real_data_dir).parent / "mnist"
     for path in idx.glob("*.gz"):
         mirror.files[f"/mnist/{path.name}"] = path.read_bytes()
+    assert len(mirror.files) == 4, f"{idx} should hold MNIST's four .gz files"
     config = data_config(tmp_path, "mnist", (f"{mirror.url}/{{name}}/",))
     train, test = opened(config, "train"), opened(config, "test")
     assert (len(train), len(test)) == (60_000, 10_000)
@@ -201,6 +253,11 @@ def test_auto_falls_back_to_the_canonical_files_only_where_no_tfds_copy_is(mirro
     config.source = "elsewhere"
     with pytest.raises(GenJaxError, match=r"unknown data\.source 'elsewhere'"):
         opened(config, "train")
+    (empty / "mnist").mkdir()  # a copy that is there but cannot be read: mend it, no download
+    config.source, mirror.requests = "auto", []
+    with pytest.raises(GenJaxError, match="cannot be read from") as error:
+        opened(config, "train")
+    assert "canonical" not in str(error.value) and mirror.requests == []
 
 
 # ----------------------------------------------------------------------------- CIFAR-10
@@ -212,7 +269,7 @@ def cifar_archive(per_batch: int) -> tuple[bytes, dict[str, np.ndarray]]:
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
 
         def add(name: str, content: dict) -> None:
-            raw = pickle.dumps(content)
+            raw = pickle.dumps(content, protocol=2)  # the original's (Python 2's) protocol
             member = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
             member.size = len(raw)
             archive.addfile(member, io.BytesIO(raw))

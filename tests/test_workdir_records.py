@@ -82,7 +82,7 @@ def test_a_checkpoint_that_does_not_fit_on_the_disk_is_one_error_and_leaves_no_p
     ("folder", "before", "now", "refused"),
     [
         ("", "tfds/D/mnist/3.0.1/train/28x28x1/60000", "download/mnist/ab/train/28x28x1/60000",
-         "the training split's source (data.source)"),
+         "the training split's source (set data.source='tfds')"),
         ("", "tfds/D/mnist/3.0.1/train/28x28x1/60000", "tfds/E/mnist/3.0.1/train/28x28x1/60000",
          None),  # the prepared copy moved: the same examples
         ("/imgs", "folder/aa/500", "folder/bb/500",

@@ -11,7 +11,6 @@ stay those of that copy), and these files otherwise.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import gzip
 import hashlib
 import io
@@ -98,6 +97,7 @@ class _ArraysOnly(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how Python 3 writes bytes in a protocol-2 pickle (a copy's)
     }
 
     def find_class(self, module: str, name: str):
@@ -214,7 +214,7 @@ def cached(data_config: ml_collections.ConfigDict, split: str) -> tuple[Path, di
         downloads = downloads_folder(data_config)
         downloads.mkdir(parents=True, exist_ok=True)
         with open(downloads / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            _lock(lock, downloads)  # released when the file closes
             meta = folder_lib.read_meta(folder_of(split), key)  # another process's, meanwhile
             if meta is None:
                 _build(data_config, dataset, downloads, folder_of, key)
@@ -222,13 +222,26 @@ def cached(data_config: ml_collections.ConfigDict, split: str) -> tuple[Path, di
     return folder_of(split) / "images.array_record", meta
 
 
+def _lock(file, downloads: Path) -> None:
+    """Hold `file`'s exclusive lock, saying so while another process holds it."""
+    import fcntl  # POSIX only: imported where a download needs it
+
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"gen-jax: waiting for another process's download into {downloads}", file=sys.stderr)
+        fcntl.flock(file, fcntl.LOCK_EX)
+
+
 def _build(data_config, dataset: Dataset, downloads: Path, folder_of, key: str) -> None:
     """Fetch the dataset's files and write each split's cache."""
     bases = mirrors(data_config.name, tuple(data_config.mirrors), dataset.mirrors)
     names = ", ".join(f.name for f in dataset.files)
-    manual = (
-        f"Offline? Put {names} ({dataset.citation}) into {downloads} by hand, or point "
-        "config.data.data_dir or $TFDS_DATA_DIR at a prepared TFDS copy of it."
+    manual = f"Offline? Put {names} ({dataset.citation}), as served, into {downloads} by hand"
+    manual += (
+        "."
+        if data_config.source == "download"
+        else ", or point config.data.data_dir or $TFDS_DATA_DIR at a prepared TFDS copy of it."
     )
     paths = {f.name: fetch(f, downloads, bases, manual) for f in dataset.files}
     print(f"gen-jax: writing {data_config.name}'s splits into {folder_of('*')}", file=sys.stderr)

@@ -1,10 +1,12 @@
 """Fetching a dataset's files over HTTP(S): from the first mirror that has them, resuming a cut
 download where it stopped, checked against a sha256 before anything reads them.
 
-A file goes to `<folder>/<name>.part` first and is renamed to `<folder>/<name>` only once its
-checksum holds, so a file under its own name is always whole; a `.part` left by a cut connection
-or a killed process is continued with an HTTP Range request. A file already in place (fetched
-before, or put there by hand) is checked and used without a connection.
+A file goes to `<folder>/<name>.part` first (beside `<name>.part.url`, the address it comes from)
+and is renamed to `<folder>/<name>` only once its checksum holds, so a file under its own name is
+always whole. A `.part` left by a cut connection or a killed process is continued from the same
+address with an HTTP Range request; one from another address is started again, since mirrors may
+serve other bytes of the same data. A file already in place (fetched before, or put there by
+hand) is checked and used without a connection.
 """
 
 from __future__ import annotations
@@ -14,17 +16,22 @@ import gzip
 import hashlib
 import http.client
 import os
+import socket
 import sys
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
+import zlib
 from pathlib import Path
 
 from gen_jax.errors import GenJaxError
 
 MIRRORS_VARIABLE = "GEN_JAX_DATA_MIRRORS"  # comma-separated base URLs; "{name}": the dataset
 TIMEOUT_S = 30  # per connection attempt and per read
-ATTEMPTS = 3  # per mirror: a cut connection is resumed this many times
+ATTEMPTS = 3  # per mirror: connections tried, a cut one continued where it stopped
 BLOCK = 1 << 20
+UNREACHABLE = (ConnectionRefusedError, socket.gaierror)  # no server, no name: not tried again
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,16 +44,17 @@ class RemoteFile:
     size: int = 0  # bytes of the file as served, if known (the progress bar's total)
     gunzipped: bool = False
 
-    def checksum(self, path: Path) -> str:
+    def holds(self, path: Path) -> bool:
+        """Whether `path` is this file: its content has the sha256."""
         digest = hashlib.sha256()
         opener = gzip.open if self.gunzipped else open
         try:
             with opener(path, "rb") as file:
                 for block in iter(lambda: file.read(BLOCK), b""):
                     digest.update(block)
-        except (OSError, EOFError):  # not gzip, or a truncated one
-            return "unreadable"
-        return digest.hexdigest()
+        except (OSError, EOFError, zlib.error):  # missing, not gzip, truncated or corrupt
+            return False
+        return digest.hexdigest() == self.sha256
 
 
 class DownloadError(GenJaxError):
@@ -59,6 +67,12 @@ def mirrors(dataset: str, configured: tuple[str, ...], defaults: tuple[str, ...]
     listed = configured or tuple(
         url.strip() for url in os.environ.get(MIRRORS_VARIABLE, "").split(",") if url.strip()
     )
+    for url in listed:
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            raise GenJaxError(
+                f"the data mirror '{url}' (config.data.mirrors or ${MIRRORS_VARIABLE}) is not an "
+                "http:// or https:// address"
+            )
     return [url.replace("{name}", dataset) for url in listed or defaults]
 
 
@@ -66,14 +80,16 @@ def fetch(file: RemoteFile, folder: Path, bases: list[str], manual: str) -> Path
     """`folder/file.name`, downloaded from the first of `bases` that serves it whole and with its
     checksum, unless it is there already. Raises DownloadError naming each mirror's failure and,
     from `manual`, what to do by hand."""
-    target = folder / file.name
+    target, partial = folder / file.name, folder / f"{file.name}.part"
     if target.is_file():
-        if file.checksum(target) == file.sha256:
+        if file.holds(target):
             return target
-        print(f"gen-jax: {target} fails its checksum; fetching it again", file=sys.stderr)
-        target.unlink()
+        damaged = target.rename(target.with_name(f"{file.name}.bad"))
+        print(f"gen-jax: {target} fails its checksum (kept as {damaged}); fetching it again",
+              file=sys.stderr)  # fmt: skip
+    if file.holds(partial):  # complete, but killed before the rename
+        return partial.rename(target)
     folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f"{file.name}.part"
     failures = []
     for base in bases:
         url = base.rstrip("/") + "/" + file.name
@@ -82,9 +98,10 @@ def fetch(file: RemoteFile, folder: Path, bases: list[str], manual: str) -> Path
         except (OSError, http.client.HTTPException) as error:  # URLError is an OSError
             failures.append(f"{url}: {_reason(error)}")
             continue
-        if file.checksum(partial) == file.sha256:
-            partial.rename(target)
-            return target
+        whole = file.holds(partial)
+        partial.with_name(f"{partial.name}.url").unlink()
+        if whole:
+            return partial.rename(target)
         partial.unlink()
         failures.append(f"{url}: the file's sha256 is not {file.sha256} (a changed or bad copy)")
     raise DownloadError(
@@ -102,49 +119,51 @@ def _reason(error: BaseException) -> str:
 
 
 def _download(url: str, partial: Path, size: int) -> None:
-    """Fetch `url` into `partial`, continuing what it holds; a connection cut mid-file is resumed
-    up to ATTEMPTS times. Raises OSError (or an HTTPException) if it cannot finish."""
+    """Fetch `url` into `partial`, continuing what it holds from that address: up to ATTEMPTS
+    connections, a cut one continued, a refused one (HTTP 4xx) not tried again. Raises OSError
+    (or an HTTPException) if it cannot finish."""
     for attempt in range(ATTEMPTS):
         try:
             _download_once(url, partial, size)
             return
-        except (ConnectionError, TimeoutError, http.client.IncompleteRead) as error:
-            if attempt == ATTEMPTS - 1 or not partial.exists():
+        except urllib.error.HTTPError as error:
+            if error.code == 416 and partial.exists():  # the .part is as long as the file, or
+                partial.unlink()  # longer: start again from the first byte
+            elif 400 <= error.code < 500 or attempt == ATTEMPTS - 1:
                 raise
-            print(
-                f"gen-jax: {url} cut at {partial.stat().st_size:,} bytes ({error}); resuming",
-                file=sys.stderr,
-            )
+        except (OSError, http.client.HTTPException) as error:
+            offline = isinstance(getattr(error, "reason", None), UNREACHABLE)
+            if offline or attempt == ATTEMPTS - 1:
+                raise
+            have = partial.stat().st_size if partial.exists() else 0
+            print(f"gen-jax: {url} failed at byte {have:,} ({_reason(error)}); trying again",
+                  file=sys.stderr)  # fmt: skip
+            time.sleep(2**attempt)
 
 
 def _download_once(url: str, partial: Path, size: int) -> None:
     from tqdm import tqdm
 
-    have = partial.stat().st_size if partial.exists() else 0
+    origin = partial.with_name(f"{partial.name}.url")
+    same_origin = origin.is_file() and origin.read_text() == url
+    have = partial.stat().st_size if partial.exists() and same_origin else 0
+    origin.write_text(url)
     request = urllib.request.Request(url, headers={"User-Agent": "gen_jax"})
     if have:
         request.add_header("Range", f"bytes={have}-")
     with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-        if have and response.status != 206:  # the server sends the whole file again
-            have = 0
-        length = int(response.headers.get("Content-Length") or 0)
-        total = have + length if length else size or None
-        print(
-            f"gen-jax: downloading {url}" + (f" from byte {have:,}" if have else ""),
-            file=sys.stderr,
-        )
+        resumed = response.status == 206
+        if resumed and not response.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
+            raise http.client.HTTPException(f"a partial answer that does not start at byte {have}")
+        have = have if resumed else 0  # a server that ignores Range sends the whole file
+        length = response.length or 0  # None where unknown or malformed
+        print(f"gen-jax: downloading {url}" + (f" from byte {have:,}" if have else ""),
+              file=sys.stderr)  # fmt: skip
         with (
             open(partial, "ab" if have else "wb") as out,
-            tqdm(
-                total=total,
-                initial=have,
-                unit="B",
-                unit_scale=True,
-                leave=False,
-                desc=partial.name.removesuffix(".part"),
-                file=sys.stderr,
-            ) as bar,
-        ):
+            tqdm(total=have + length or size or None, initial=have, unit="B", unit_scale=True,
+                 desc=partial.name.removesuffix(".part"), disable=None, leave=False) as bar,
+        ):  # fmt: skip
             received = 0
             for block in iter(lambda: response.read(BLOCK), b""):
                 out.write(block)

@@ -146,7 +146,10 @@ def _tfds_source(name: str, split: str, directory: str | None):
         info = tfds.builder(name, data_dir=directory).info
     except Exception as error:  # tfds raises several types for "not prepared here"
         reason = str(error).splitlines()[0] if str(error) else ""
-        raise NotPrepared(
+        found = (Path(directory) if directory else Path.home() / "tensorflow_datasets") / name
+        # a copy that is there but cannot be read is an error to mend, not a reason to download
+        kind = GenJaxError if found.is_dir() else NotPrepared
+        raise kind(
             f"dataset '{name}' (split '{split}') cannot be read from {searched}: "
             f"{type(error).__name__}: {reason}\n{remedy}"
         ) from None
@@ -176,8 +179,6 @@ def _tfds_split(data_config: ml_collections.ConfigDict, split: str) -> Split:
 
 # ----------------------------------------------------------------------------- canonical files
 def _canonical_split(data_config: ml_collections.ConfigDict, split: str) -> Split:
-    import grain
-
     name = data_config.name
     if name not in canonical.DATASETS:
         raise GenJaxError(
@@ -187,7 +188,7 @@ def _canonical_split(data_config: ml_collections.ConfigDict, split: str) -> Spli
     path, meta = canonical.cached(data_config, split)
     shape = _shape(data_config, tuple(meta["shape"]), name)
     spec = DataSpec(shape, tuple(meta["class_names"]), True)
-    records = grain.sources.ArrayRecordDataSource([str(path)])
+    records = _cached_records(path, meta)
     decode = _Decode(True, data_config.image_size, data_config.channels, tuple(meta["shape"]))
     count = _count(meta["count"], data_config)
     size = "x".join(map(str, shape))
@@ -196,41 +197,63 @@ def _canonical_split(data_config: ml_collections.ConfigDict, split: str) -> Spli
     return Split(records, decode, count, spec, identity, described)
 
 
-def _by_name(data_config: ml_collections.ConfigDict, split: str) -> Split:
-    """`data.name` from a prepared TFDS copy, or its canonical files (`data.source`)."""
+@functools.lru_cache(maxsize=8)
+def _resolved(key: str) -> tuple[str, str]:
+    """Where `data.name` is read from, decided once for every split of a data config: ("tfds" |
+    "download", why a download). "auto" is TFDS where a prepared copy of the training split is
+    found, else the dataset's canonical files (if it has any)."""
+    data_config = ml_collections.ConfigDict(json.loads(key))
     if data_config.source not in SOURCES:
         raise GenJaxError(f"unknown data.source '{data_config.source}'; use one of {SOURCES}")
-    if data_config.source == "download":
-        return _canonical_split(data_config, split)
+    if data_config.source != "auto":
+        return data_config.source, ""
+    name = data_config.name
     try:
-        return _tfds_split(data_config, split)
+        _tfds_source(name, data_config.train_split, data_dir(data_config))
+        return "tfds", ""
     except NotPrepared as missing:
-        if data_config.source == "tfds" or data_config.name not in canonical.DATASETS:
+        if name not in canonical.DATASETS:
             raise
         print(
-            f"gen-jax: no prepared TFDS copy of {data_config.name} ({str(missing).splitlines()[0]}"
-            "); reading its canonical files instead",
+            f"gen-jax: no prepared TFDS copy of {name} ({str(missing).splitlines()[0]}); "
+            "reading its canonical files instead",
             file=sys.stderr,
         )
-        try:
-            return _canonical_split(data_config, split)
-        except GenJaxError as error:
-            raise GenJaxError(f"{missing}\nIts canonical files: {error}") from None
+        return "download", str(missing)
+
+
+def _by_name(key: str, data_config: ml_collections.ConfigDict, split: str) -> Split:
+    """`data.name` from a prepared TFDS copy, or its canonical files (`data.source`)."""
+    source, missing = _resolved(key)
+    if source == "tfds":
+        return _tfds_split(data_config, split)
+    try:
+        return _canonical_split(data_config, split)
+    except GenJaxError as error:
+        if not missing:
+            raise
+        raise GenJaxError(f"{missing}\nIts canonical files: {error}") from None
 
 
 SOURCES = ("auto", "tfds", "download")  # data.source: auto is TFDS where prepared, else download
 
 
 # ----------------------------------------------------------------------------- folders
-def _folder_split(data_config: ml_collections.ConfigDict, split: str) -> Split:
+def _cached_records(path: Path, meta: dict):
+    """The records of an array_record cache (`folder.write_cache`), checked against its count."""
     import grain
 
-    path, meta = folder_lib.cached(data_config, split)
-    shape = tuple(meta["shape"])
-    spec = DataSpec(shape, tuple(meta["class_names"]), meta["labelled"], len(meta["skipped"]))
     records = grain.sources.ArrayRecordDataSource([str(path)])
     if len(records) != meta["count"]:
         raise GenJaxError(f"the image cache {path.parent} is damaged; delete it to rebuild it")
+    return records
+
+
+def _folder_split(data_config: ml_collections.ConfigDict, split: str) -> Split:
+    path, meta = folder_lib.cached(data_config, split)
+    shape = tuple(meta["shape"])
+    spec = DataSpec(shape, tuple(meta["class_names"]), meta["labelled"], len(meta["skipped"]))
+    records = _cached_records(path, meta)
     decode = _Decode(meta["labelled"], 0, 0, shape)  # sized and converted in the cache
     count = _count(meta["count"], data_config)
     # the decoded records' hash, not the cache key: a copy of the same files (new paths or
@@ -309,7 +332,7 @@ def _open(key: str, split: str) -> Split:
     data_config = ml_collections.ConfigDict(json.loads(key))
     if data_config.folder:
         return _folder_split(data_config, split)
-    return _by_name(data_config, split)
+    return _by_name(key, data_config, split)
 
 
 def open_split(data_config: ml_collections.ConfigDict, split: str) -> Split:
@@ -356,6 +379,7 @@ def clear_cache() -> None:
     """Forget the opened and decoded splits kept in memory (they are reread on next use)."""
     _open.cache_clear()
     _load.cache_clear()
+    _resolved.cache_clear()
 
 
 def channel_stats(data_config: ml_collections.ConfigDict, limit: int = 10_000) -> dict:
