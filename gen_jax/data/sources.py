@@ -129,6 +129,7 @@ class NotPrepared(GenJaxError):
     """No prepared TFDS copy of the dataset is found where it is looked for."""
 
 
+@functools.lru_cache(maxsize=8)  # "auto" opens the training split once to decide, then reads it
 def _tfds_source(name: str, split: str, directory: str | None):
     import tensorflow_datasets as tfds  # heavy import, only when data is needed
 
@@ -380,6 +381,7 @@ def clear_cache() -> None:
     _open.cache_clear()
     _load.cache_clear()
     _resolved.cache_clear()
+    _tfds_source.cache_clear()
 
 
 def channel_stats(data_config: ml_collections.ConfigDict, limit: int = 10_000) -> dict:
