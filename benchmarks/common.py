@@ -45,15 +45,16 @@ def experiment(
 def built(config: ml_collections.ConfigDict) -> RunParts:
     """What `gen-jax train` makes of `config` before the state: the config as a run records it
     (paths absolute, the model fitted to the data), the task, the mesh and the example batch
-    a state is initialised from (`gen_jax.tasks.base.init_state(task, rng, batch)`)."""
+    a state is initialised from (`gen_jax.tasks.base.init_state(task, rng, batch)`), and that
+    state's abstract, sharded layout."""
     from gen_jax import parallel, tasks, train
     from gen_jax import workdir as workdir_lib
-    from gen_jax.compiled import RunParts
+    from gen_jax.compiled import run_parts
 
     config, source, _ = train.as_recorded(config)
-    mesh = parallel.make_mesh()
+    mesh = parallel.make_mesh(config.mesh)
     batch = workdir_lib.example_batch(source, config, mesh)
-    return RunParts(tasks.build(config), config, mesh, batch)
+    return run_parts(tasks.build(config), config, mesh, batch)
 
 
 def train_arrays(

@@ -354,13 +354,14 @@ def gen_jax_cnn_fixed_batch(args) -> dict:
 
 def gen_jax_cnn_eval(args) -> dict:
     """Seconds to evaluate the 10,000 test images (a trained state's shape: a fresh one)."""
-    from gen_jax import compiled, data
+    from gen_jax import compiled, data, parallel
     from gen_jax.tasks.base import init_state
 
-    task, config, mesh, batch = built(experiment("mnist_cnn", data_dir=args.data_dir))
+    task, config, mesh, batch, layout = built(experiment("mnist_cnn", data_dir=args.data_dir))
     eval_split = data.get_split(config.data, config.data.eval_split)
-    state = init_state(task, jax.random.PRNGKey(0), batch)
-    steps = compiled.compile_steps(task, config, mesh, eval_split)
+    sharding = parallel.shardings_of(layout)
+    state = init_state(task, jax.random.PRNGKey(0), batch, out_shardings=sharding)
+    steps = compiled.compile_steps(task, config, mesh, sharding, eval_split)
     first, *rest = timings(lambda: steps.evaluate(state), repeats=1 + 5)
     seconds = statistics.median(rest)
     count = len(eval_split)

@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps")
     parser.add_argument("--profile", type=int, default=0, help="list this many longest ops")
     args, overrides = parser.parse_known_args()
-    task, config, _, batch = built(experiment(args.experiment, overrides))
+    task, config, _, batch, _ = built(experiment(args.experiment, overrides))
     batch = {k: jnp.asarray(v) for k, v in jax.device_get(batch).items() if k in ("image", "label")}
     state = init_state(task, jax.random.PRNGKey(config.seed), batch)
     step = jax.jit(task.train_step).lower(state, batch).compile()

@@ -54,8 +54,8 @@ batch = {
     "label": rng.integers(0, 10, 128).astype(np.int32),
 }
 eval_split = data.InMemory(batch, data.DataSpec((28, 28, 1), tuple("0123456789"), True))
-steps = compiled.compile_steps(task, config, mesh, eval_split)
 rng, replicated = jax.random.PRNGKey(0), parallel.replicated(mesh)
+steps = compiled.compile_steps(task, config, mesh, replicated, eval_split)
 state = init_state(task, rng, parallel.global_batch(batch, mesh), out_shardings=replicated)
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from gen_jax import parallel
 from gen_jax.errors import GenJaxError
 
 
@@ -285,12 +286,5 @@ def latest_step(directory: Path) -> int | None:
 
 def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     """Leaf shapes by a path string that reads the same for saved metadata and live dataclasses."""
-
-    def key_name(key) -> str:
-        for attribute in ("key", "name", "idx"):
-            if hasattr(key, attribute):
-                return str(getattr(key, attribute))
-        return str(key)
-
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(key_name(k) for k in path): tuple(leaf.shape) for path, leaf in leaves}
+    return {parallel.leaf_name(path): tuple(leaf.shape) for path, leaf in leaves}

@@ -18,13 +18,24 @@ from gen_jax.tasks.base import Task
 
 
 class RunParts(NamedTuple):
-    """What a run's compiled calls and state are made for: its task, config, mesh, and one
-    global training-shaped batch (shapes; the images of a layer initialised from data)."""
+    """What a run's compiled calls and state are made for: its task, config, mesh, one global
+    training-shaped batch (shapes; the images of a layer initialised from data), and the state
+    `task.init` makes from it, abstract (shapes) and laid out over the mesh (`run_parts`)."""
 
     task: Task
     config: ml_collections.ConfigDict
     mesh: Mesh
     batch: dict[str, jax.Array]
+    state: Any
+
+
+def run_parts(
+    task: Task, config: ml_collections.ConfigDict, mesh: Mesh, batch: dict[str, jax.Array]
+) -> RunParts:
+    """The parts, with the abstract state sharded by the rules of `config.mesh`."""
+    abstract = jax.eval_shape(task.init, jax.random.PRNGKey(config.seed), batch)
+    sharding = parallel.state_sharding(abstract, mesh, config.mesh)
+    return RunParts(task, config, mesh, batch, parallel.placed(abstract, sharding))
 
 
 PICTURE_INPUTS = 32  # the first eval images, shown in every evaluation's pictures
@@ -62,14 +73,22 @@ def in_background(function: Callable, *args, **kwargs) -> concurrent.futures.Fut
 
 class TrainCalls:
     """The task's train step, jitted for one batch and for `train.steps_per_call` stacked
-    batches (a `lax.scan`), batches sharded on `data`, state replicated and donated.
+    batches (a `lax.scan`), batches sharded over the devices, state laid out as
+    `state_sharding` (replicated, or split by the FSDP rules) and donated.
 
     `compile_ahead` compiles one variant in a background thread: XLA releases the GIL while it
     compiles, so that runs beside whatever the caller does meanwhile (decoding the data,
     initialising or restoring the state) instead of delaying the first step.
     """
 
-    def __init__(self, task: Task, config: ml_collections.ConfigDict, mesh: Mesh, on_device: bool):
+    def __init__(
+        self,
+        task: Task,
+        config: ml_collections.ConfigDict,
+        mesh: Mesh,
+        state_sharding: Any,
+        on_device: bool,
+    ):
         replicated = parallel.replicated(mesh)
         prepare = _as_given
         if on_device:  # batches carry indices into the split, in device memory
@@ -77,8 +96,12 @@ class TrainCalls:
         self.jitted = {  # by whether a call takes stacked batches; compiled when first used
             stacked: jax.jit(
                 functools.partial(many_steps if stacked else one_step, task, prepare),
-                in_shardings=(replicated, parallel.data_sharded(mesh, int(stacked)), replicated),
-                out_shardings=(replicated, replicated),
+                in_shardings=(
+                    state_sharding,
+                    parallel.data_sharded(mesh, int(stacked)),
+                    replicated,
+                ),
+                out_shardings=(state_sharding, replicated),
                 donate_argnums=0,
             )
             for stacked in (False, True)
@@ -110,13 +133,11 @@ def compile_first_call(
     the background, for the state `task.init` makes from the parts' batch, training batches
     shaped like this process's `local` one and, `on_device`, the whole `source` split in device
     memory; all abstract, so the compile needs neither the decoded split nor the state."""
-    task, config, mesh, batch = parts
-    calls = TrainCalls(task, config, mesh, on_device)
+    task, config, mesh, _, state = parts
+    calls = TrainCalls(task, config, mesh, parallel.shardings_of(state), on_device)
     if start >= config.train.num_steps:  # nothing left to train
         return calls
     count = call_size(start, config.train)
-    abstract = jax.eval_shape(task.init, jax.random.PRNGKey(config.seed), batch)
-    state = parallel.replicate(abstract, mesh)
     stack = (count,) if count > 1 else ()  # a call of several steps stacks their batches
     sharding = parallel.data_sharded(mesh, len(stack))
     batches = {  # the global batch: every process's rows
@@ -140,23 +161,26 @@ def compile_steps(
     task: Task,
     config: ml_collections.ConfigDict,
     mesh: Mesh,
+    state_sharding: Any,
     eval_split: data.Split,
     device_split: data.Batch | None = None,
     train_calls: TrainCalls | None = None,
 ) -> Steps:
-    """Jit the task's steps: batch sharded on `data`, state replicated (and donated to training).
+    """Jit the task's steps: batch sharded over the devices, state laid out as `state_sharding`
+    (`parallel.shardings_of(state)`; donated to training).
 
     With a `device_split` (the training split in device memory), train batches carry only
     example indices, looked up and preprocessed inside the compiled step (`data.on_device`).
     `train_calls` are the train steps made (and maybe compiled) beforehand.
     """
     replicated, sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
-    train_calls = train_calls or TrainCalls(task, config, mesh, device_split is not None)
+    on_device = device_split is not None
+    train_calls = train_calls or TrainCalls(task, config, mesh, state_sharding, on_device)
     device_split = {} if device_split is None else device_split
     eval_steps = {  # jit compiles lazily: the final variant only when first used
         final: jax.jit(
             functools.partial(task.eval_step, final=final),
-            in_shardings=(replicated, sharded),
+            in_shardings=(state_sharding, sharded),
             out_shardings=replicated,
         )
         for final in (False, True)
@@ -186,7 +210,9 @@ def compile_steps(
     first = eval_split.read(np.arange(min(PICTURE_INPUTS, len(eval_split))))
     picture_inputs = data.preprocessor(config.data)(first)["image"]
     picture_inputs = jax.device_put(picture_inputs, replicated)
-    pictures_step = jax.jit(task.pictures, in_shardings=replicated, out_shardings=replicated)
+    pictures_step = jax.jit(
+        task.pictures, in_shardings=(state_sharding, replicated), out_shardings=replicated
+    )
 
     def pictures(state) -> dict[str, np.ndarray]:
         return jax.device_get(pictures_step(state, picture_inputs))

@@ -209,8 +209,8 @@ def load(path: Path, absolute: bool = False) -> ml_collections.ConfigDict:
     saved = _tuples(read_json(path))
     # keys added since the run was written get the defaults of its family's recipe
     defaults = tasks.family(saved["task"]["name"]).recipe().to_dict()
-    for section in ("data", "train", "task", "optimizer"):
-        saved[section] = _with_defaults(saved[section], defaults[section])
+    for section in ("data", "train", "task", "optimizer", "mesh"):  # mesh: none before FSDP
+        saved[section] = _with_defaults(saved.get(section, {}), defaults[section])
     config = ml_collections.ConfigDict(saved)
     return with_absolute_paths(config) if absolute else config
 

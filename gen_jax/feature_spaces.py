@@ -90,7 +90,7 @@ class ClassifierRun:
                     f"step {step} of {self.config.train.num_steps}); finish it with the same "
                     "`gen-jax train` command"
                 )
-            abstract = parallel.replicate(abstract, parallel.make_mesh())
+            abstract = parallel.placed(abstract, parallel.replicated(parallel.make_mesh()))
             state, _ = checkpointer.restore(abstract, step=step)
         finally:
             checkpointer.close()

@@ -128,7 +128,8 @@ def build(config: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTr
     """The optimizer named by `config.name` with the config's schedule; with `bias_lr_scale`,
     batch norm biases at that multiple of the rate and the weight decay divided by it, so that
     their decay per step stays the others' (airbench's); with `freeze`, that parameter's rate
-    zero from step `freeze_at` on; with `lookahead_every`, wrapped in `lookahead`."""
+    zero from step `freeze_at` on; with `clip_norm`, the gradients clipped to that global norm
+    first; with `lookahead_every`, wrapped in `lookahead`."""
     schedule = learning_rate_schedule(config, num_steps)
     optimizer = _optimizer(config, schedule, config.weight_decay)
     scale = config.bias_lr_scale
@@ -150,6 +151,10 @@ def build(config: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTr
         groups["frozen"] = _optimizer(config, trained, config.weight_decay)
     if len(groups) > 1:
         optimizer = optax.partition(groups, parameter_groups(scale != 1, config.freeze))
+    if config.clip_norm < 0:
+        raise GenJaxError(f"optimizer.clip_norm is {config.clip_norm}; use a norm > 0, or 0: off")
+    if config.clip_norm:
+        optimizer = optax.chain(optax.clip_by_global_norm(config.clip_norm), optimizer)
     every, decay = config.lookahead_every, config.lookahead_decay
     if not isinstance(every, int) or every < 0 or not 0 <= decay < 1:
         raise GenJaxError(

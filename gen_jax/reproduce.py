@@ -10,6 +10,9 @@ Each experiment file declares what it reproduces next to its `get_config()`:
     }
     REQUIRES = {"task.classifier_workdir": "mnist_cnn"}  # config key -> experiment run first
 
+or, instead, why it is not reproduced here: `NOT_REPRODUCED = "a recipe for accelerators ..."`
+(a paper-scale recipe), which `gen-jax reproduce` leaves out and names when asked for it.
+
 A metric passes when |value - expected| <= tolerance, or when it meets its goal. Runs go to
 RUNS/NAME (RUNS/quick/NAME with `--quick`); a run that already finished there is not trained
 again: its logged final evaluation is reported (delete the folder to start afresh). Training time
@@ -85,6 +88,8 @@ class Row:
 
 def declared(module: ModuleType, path: Path, quick: bool) -> tuple[list[str], dict, dict]:
     """(overrides, expected metrics, requirements) that an imported experiment file declares."""
+    if hasattr(module, "NOT_REPRODUCED"):
+        raise GenJaxError(f"{path} is not reproduced by gen-jax reproduce: {module.NOT_REPRODUCED}")
     if quick:
         if not hasattr(module, "QUICK"):
             raise GenJaxError(f"{path} declares no QUICK run; add one (see gen_jax/reproduce.py)")

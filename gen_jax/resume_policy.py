@@ -25,11 +25,16 @@ RECORDED = {  # allowed, appended to the workdir's config_changes.jsonl with the
     "the resume step on",
     "train.num_epochs": "the same as train.num_steps, counted in epochs",
     "train.batch_splits": SPEED_ONLY,
+    "train.accumulate_gradients": SPEED_ONLY,
     "train.steps_per_call": SPEED_ONLY,
     "data.on_device": SPEED_ONLY,
     "data.streaming": SPEED_ONLY,
     "data.workers": SPEED_ONLY,
     "data.memory_budget": SPEED_ONLY + " (it decides streaming)",
+    **{  # a checkpoint restores into any layout: moving a run between device counts
+        f"mesh.{key}": "the state's layout over the devices: " + SPEED_ONLY
+        for key in ("data", "fsdp", "fsdp_min_size", "rules")
+    },
 }
 
 FREE = {  # allowed, not recorded: config.json takes the new value

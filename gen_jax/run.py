@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gen_jax import checkpoint, compiled, data, tasks, train
+from gen_jax import checkpoint, compiled, data, parallel, tasks, train
 from gen_jax import config as config_lib
 from gen_jax import workdir as workdir_lib
 from gen_jax.data.folder import CHANNEL_MODES, conform, from_array
@@ -243,7 +243,8 @@ class Run:
             config.task.update(task_settings)
             task = tasks.build(config)
         split = data.get_split(config.data, config.data.eval_split)
-        steps = compiled.compile_steps(task, config, self.mesh, split)
+        layout = parallel.shardings_of(self.state)
+        steps = compiled.compile_steps(task, config, self.mesh, layout, split)
         return {"step": self.step, **steps.evaluate(self.state, final=final)}
 
 

@@ -20,7 +20,6 @@ from gen_jax import checkpoint, compiled, data, parallel, provenance, tasks, wor
 from gen_jax import config as config_lib
 from gen_jax import workdir as workdir_lib
 from gen_jax.checkpoint import Checkpointer
-from gen_jax.compiled import RunParts
 from gen_jax.errors import GenJaxError, PeerLostError, RunStopped
 from gen_jax.metric_writer import MetricWriter, TrainLog, logged_metrics
 from gen_jax.stop_signals import StopSignals
@@ -100,7 +99,7 @@ def checked_setup(config: ml_collections.ConfigDict) -> Setup:
     """Check the config against the devices and the data, and build the task: every refusal
     that needs no workdir, made before anything is written in it (opening a folder split may
     build its decoded cache, outside the workdir)."""
-    mesh = parallel.make_mesh()
+    mesh = parallel.make_mesh(config.mesh)
     sizes = {f"data.{key}": config.data[key] for key in ("batch_size", "eval_batch_size")}
     parallel.check_batch_sizes(sizes, mesh)
     check_train_settings(config.train, config.data.batch_size // mesh.devices.size)
@@ -149,7 +148,7 @@ def _locked_run(setup: Setup, workdir: Path, invocation: Invocation) -> dict[str
     from_step, allow_change = invocation.from_step, invocation.allow_change
     is_main = jax.process_index() == 0
     on_device = config.data.on_device and data.fits_in_memory(config.data, source)
-    parts = RunParts(task, config, mesh, workdir_lib.example_batch(source, config, mesh))
+    parts = compiled.run_parts(task, config, mesh, workdir_lib.example_batch(source, config, mesh))
     workdir.mkdir(parents=True, exist_ok=True)
     checkpointer = Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
     if from_step is not None:
@@ -202,7 +201,10 @@ def _locked_run(setup: Setup, workdir: Path, invocation: Invocation) -> dict[str
     device_split = None
     if on_device:
         device_split = jax.device_put(train_split.arrays, parallel.replicated(mesh))
-    steps = compiled.compile_steps(task, config, mesh, eval_split, device_split, train_calls)
+    layout = parallel.shardings_of(parts.state)
+    steps = compiled.compile_steps(
+        task, config, mesh, layout, eval_split, device_split, train_calls
+    )
     writer = MetricWriter(workdir, enabled=is_main, start_step=int(state.step))
     peer_lost = False
     try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from gen_jax import config as config_lib
 from gen_jax import data, parallel, resume_policy, tasks
 from gen_jax.atomic import write_text_atomically
 from gen_jax.checkpoint import Checkpointer, DamagedCheckpointError
-from gen_jax.compiled import RunParts, in_background
+from gen_jax.compiled import RunParts, in_background, run_parts
 from gen_jax.errors import GenJaxError, NonFiniteStateError
 from gen_jax.tasks.base import init_state
 
@@ -41,10 +42,11 @@ def example_batch(
 
 
 def fresh_state(parts: RunParts) -> concurrent.futures.Future:
-    """The state initialised from the seed (`init_state`, replicated), made in the background."""
-    task, config, mesh, batch = parts
-    rng = jax.random.PRNGKey(config.seed)
-    return in_background(init_state, task, rng, batch, out_shardings=parallel.replicated(mesh))
+    """The state initialised from the seed (`init_state`, laid out as `parts.state`), made in
+    the background."""
+    task, config, _, batch, state = parts
+    rng, sharding = jax.random.PRNGKey(config.seed), parallel.shardings_of(state)
+    return in_background(init_state, task, rng, batch, out_shardings=sharding)
 
 
 def initial_state(
@@ -63,8 +65,7 @@ def initial_state(
     if checkpointer.latest_step() is None and not require:
         fresh = fresh or fresh_state(parts)
         return fresh.result(), iterator
-    abstract = jax.eval_shape(parts.task.init, jax.random.PRNGKey(parts.config.seed), parts.batch)
-    return checkpointer.restore(parallel.replicate(abstract, parts.mesh), iterator, step)
+    return checkpointer.restore(parts.state, iterator, step)
 
 
 def resume(
@@ -247,16 +248,20 @@ def check_finite_state(state, step: int, checkpointer: Checkpointer) -> None:
 
 
 def load_state(workdir: str | Path, step: int | None = None):
-    """A run's config, task, mesh and restored state (latest or given step) on these devices."""
+    """A run's config, task, mesh and restored state (latest or given step) on these devices,
+    whatever devices trained it: its `mesh.fsdp` shrunk to the largest size that divides them
+    (one device holds the whole state), data parallel over the rest."""
     workdir = Path(workdir)
     config = config_lib.load(workdir / "config.json")
-    mesh = parallel.make_mesh()
+    here = ml_collections.ConfigDict({"data": -1, "fsdp": config.mesh.fsdp})
+    here.fsdp = math.gcd(max(here.fsdp, 0), jax.device_count())  # -1: all devices
+    mesh = parallel.make_mesh(here)
     parallel.check_batch_sizes({"data.eval_batch_size": config.data.eval_batch_size}, mesh)
     task = tasks.build(config)
     split = data.open_split(config.data, config.data.eval_split)  # one batch read, for shapes
     checkpointer = Checkpointer(workdir / "checkpoints")  # reads only: the run may be saving
     try:
-        parts = RunParts(task, config, mesh, example_batch(split, config, mesh))
+        parts = run_parts(task, config, mesh, example_batch(split, config, mesh))
         state, _ = initial_state(parts, checkpointer, step=step, require=True)
     finally:
         checkpointer.close()

@@ -112,6 +112,16 @@ def test_a_saved_config_older_than_a_key_gets_its_family_default(tmp_path):
     assert config_lib.load(tmp_path / "config.json") == config
 
 
+def test_a_run_saved_before_the_mesh_section_takes_the_default_mesh(tmp_path):
+    config = config_lib.diffusion_config()
+    config_lib.save(config, tmp_path / "config.json")
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["mesh"]  # config.json of a run trained before FSDP
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    loaded = config_lib.load(tmp_path / "config.json")
+    assert loaded.mesh == config_lib.base_config().mesh and loaded == config
+
+
 def test_cli_rejects_bad_override_before_running(tmp_path, capsys):
     from gen_jax import cli
 

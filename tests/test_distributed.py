@@ -3,7 +3,9 @@
 Every run here is the real CLI on mocked MNIST (tests/mocked_cli.py) in its own process.
 """
 
+import json
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -125,6 +127,24 @@ def test_two_hosts_end_with_identical_params_equal_to_one_process(two_host_run, 
     assert_trees_equal(first, second)
     # 4 devices in 2 processes against 1: the classifier's reductions in another order
     assert_trees_close(first, dumped_params(single, 0, 10), rtol=TRAJECTORY_RTOL["classifier"])
+
+
+@pytest.mark.slow
+def test_a_two_process_run_resumes_in_one_process_from_its_checkpoint(two_host_run, tmp_path):
+    experiment, multi = two_host_run
+    workdir = tmp_path / "run"
+    shutil.copytree(multi, workdir, ignore=shutil.ignore_patterns("local_params"))
+    half = TWO_HOST_STEPS // 2
+    resume = train_args(experiment, workdir, "--from_step", str(half))
+    check_call_mocked_cli(resume, devices=4, env=DUMP_PARAMS)  # the same 4 devices, 1 process
+    starts = [r["step"] for r in read_metrics(workdir) if r["name"] == "first_step_seconds"]
+    assert starts[-1] == half + 1
+    # the same global batches on the same mesh; gloo's all-reduce against one process's
+    assert_trees_close(
+        dumped_params(multi, 0, TWO_HOST_STEPS),
+        dumped_params(workdir, 0, TWO_HOST_STEPS),
+        rtol=TRAJECTORY_RTOL["classifier"],
+    )
 
 
 @pytest.mark.slow
@@ -300,6 +320,28 @@ def test_a_run_stopped_halfway_and_resumed_in_a_new_process_is_bitwise_identical
     np.testing.assert_array_equal(
         train_losses(device_runs / "one_device" / family), train_losses(resumed)
     )
+
+
+@pytest.mark.slow
+def test_a_run_trained_with_fsdp_on_eight_devices_resumes_on_two_and_loads_on_one(
+    device_runs, tmp_path, mock_mnist
+):
+    family = "classifier"  # the CLI's path; tests/test_mesh.py compares the families' layouts
+    experiment, workdir = device_runs / "experiments" / f"{family}.py", tmp_path / "run"
+    small = "--config.mesh.fsdp_min_size=64"  # the tiny model's kernels are split too
+    first = train_args(experiment, workdir, "--stop_at", "5", "--config.mesh.fsdp=8", small)
+    check_call_mocked_cli(first, devices=8)
+    check_call_mocked_cli(train_args(experiment, workdir, "--config.mesh.fsdp=2", small), devices=2)
+    starts = [r["step"] for r in read_metrics(workdir) if r["name"] == "first_step_seconds"]
+    assert starts == [1, 6]
+    changes = json.loads((workdir / "config_changes.jsonl").read_text())["changes"]
+    assert changes == {"mesh.fsdp": [8, 2]}  # recorded, not refused: moving is the point
+    reference = device_runs / "one_device" / family
+    rtol = TRAJECTORY_RTOL[family]
+    np.testing.assert_allclose(train_losses(workdir), train_losses(reference), rtol=rtol)
+    config, _, mesh, state = workdir_lib.load_state(workdir)  # this process: one device
+    assert mesh.devices.size == 1 and config.mesh.fsdp == 2  # the record keeps what trained
+    assert_trees_close(workdir_lib.load_state(reference)[3], state, rtol=rtol)
 
 
 @pytest.mark.slow

@@ -88,6 +88,17 @@ def test_lookahead_pulls_the_weights_to_the_slow_ones_every_k_steps_and_ends_on_
     np.testing.assert_allclose(seen, [1.0, 1.936, 2.936, 3.424, 3.424], rtol=1e-6)
 
 
+def test_gradients_are_clipped_to_the_global_norm_before_the_optimizer():
+    optimizer = optim.build(optimizer_config(learning_rate=1.0, momentum=0.0, clip_norm=1.0), 5)
+    params = {"a": jnp.zeros(3), "b": jnp.zeros(())}
+    large = {"a": jnp.array([3.0, 0.0, 4.0]), "b": jnp.array(12.0)}  # global norm 13
+    updates, _ = optimizer.update(large, optimizer.init(params), params)
+    np.testing.assert_allclose(updates["a"], [-3 / 13, 0, -4 / 13], rtol=1e-6)  # SGD: -grad
+    small = {"a": jnp.array([0.3, 0.0, 0.4]), "b": jnp.array(0.0)}  # norm 0.5: unchanged
+    updates, _ = optimizer.update(small, optimizer.init(params), params)
+    np.testing.assert_allclose(updates["a"], [-0.3, 0, -0.4], rtol=1e-6)
+
+
 def test_a_frozen_parameter_trains_for_its_steps_then_holds_while_the_others_go_on():
     settings = {"momentum": 0.9, "weight_decay": 0.1, "freeze": "whitening_bias", "freeze_at": 3}
     optimizer = optim.build(optimizer_config(learning_rate=0.5, **settings), 10)
@@ -123,6 +134,7 @@ def test_a_frozen_parameter_trains_for_its_steps_then_holds_while_the_others_go_
         ),
         ({"warmup_steps": -1}, "warmup_steps -1 must be at least 0"),
         ({"freeze": "whitening_bias"}, "freeze_at is 0; use the number of steps that train"),
+        ({"clip_norm": -1.0}, "optimizer.clip_norm is -1.0; use a norm > 0, or 0: off"),
     ],
 )
 def test_bad_schedule_settings_are_refused(settings, message):

@@ -32,9 +32,11 @@ def at_initialisation(experiment: str, data_dir: str, *overrides: str) -> dict[s
     batch = workdir_lib.example_batch(
         data.get_split(config.data, config.data.train_split), config, mesh
     )
-    state = init_state(task, jax.random.PRNGKey(config.seed), batch)
+    replicated = parallel.replicated(mesh)
+    state = init_state(task, jax.random.PRNGKey(config.seed), batch, out_shardings=replicated)
     eval_split = data.get_split(config.data, config.data.eval_split)
-    return compiled.compile_steps(task, config, mesh, eval_split).evaluate(state, final=True)
+    steps = compiled.compile_steps(task, config, mesh, replicated, eval_split)
+    return steps.evaluate(state, final=True)
 
 
 @pytest.mark.slow

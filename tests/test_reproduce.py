@@ -263,7 +263,11 @@ def test_figures_are_each_runs_latest_pictures_and_a_2d_vaes_maps(tmp_path, mock
 
 
 # ----------------------------------------------------------------------------- declared checks
-EXPERIMENTS = sorted((REPO / "experiments").glob("*.py"))
+EXPERIMENTS = [  # those `gen-jax reproduce` runs: all but the paper-scale recipes
+    path
+    for path in sorted((REPO / "experiments").glob("*.py"))
+    if not hasattr(config_lib.load_module(path), "NOT_REPRODUCED")
+]
 SPLITS = ("train_split", "eval_split")
 
 
@@ -302,6 +306,16 @@ def reported_metrics(tmp_path_factory) -> dict[str, set[str]]:
                 outputs["samples"] = np.asarray(len(batch["mask"]))
             reported[config.task.name] = set(task.summarize([outputs]))
     return reported
+
+
+def test_a_recipe_that_is_not_reproduced_says_why_when_asked_for(tmp_path):
+    path = REPO / "experiments" / "cifar10_ddpm_ho2020.py"
+    module = config_lib.load_module(path)
+    assert not hasattr(module, "EXPECTED")
+    with pytest.raises(GenJaxError, match="not reproduced by gen-jax reproduce: a paper-scale"):
+        reproduce.declared(module, path, quick=True)
+    assert "cifar10_ddpm_ho2020" not in reproduce.all_experiments(REPO / "experiments")
+    assert len(EXPERIMENTS) >= 23  # every other experiment declares its checks
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda path: path.stem)

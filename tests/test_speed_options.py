@@ -78,13 +78,18 @@ def assert_same_training(expected, actual, learning_rate: float) -> None:
             np.testing.assert_array_equal(b, a)
 
 
+ACCUMULATED = ["--config.train.accumulate_gradients=true"]  # the slices one after another
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "family, overrides, model",
     [
         ("classifier", ["--config.task.max_shift=2"], PLAIN_CNN),
+        ("classifier", ["--config.task.max_shift=2", *ACCUMULATED], PLAIN_CNN),
         ("vae", [], None),
         ("vae", [*IWAE, "--config.task.train_samples=3"], None),
+        ("diffusion", ACCUMULATED, None),
     ],
 )
 def test_split_batches_give_the_whole_batch_step(experiment, family, overrides, model):

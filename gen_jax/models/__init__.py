@@ -13,6 +13,7 @@ from gen_jax.errors import GenJaxError
 from gen_jax.models.airbench import Airbench
 from gen_jax.models.cnn import CNN, BatchNormCNN
 from gen_jax.models.dcgan import GANModels, dcgan
+from gen_jax.models.dit import dit
 from gen_jax.models.unet import unet
 from gen_jax.models.vae import conv_vae, mlp_vae
 
@@ -25,6 +26,7 @@ REGISTRY: dict[str, Callable[..., nn.Module | GANModels]] = {
     "mlp_vae": mlp_vae,
     "dcgan": dcgan,
     "unet": unet,
+    "dit": dit,
 }
 
 

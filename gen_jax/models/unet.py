@@ -3,14 +3,24 @@
 
 Residual blocks with group norm and the time embedding added in between (Ho et al., 2020), one
 level per entry of `channel_multipliers`, each halving the size after its blocks; optional
-self-attention at the lowest resolution; optional class conditioning, with one extra "no label"
-class that classifier-free guidance uses. Down- and upsampling are the stride-1 layers of
-`layers` (space_to_depth, pixel shuffle): XLA's CPU backend runs strided and transposed
-convolutions slowly.
+self-attention in the middle (`attention`) and after every block at the sizes
+`attention_resolutions`; dropout in the blocks; optional class conditioning, with one extra
+"no label" class that classifier-free guidance uses.
+
+Resampling: "space_to_depth" (the default) uses the stride-1 layers of `layers` (space_to_depth,
+pixel shuffle), since XLA's CPU backend runs strided and transposed convolutions slowly; "conv"
+is DDPM's released code (`resamp_with_conv`): a stride-2 3x3 convolution down, nearest-neighbour
+doubling and a 3x3 convolution up. With those, 128 features, multipliers (1, 2, 2, 2), 2 blocks,
+attention at 16 pixels and in the middle, this is DDPM's CIFAR-10 network (35.7M parameters).
+
+`remat` rematerialises each residual and attention block (`nn.remat`, policy
+`nothing_saveable`): the backward pass recomputes a block's activations from its input instead
+of keeping them, so a step keeps only the blocks' inputs, for ~1/3 more compute.
 """
 
 from __future__ import annotations
 
+import collections
 import math
 
 import flax.linen as nn
@@ -31,18 +41,24 @@ def time_embedding(t: jax.Array, dim: int) -> jax.Array:
     return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
 
+RESAMPLINGS = ("space_to_depth", "conv")
+
+
 class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv, plus the embedding's projection, GroupNorm-SiLU-conv, residual."""
+    """GroupNorm-SiLU-conv, plus the embedding's projection, GroupNorm-SiLU-dropout-conv,
+    residual."""
 
     features: int
     groups: int
     dtype: str
+    dropout: float = 0.0
 
     @nn.compact
-    def __call__(self, x: jax.Array, embedding: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, embedding: jax.Array, train: bool = False) -> jax.Array:
         h = nn.Conv(self.features, (3, 3), dtype=self.dtype)(nn.silu(nn.GroupNorm(self.groups)(x)))
         h = h + nn.Dense(self.features, dtype=self.dtype)(nn.silu(embedding))[:, None, None]
         h = nn.silu(nn.GroupNorm(self.groups)(h))
+        h = nn.Dropout(self.dropout, deterministic=not train or not self.dropout)(h)
         h = nn.Conv(self.features, (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
         if x.shape[-1] != self.features:
             x = nn.Conv(self.features, (1, 1), dtype=self.dtype)(x)
@@ -67,7 +83,8 @@ class SelfAttention(nn.Module):
 
 
 class UNet(nn.Module):
-    """(images (B, H, W, C), times (B,) in [0, 1][, labels (B,)]) -> (B, H, W, C).
+    """(images (B, H, W, C), times (B,) in [0, 1][, labels (B,)]) -> (B, H, W, C); `train`
+    turns dropout on (it then needs a "dropout" key).
 
     Label `num_classes` means "no label" (the unconditional model of classifier-free guidance).
     """
@@ -76,43 +93,87 @@ class UNet(nn.Module):
     features: int = 32
     channel_multipliers: tuple[int, ...] = (1, 2, 2)
     blocks_per_level: int = 2
-    attention: bool = False  # self-attention at the lowest resolution
+    attention: bool = False  # self-attention in the middle, at the lowest resolution
+    attention_resolutions: tuple[int, ...] = ()  # and after each block at these heights
     heads: int = 4
     groups: int = 8
+    dropout: float = 0.0
+    resample: str = "space_to_depth"
     num_classes: int = 0  # > 0: class-conditional
+    remat: bool = False
     dtype: str = "float32"
 
     @nn.compact
-    def __call__(self, x: jax.Array, t: jax.Array, labels: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, t: jax.Array, labels: jax.Array | None = None, train: bool = False
+    ) -> jax.Array:
         embedding = time_embedding(t, self.features)
         width = 4 * self.features
         embedding = nn.Dense(width)(nn.silu(nn.Dense(width)(embedding)))
         if self.num_classes:
             embedding = embedding + nn.Embed(self.num_classes + 1, width)(labels)
-        block = lambda features: ResBlock(features, self.groups, self.dtype)
-        levels = [self.features * m for m in self.channel_multipliers]
+        made = collections.Counter()  # blocks named as Linen names them unwrapped, so that
+        # a checkpoint restores with remat on or off
 
+        def residual(h: jax.Array, features: int) -> jax.Array:
+            name, made["ResBlock"] = f"ResBlock_{made['ResBlock']}", made["ResBlock"] + 1
+            module = maybe_remat(ResBlock, self.remat, static_argnums=(3,))
+            return module(features, self.groups, self.dtype, self.dropout, name=name)(
+                h, embedding, train
+            )
+
+        def attention(h: jax.Array) -> jax.Array:
+            name = f"SelfAttention_{made['SelfAttention']}"
+            made["SelfAttention"] += 1
+            module = maybe_remat(SelfAttention, self.remat)
+            return module(self.heads, self.groups, self.dtype, name=name)(h)
+
+        def block(h: jax.Array, features: int) -> jax.Array:
+            h = residual(h, features)
+            return attention(h) if h.shape[1] in self.attention_resolutions else h
+
+        levels = [self.features * m for m in self.channel_multipliers]
         h = nn.Conv(self.features, (3, 3), dtype=self.dtype)(x.astype(self.dtype))
         skips = [h]
         for index, features in enumerate(levels):
             for _ in range(self.blocks_per_level):
-                h = block(features)(h, embedding)
+                h = block(h, features)
                 skips.append(h)
             if index < len(levels) - 1:
-                h = downsample(h, features, "space_to_depth")
+                h = self._down(h, features)
                 skips.append(h)
-        h = block(levels[-1])(h, embedding)
+        h = residual(h, levels[-1])
         if self.attention:
-            h = SelfAttention(self.heads, self.groups, self.dtype)(h)
-        h = block(levels[-1])(h, embedding)
+            h = attention(h)
+        h = residual(h, levels[-1])
         for index, features in reversed(list(enumerate(levels))):
             for _ in range(self.blocks_per_level + 1):
-                h = block(features)(jnp.concatenate([h, skips.pop()], axis=-1), embedding)
+                h = block(jnp.concatenate([h, skips.pop()], axis=-1), features)
             if index > 0:
-                h = Upsample(features)(h)
+                h = self._up(h, features)
         h = nn.silu(nn.GroupNorm(self.groups)(h))
         out = nn.Conv(x.shape[-1], (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
         return out.astype(jnp.float32)
+
+    def _down(self, h: jax.Array, features: int) -> jax.Array:
+        if self.resample == "conv":
+            return nn.Conv(features, (3, 3), strides=(2, 2), dtype=self.dtype)(h)
+        return downsample(h, features, "space_to_depth")
+
+    def _up(self, h: jax.Array, features: int) -> jax.Array:
+        if self.resample == "conv":
+            batch, height, width, channels = h.shape
+            h = jax.image.resize(h, (batch, 2 * height, 2 * width, channels), "nearest")
+            return nn.Conv(features, (3, 3), dtype=self.dtype)(h)
+        return Upsample(features)(h)
+
+
+def maybe_remat(module: type[nn.Module], remat: bool, **options) -> type[nn.Module]:
+    """`module`, rematerialised where `remat`: its activations recomputed in the backward pass
+    from its inputs (policy `nothing_saveable`: none kept)."""
+    if not remat:
+        return module
+    return nn.remat(module, policy=jax.checkpoint_policies.nothing_saveable, **options)
 
 
 def unet(
@@ -121,12 +182,17 @@ def unet(
     channel_multipliers: tuple[int, ...] = (1, 2, 2),
     blocks_per_level: int = 2,
     attention: bool = False,
+    attention_resolutions: tuple[int, ...] = (),
     heads: int = 4,
     groups: int = 8,
+    dropout: float = 0.0,
+    resample: str = "space_to_depth",
     num_classes: int = 0,
+    remat: bool = False,
     dtype: str = "float32",
 ) -> UNet:
-    """A U-Net for images of `image_shape`, refused at build time for sizes it cannot halve."""
+    """A U-Net for images of `image_shape`, refused at build time for sizes it cannot halve and
+    for options it does not know."""
     height, width, _ = image_shape
     halvings = len(channel_multipliers) - 1
     if height % 2**halvings or width % 2**halvings:
@@ -140,14 +206,28 @@ def unet(
         raise GenJaxError(
             f"model.groups {groups} must divide every level's features {widths} (group norm)"
         )
+    if resample not in RESAMPLINGS:
+        raise GenJaxError(f"model.resample '{resample}' is not one of {RESAMPLINGS}")
+    sizes = {height // 2**level for level in range(halvings + 1)}
+    if set(attention_resolutions) - sizes:
+        raise GenJaxError(
+            f"model.attention_resolutions {tuple(attention_resolutions)}: the U-Net's feature "
+            f"maps are {sorted(sizes, reverse=True)} pixels high; choose among those"
+        )
+    if not 0 <= dropout < 1:
+        raise GenJaxError(f"model.dropout {dropout} must be in [0, 1)")
     return UNet(
-        tuple(image_shape),
-        features,
-        tuple(channel_multipliers),
-        blocks_per_level,
-        attention,
-        heads,
-        groups,
-        num_classes,
-        dtype,
+        image_shape=tuple(image_shape),
+        features=features,
+        channel_multipliers=tuple(channel_multipliers),
+        blocks_per_level=blocks_per_level,
+        attention=attention,
+        attention_resolutions=tuple(attention_resolutions),
+        heads=heads,
+        groups=groups,
+        dropout=dropout,
+        resample=resample,
+        num_classes=num_classes,
+        remat=remat,
+        dtype=dtype,
     )

@@ -8,7 +8,7 @@ draws exactly the numbers an uninterrupted one would.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import flax
 import jax
@@ -150,28 +150,53 @@ def means_and_scores(
     return {**results, **scorer.summarize(scored, samples)}
 
 
-def split_value_and_grad(loss_fn: Callable, splits: int) -> Callable:
-    """`jax.value_and_grad(loss_fn, has_aux=True)`, computed as `splits` independent gradients of
+class BatchSplits(NamedTuple):
+    """How a train step takes its gradients: of `count` equal slices of the batch, averaged,
+    either concurrently (for speed on a CPU) or one after another (`accumulate`: gradient
+    accumulation over micro-batches, for memory). From `train.batch_splits` and
+    `train.accumulate_gradients`."""
+
+    count: int = 1
+    accumulate: bool = False
+
+    @classmethod
+    def of(cls, train: ml_collections.ConfigDict) -> BatchSplits:
+        return cls(train.batch_splits, train.accumulate_gradients)
+
+
+def split_value_and_grad(loss_fn: Callable, splits: BatchSplits) -> Callable:
+    """`jax.value_and_grad(loss_fn, has_aux=True)`, computed as `splits.count` gradients of
     equal slices of the batch and averaged: the same numbers up to float rounding.
 
-    The slices are separate branches of the compiled step, and XLA's CPU runtime runs independent
-    branches concurrently, so one CPU device uses several cores (the CNN trains 1.3x faster on 2
-    cores with 4 slices: benchmarks/README.md). `loss_fn(params, *batch)` must return
-    (loss, aux), both means over the examples; every array of `batch` has examples on axis 0.
-    Slice i takes rows i, i + splits, ..., so each device's rows spread evenly over the slices.
+    Concurrently, the slices are separate branches of the compiled step, and XLA's CPU runtime
+    runs independent branches concurrently, so one CPU device uses several cores (the CNN trains
+    1.3x faster on 2 cores with 4 slices: benchmarks/README.md). Accumulated, they are the steps
+    of a `lax.scan`, so only one slice's activations are in memory at a time.
+    `loss_fn(params, *batch)` must return (loss, aux), both means over the examples; every array
+    of `batch` has examples on axis 0. Slice i takes rows i, i + count, ..., so each device's
+    rows spread evenly over the slices.
     """
     value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
-    if splits == 1:
+    count = splits.count
+    if count == 1:
         return value_and_grad
 
-    def split(array: jax.Array, i: int) -> jax.Array:
-        return array.reshape(array.shape[0] // splits, splits, *array.shape[1:])[:, i]
+    def sliced(array: jax.Array) -> jax.Array:  # (count, rows, ...): slice i is [i]
+        return array.reshape(array.shape[0] // count, count, *array.shape[1:]).swapaxes(0, 1)
 
     def averaged(params, *batch):
+        slices = jax.tree.map(sliced, batch)
+        if splits.accumulate:
+            first = jax.tree.map(lambda a: a[0], slices)
+            zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(value_and_grad, params, *first))
+            add = lambda total, part: (jax.tree.map(jnp.add, total, part), None)
+            total, _ = jax.lax.scan(
+                lambda total, rows: add(total, value_and_grad(params, *rows)), zeros, slices
+            )
+            return jax.tree.map(lambda value: value / count, total)
         parts = [
-            value_and_grad(params, *jax.tree.map(lambda a, i=i: split(a, i), batch))
-            for i in range(splits)
+            value_and_grad(params, *jax.tree.map(lambda a, i=i: a[i], slices)) for i in range(count)
         ]
-        return jax.tree.map(lambda *values: sum(values) / splits, *parts)
+        return jax.tree.map(lambda *values: sum(values) / count, *parts)
 
     return averaged

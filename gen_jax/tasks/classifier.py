@@ -16,6 +16,7 @@ from gen_jax.errors import GenJaxError
 from gen_jax.models.cnn import FEATURES
 from gen_jax.tasks.base import (
     Batch,
+    BatchSplits,
     Metrics,
     TrainState,
     mean_of_sums,
@@ -63,7 +64,7 @@ class ClassifierTask:
             raise GenJaxError(
                 f"task.test_shift is {self.test_shift!r}; use 0 (off) or a number of pixels"
             )
-        self.batch_splits = config.train.batch_splits
+        self.batch_splits = BatchSplits.of(config.train)
 
     def init(self, rng: jax.Array, batch: Batch) -> ClassifierState:
         params_rng, dropout_rng, run_rng = jax.random.split(rng, 3)
@@ -86,10 +87,11 @@ class ClassifierTask:
         shift_rng, dropout_rng = jax.random.split(step_key(state.rng, state.step))
         images = random_shift(shift_rng, batch["image"], self.max_shift)
 
-        if self.batch_splits > 1 and state.batch_stats:
+        if self.batch_splits.count > 1 and state.batch_stats:
             raise GenJaxError(
-                f"train.batch_splits={self.batch_splits}, but model '{type(self.model).__name__}' "
-                "has batch norm, whose statistics need the whole batch; set train.batch_splits=1"
+                f"train.batch_splits={self.batch_splits.count}, but model "
+                f"'{type(self.model).__name__}' has batch norm, whose statistics need the whole "
+                "batch; set train.batch_splits=1"
             )
 
         def loss_fn(params, images, labels):

@@ -25,10 +25,12 @@ import optax
 
 from gen_jax import models, optim, sample_quality
 from gen_jax.errors import GenJaxError
+from gen_jax.models.dit import DiT
 from gen_jax.models.unet import UNet
 from gen_jax.tasks import samplers
 from gen_jax.tasks.base import (
     Batch,
+    BatchSplits,
     Metrics,
     TrainState,
     check_image_shape,
@@ -54,13 +56,14 @@ class DiffusionState(TrainState):
 
 
 class DiffusionTask:
-    """Trains `config.model` (a U-Net) to denoise `batch['image']` in [-1, 1]."""
+    """Trains `config.model` (a U-Net or a DiT) to denoise `batch['image']` in [-1, 1]."""
 
     def __init__(self, config: ml_collections.ConfigDict, scorer=None):
         self.model = models.build(config.model)
-        if not isinstance(self.model, UNet):
+        if not isinstance(self.model, UNet | DiT):
             raise GenJaxError(
-                f"task 'diffusion' needs a denoising network (e.g. unet), not '{config.model.name}'"
+                f"task 'diffusion' needs a denoising network (unet or dit), not "
+                f"'{config.model.name}'"
             )
         task = config.task
         self.path = GaussianPath(task.objective, task.schedule, task.prediction)
@@ -73,7 +76,7 @@ class DiffusionTask:
         self.steps = {False: task.eval_steps, True: task.sample_steps}
         self.samples = {False: task.eval_samples, True: task.final_eval_samples}
         self.eval_seed = task.eval_seed
-        self.batch_splits = config.train.batch_splits
+        self.batch_splits = BatchSplits.of(config.train)
         self._check(config)
         self.optimizer = optim.build(config.optimizer, config.train.num_steps)
         self.scorer = scorer
@@ -217,10 +220,16 @@ class DiffusionTask:
         times = sample_times(time_rng, images.shape[0], self.time_distribution)
         return times, jax.random.normal(noise_rng, images.shape)
 
-    def loss(self, params, x0: jax.Array, noise, times, labels=None) -> jax.Array:
-        """The mean squared error between the network's output at x_t and the path's target."""
+    def loss(self, params, x0: jax.Array, noise, times, labels=None, dropout=None) -> jax.Array:
+        """The mean squared error between the network's output at x_t and the path's target;
+        with a `dropout` key, the network in training mode (its dropout on)."""
         output = self.model.apply(
-            {"params": params}, self.path.noised(x0, noise, times), times, labels
+            {"params": params},
+            self.path.noised(x0, noise, times),
+            times,
+            labels,
+            train=dropout is not None,
+            rngs=None if dropout is None else {"dropout": dropout},
         )
         error = (output - self.path.target(x0, noise, times)) ** 2
         return jnp.mean(error.reshape(error.shape[0], -1), axis=-1)
@@ -234,8 +243,10 @@ class DiffusionTask:
             dropped = jax.random.bernoulli(label_rng, self.label_dropout, batch["label"].shape)
             inputs.append(jnp.where(dropped, self.num_classes, batch["label"]))
 
-        def loss_fn(params, *inputs):
-            return jnp.mean(self.loss(params, *inputs)), ()
+        dropout = jax.random.fold_in(step_key(state.rng, state.step), 1)  # the draws stay
+
+        def loss_fn(params, x0, noise, times, labels=None):
+            return jnp.mean(self.loss(params, x0, noise, times, labels, dropout)), ()
 
         value_and_grad = split_value_and_grad(loss_fn, self.batch_splits)
         (loss, _), grads = value_and_grad(state.params, *inputs)

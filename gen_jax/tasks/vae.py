@@ -20,6 +20,7 @@ from gen_jax.errors import GenJaxError
 from gen_jax.tasks import likelihoods
 from gen_jax.tasks.base import (
     Batch,
+    BatchSplits,
     Metrics,
     TrainState,
     check_image_shape,
@@ -125,7 +126,7 @@ class VAETask:
         self.beta, self.warmup_steps = task.beta, task.kl_warmup_steps
         self.eval_samples, self.final_eval_samples = task.eval_samples, task.final_eval_samples
         self.sample_chunk, self.eval_seed = task.eval_sample_chunk, task.eval_seed
-        self.batch_splits = config.train.batch_splits
+        self.batch_splits = BatchSplits.of(config.train)
         for key in ("eval_samples", "final_eval_samples"):
             if task[key] > self.sample_chunk and task[key] % self.sample_chunk:
                 raise GenJaxError(
