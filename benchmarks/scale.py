@@ -25,9 +25,11 @@ import time
 RECIPES = ["cifar10_ddpm_ho2020", "cifar10_cfm_tong2023", "cifar10_dit_s2"]
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
 DTYPE_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f64": 8, "pred": 1, "s8": 1}
-# one collective instruction of the optimised HLO: `%name = f32[..] all-gather(...)` or a tuple
-INSTRUCTION = re.compile(r"=\s*(\(?[^=]*?\)?)\s+(" + "|".join(COLLECTIVES) + r")(-start)?\(")
+# one collective instruction of the optimised HLO: `%name = f32[..] all-gather(...)`, or a tuple
+# of shapes `(f32[..], /*index=5*/f32[..])` for several arrays at once
+INSTRUCTION = re.compile(r"=\s*(.*?)\s+(" + "|".join(COLLECTIVES) + r")(-start)?\(")
 SHAPE = re.compile(r"(\w+)\[([\d,]*)\]")
+COMMENT = re.compile(r"/\*.*?\*/")
 
 
 def collective_bytes(hlo: str) -> dict[str, int]:
@@ -35,7 +37,7 @@ def collective_bytes(hlo: str) -> dict[str, int]:
     (an all-gather's gathered parameter, a reduce-scatter's or all-reduce's gradient)."""
     sent = dict.fromkeys(COLLECTIVES, 0)
     for line in hlo.splitlines():
-        match = INSTRUCTION.search(line)
+        match = INSTRUCTION.search(COMMENT.sub("", line))
         if not match or "-done" in line:
             continue
         for dtype, dims in SHAPE.findall(match.group(1)):

@@ -138,23 +138,17 @@ def state_sharding(
 ) -> Any:
     """A `NamedSharding` per leaf of the state (shapes suffice): the first rule of
     `mesh_config.rules` ((regex, "fsdp" | "replicated"), searched in the leaf's name) that
-    matches decides; leaves no rule matches are replicated. A rule that matches no leaf is an
+    matches decides; leaves no rule matches are replicated. A rule that decides no leaf is an
     error: a misspelt pattern would silently shard nothing."""
     ways = mesh.shape[FSDP_AXIS]
-    rules = [] if mesh_config is None else [tuple(rule) for rule in mesh_config.rules]
-    for rule in rules:
-        if len(rule) != 2 or rule[1] not in SHARDING_KINDS:
-            raise GenJaxError(
-                f"mesh.rules: {rule!r} is not a rule; each is (regex, kind), kind one of "
-                f'{SHARDING_KINDS}, e.g. (("ema", "replicated"), (".*", "fsdp"))'
-            )
+    rules = [] if mesh_config is None else [_rule(rule) for rule in mesh_config.rules]
     leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_state)
     names = [leaf_name(path) for path, _ in leaves]
     used = set()
 
     def spec(name: str, leaf) -> PartitionSpec:
         for index, (pattern, kind) in enumerate(rules):
-            if re.search(pattern, name):
+            if pattern.search(name):
                 used.add(index)
                 if kind == "fsdp":
                     return fsdp_spec(tuple(leaf.shape), ways, mesh_config.fsdp_min_size)
@@ -162,13 +156,30 @@ def state_sharding(
         return PartitionSpec()
 
     specs = [spec(name, leaf) for name, (_, leaf) in zip(names, leaves, strict=True)]
-    unused = [rules[i][0] for i in range(len(rules)) if i not in used]
+    unused = [rules[i][0].pattern for i in range(len(rules)) if i not in used]
     if unused:
         raise GenJaxError(
-            f"mesh.rules: the pattern(s) {unused} match no leaf of the train state, whose "
-            f"leaves are named like {names[:3]} (regular expressions, searched in the name)"
+            f"mesh.rules: the pattern(s) {unused} decide no leaf of the train state (none "
+            f"matches, or an earlier rule takes each that does); its leaves are named like "
+            f"{names[:3]} (regular expressions, searched in the name)"
         )
     return jax.tree_util.tree_unflatten(treedef, [NamedSharding(mesh, s) for s in specs])
+
+
+def _rule(rule: Any) -> tuple[re.Pattern, str]:
+    """A rule of mesh.rules, its pattern compiled, or an error that shows the form."""
+    form = (
+        f"each is (regex, kind), kind one of {SHARDING_KINDS}, "
+        'e.g. (("^ema/", "replicated"), (".*", "fsdp"))'
+    )
+    if not isinstance(rule, tuple | list) or len(rule) != 2 or rule[1] not in SHARDING_KINDS:
+        raise GenJaxError(f"mesh.rules: {rule!r} is not a rule; {form}")
+    try:
+        return re.compile(rule[0]), rule[1]
+    except (re.error, TypeError) as error:
+        raise GenJaxError(
+            f"mesh.rules: {rule[0]!r} is not a regular expression ({error}); {form}"
+        ) from None
 
 
 def check_batch_sizes(sizes: dict[str, int], mesh: Mesh) -> None:

@@ -105,8 +105,10 @@ def test_the_first_rule_that_matches_a_leaf_decides_its_layout():
 @pytest.mark.parametrize(
     "rules, message",
     [
-        ((("^optimizer/", "fsdp"), (".*", "fsdp")), r"\['\^optimizer/'\] match no leaf"),
+        ((("^optimizer/", "fsdp"), (".*", "fsdp")), r"\['\^optimizer/'\] decide no leaf"),
+        (((".*", "fsdp"), ("^ema/", "replicated")), r"\['\^ema/'\] decide no leaf"),  # shadowed
         (((".*", "sharded"),), "is not a rule"),
+        ((("(ema", "fsdp"),), "is not a regular expression"),
     ],
 )
 def test_a_rule_that_matches_nothing_or_names_no_layout_is_refused(rules, message):
