@@ -307,7 +307,7 @@ def test_label_dropout_replaces_that_fraction_of_labels_by_the_null_class(monkey
     state = init_state(task, jax.random.PRNGKey(0), small)
     seen = []
 
-    def loss(params, x0, noise, times, labels=None):  # the labels the network would see
+    def loss(params, x0, noise, times, labels=None, dropout=None):  # the labels the network sees
         jax.debug.callback(lambda given: seen.append(np.asarray(given)), labels)
         return jnp.zeros(x0.shape[0]) + 0.0 * jax.tree.leaves(params)[0].sum()
 

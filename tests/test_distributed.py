@@ -339,9 +339,9 @@ def test_a_run_trained_with_fsdp_on_eight_devices_resumes_on_two_and_loads_on_on
     reference = device_runs / "one_device" / family
     rtol = TRAJECTORY_RTOL[family]
     np.testing.assert_allclose(train_losses(workdir), train_losses(reference), rtol=rtol)
-    config, _, mesh, state = workdir_lib.load_state(workdir)  # this process: one device
-    assert mesh.devices.size == 1 and config.mesh.fsdp == 2  # the record keeps what trained
-    assert_trees_close(workdir_lib.load_state(reference)[3], state, rtol=rtol)
+    run = gen_jax.load_run(workdir)  # as a notebook opens it, in this process: one device
+    assert run.mesh.devices.size == 1 and run.config.mesh.fsdp == 2  # as it last trained
+    assert_trees_close(workdir_lib.load_state(reference)[3], run.state, rtol=rtol)
 
 
 @pytest.mark.slow

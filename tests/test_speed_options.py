@@ -89,7 +89,6 @@ ACCUMULATED = ["--config.train.accumulate_gradients=true"]  # the slices one aft
         ("classifier", ["--config.task.max_shift=2", *ACCUMULATED], PLAIN_CNN),
         ("vae", [], None),
         ("vae", [*IWAE, "--config.task.train_samples=3"], None),
-        ("diffusion", ACCUMULATED, None),
     ],
 )
 def test_split_batches_give_the_whole_batch_step(experiment, family, overrides, model):

@@ -246,7 +246,7 @@ class DiffusionTask:
         dropout = jax.random.fold_in(step_key(state.rng, state.step), 1)  # the draws stay
 
         def loss_fn(params, x0, noise, times, labels=None):
-            return jnp.mean(self.loss(params, x0, noise, times, labels, dropout)), ()
+            return jnp.mean(self.loss(params, x0, noise, times, labels, dropout=dropout)), ()
 
         value_and_grad = split_value_and_grad(loss_fn, self.batch_splits)
         (loss, _), grads = value_and_grad(state.params, *inputs)
