@@ -5,7 +5,7 @@ flow matching on CIFAR-10, class-conditional with classifier-free guidance: hidd
 constant, no weight decay, EMA 0.9999, random flips, 400k steps. The same size as
 the paper's network: 32,475,660 parameters here (3 channels in and out, 11 class rows), against
 32,865,056 for the paper's setting (4 latent channels, 8 outputs with the learned variance,
-1,001 class rows): the paper's "33M" (tests/test_models.py counts both).
+1,001 class rows): the paper's "33M" (tests/test_scale.py counts both).
 
 A recipe for accelerators, not for a CPU. The paper reports ImageNet 256 numbers only (DiT-S/2:
 FID 68.4 at 400k steps without guidance, 50,000 samples against ImageNet's training set); no

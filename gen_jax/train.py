@@ -39,6 +39,12 @@ def check_train_settings(train: ml_collections.ConfigDict, device_batch: int) ->
                 f"train.{key} must be 0 (only at the end) or a positive number of steps, not "
                 f"{train[key]!r}"
             )
+    if train.accumulate_gradients and train.batch_splits == 1:
+        raise GenJaxError(
+            "train.accumulate_gradients=True accumulates the gradients of train.batch_splits "
+            "micro-batches, but train.batch_splits is 1; set it to the number of micro-batches "
+            "(a divisor of each device's batch)"
+        )
     if device_batch % train.batch_splits:
         raise GenJaxError(
             f"train.batch_splits={train.batch_splits} does not divide the {device_batch} examples "

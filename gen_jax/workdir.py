@@ -249,8 +249,8 @@ def check_finite_state(state, step: int, checkpointer: Checkpointer) -> None:
 
 def load_state(workdir: str | Path, step: int | None = None):
     """A run's config, task, mesh and restored state (latest or given step) on these devices,
-    whatever devices trained it: its `mesh.fsdp` shrunk to the largest size that divides them
-    (one device holds the whole state), data parallel over the rest."""
+    whatever devices trained it: its `mesh.fsdp` shrunk to its greatest common divisor with
+    their number (one device holds the whole state), data parallel over the rest."""
     workdir = Path(workdir)
     config = config_lib.load(workdir / "config.json")
     here = ml_collections.ConfigDict({"data": -1, "fsdp": config.mesh.fsdp})

@@ -100,6 +100,7 @@ SHARED_RUNS = {  # test files whose tests read the same session-trained runs -> 
     "test_notebooks.py": "real_mnist",  # quick_runs, real_diffusion_run, notebook_runs
     "test_real_mnist.py": "real_mnist",
     "test_reproduce.py": "real_mnist",
+    "test_mesh.py": "mesh_layouts",  # the layouts its module fixture trains
 }
 
 

@@ -15,7 +15,6 @@ import pytest
 from gen_jax import config as config_lib
 from gen_jax import data, models, tasks
 from gen_jax.errors import GenJaxError
-from gen_jax.tasks.base import init_state
 from tests.helpers.runs import REPO
 
 CIFAR10 = data.DataSpec((32, 32, 3), tuple("0123456789"), True)
@@ -71,7 +70,14 @@ def test_each_paper_architecture_trains_a_step_at_a_reduced_width(name):
         "image": rng.uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32),
         "label": np.array([3, 7], np.int32),
     }
-    state = init_state(task, jax.random.PRNGKey(0), batch)
+    # A state from the init's shapes (compiling the init would cost ~10 s more): Adam's moments,
+    # the step and the key at zero, as `task.init` makes them; weights drawn small
+    shapes = jax.eval_shape(task.init, jax.random.PRNGKey(0), batch)
+    state = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), shapes)
+    weights = jax.tree.map(
+        lambda w: jnp.asarray(0.05 * rng.normal(size=w.shape), w.dtype), shapes.params
+    )
+    state = state.replace(params=weights, ema=weights)
     state, metrics = jax.jit(task.train_step)(state, batch)
     assert int(state.step) == 1 and np.isfinite(float(metrics["loss"]))
     assert float(metrics["grad_norm"]) > 0
@@ -234,6 +240,11 @@ def test_dit_starts_as_the_zero_function_and_keeps_the_image_shape():
     params = jax.jit(model.init)(jax.random.PRNGKey(0), images, times, labels)
     out = jax.jit(model.apply)(params, images, times, labels)
     assert out.shape == images.shape and not np.any(np.asarray(out))
+    blocks = [v for k, v in params["params"].items() if k.startswith("DiTBlock_")]
+    assert len(blocks) == TINY_DIT["depth"]
+    for block in blocks:  # each block's modulation (shift, scale, gate) regressed as zero
+        assert not np.any(np.asarray(block["Dense_0"]["kernel"]))
+        assert np.any(np.asarray(block["Dense_1"]["kernel"]))  # the MLP itself is not
 
 
 @pytest.mark.slow  # compiles a step (3-8 s on a 2-core CPU)
@@ -252,3 +263,20 @@ def test_dropout_is_on_in_training_and_off_in_evaluation():
     np.testing.assert_array_equal(*evaluated)
     trained = [apply(jax.random.PRNGKey(k), True) for k in range(2)]
     assert not np.allclose(trained[0], trained[1]) and not np.allclose(trained[0], evaluated[0])
+
+
+def test_memory_and_layout_settings_may_change_on_resume_and_are_recorded():
+    from gen_jax import resume_policy
+
+    old = config_lib.load_experiment(REPO / "experiments" / "cifar10_ddpm_ho2020.py")
+    new = old.copy_and_resolve_references()
+    new.model.remat, new.mesh.fsdp = True, 8
+    new.train.update({"batch_splits": 4, "accumulate_gradients": True})
+    refused, recorded = resume_policy.sorted_changes(old, new, same_data=True)
+    assert refused == {}
+    assert set(recorded) == {
+        "model.remat",
+        "mesh.fsdp",
+        "train.batch_splits",
+        "train.accumulate_gradients",
+    }

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -17,7 +18,7 @@ from gen_jax.checkpoint import Checkpointer
 from gen_jax.errors import GenJaxError
 from gen_jax.metric_writer import read_metrics
 from gen_jax.run import load_run
-from gen_jax.tasks.base import init_state
+from gen_jax.tasks.base import BatchSplits, init_state, split_value_and_grad
 from gen_jax.tasks.classifier import ClassifierTask
 from tests.helpers.runs import assert_trees_equal
 
@@ -118,6 +119,25 @@ def test_split_batches_are_refused_where_they_would_change_the_step(experiment, 
         train.run(load(experiment(), "--config.train.batch_splits=3"), tmp_path / "run")
     with pytest.raises(GenJaxError, match="positive integer"):
         train.run(load(experiment(), "--config.train.steps_per_call=0"), tmp_path / "run")
+    with pytest.raises(GenJaxError, match=r"but train\.batch_splits is 1; set it to the number"):
+        train.run(load(experiment(), *ACCUMULATED), tmp_path / "run")
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_each_slice_of_a_split_batch_draws_with_its_own_key(accumulate):
+    """Dropout's key, folded with the slice: slices that shared it would drop the same rows of
+    each slice (a mask repeated, not a mask of the whole batch)."""
+
+    def loss_fn(params, rows, rng):  # the key's bits as the aux, which the split averages
+        return jnp.mean(params * rows), jax.random.key_data(rng).astype(jnp.float32)
+
+    rng, rows = jax.random.PRNGKey(7), jnp.arange(8.0)
+    split = split_value_and_grad(loss_fn, BatchSplits(4, accumulate))
+    (_, keys), _ = jax.jit(split)(jnp.ones(()), rows, rng=rng)
+    folded = [jax.random.key_data(jax.random.fold_in(rng, i)) for i in range(4)]
+    np.testing.assert_array_equal(keys, np.mean(np.asarray(folded, np.float32), axis=0))
+    (_, whole), _ = split_value_and_grad(loss_fn, BatchSplits())(jnp.ones(()), rows, rng=rng)
+    np.testing.assert_array_equal(whole, jax.random.key_data(rng))  # one slice: the key as given
 
 
 @pytest.mark.slow

@@ -10,7 +10,10 @@ block starts as the identity. A final adaLN layer maps the tokens back to patche
 are one image (no learned variance: flow matching and epsilon or v prediction need none).
 
 DiT-S/2 is hidden 384, depth 12, 6 heads, patches of 2 (33M parameters at 256 px in the paper,
-whose model also outputs a learned variance and embeds 1,000 classes).
+whose model also outputs a learned variance and embeds 1,000 classes). Initialised as the
+paper's code: Xavier-uniform linear layers, the label table and the time MLP from N(0, 0.02^2),
+the modulations and the output layer at zero. The sinusoids' order (sin first; rows before
+columns) differs from its code: a fixed permutation of features that a linear layer reads.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from gen_jax.models.layers import depth_to_space, space_to_depth
 from gen_jax.models.unet import maybe_remat, time_embedding
 
 FREQUENCIES = 256  # dimensions of the sinusoidal time features (DiT's TimestepEmbedder)
+XAVIER, SMALL = nn.initializers.xavier_uniform(), nn.initializers.normal(0.02)
 
 
 def positions_2d(height: int, width: int, features: int) -> np.ndarray:
@@ -64,10 +68,14 @@ class DiTBlock(nn.Module):
         zeros = nn.initializers.zeros
         modulation = nn.Dense(6 * self.features, kernel_init=zeros)(nn.silu(condition))
         shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(modulation, 6, axis=-1)
-        attention = nn.MultiHeadDotProductAttention(self.heads, dtype=self.dtype)
+        attention = nn.MultiHeadDotProductAttention(
+            self.heads, dtype=self.dtype, kernel_init=XAVIER, out_kernel_init=XAVIER
+        )
         x = x + gate1[:, None] * attention(modulate(plain_norm(x), shift1, scale1))
-        h = nn.Dense(4 * self.features, dtype=self.dtype)(modulate(plain_norm(x), shift2, scale2))
-        h = nn.Dense(self.features, dtype=self.dtype)(nn.gelu(h, approximate=True))
+        h = modulate(plain_norm(x), shift2, scale2)
+        dense = lambda features: nn.Dense(features, dtype=self.dtype, kernel_init=XAVIER)
+        h = nn.gelu(dense(4 * self.features)(h), approximate=True)
+        h = dense(self.features)(h)
         return x + gate2[:, None] * h
 
 
@@ -95,12 +103,13 @@ class DiT(nn.Module):
         patches = space_to_depth(x.astype(self.dtype), patch)  # (B, H/p, W/p, p*p*C)
         batch, rows, columns, _ = patches.shape
         patches = patches.reshape(batch, rows * columns, -1)
-        tokens = nn.Dense(self.features, dtype=self.dtype)(patches)
+        tokens = nn.Dense(self.features, dtype=self.dtype, kernel_init=XAVIER)(patches)
         tokens = tokens + positions_2d(rows, columns, self.features)[None]
-        condition = time_embedding(t, FREQUENCIES)
-        condition = nn.Dense(self.features)(nn.silu(nn.Dense(self.features)(condition)))
+        condition = nn.Dense(self.features, kernel_init=SMALL)(time_embedding(t, FREQUENCIES))
+        condition = nn.Dense(self.features, kernel_init=SMALL)(nn.silu(condition))
         if self.num_classes:
-            condition = condition + nn.Embed(self.num_classes + 1, self.features)(labels)
+            table = nn.Embed(self.num_classes + 1, self.features, embedding_init=SMALL)
+            condition = condition + table(labels)
         block = maybe_remat(DiTBlock, self.remat)
         for index in range(self.depth):
             tokens = block(self.features, self.heads, self.dtype, name=f"DiTBlock_{index}")(

@@ -172,9 +172,11 @@ def split_value_and_grad(loss_fn: Callable, splits: BatchSplits) -> Callable:
     runs independent branches concurrently, so one CPU device uses several cores (the CNN trains
     1.3x faster on 2 cores with 4 slices: benchmarks/README.md). Accumulated, they are the steps
     of a `lax.scan`, so only one slice's activations are in memory at a time.
-    `loss_fn(params, *batch)` must return (loss, aux), both means over the examples; every array
-    of `batch` has examples on axis 0. Slice i takes rows i, i + count, ..., so each device's
-    rows spread evenly over the slices.
+    `loss_fn(params, *batch[, rng=key])` must return (loss, aux), both means over the examples;
+    every array of `batch` has examples on axis 0. Slice i takes rows i, i + count, ..., so each
+    device's rows spread evenly over the slices. A key given as `rng=` (dropout's) reaches the
+    whole batch as it is and slice i folded with i, so that slices draw different masks (of the
+    same distribution, not those of the whole batch).
     """
     value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
     count = splits.count
@@ -184,18 +186,25 @@ def split_value_and_grad(loss_fn: Callable, splits: BatchSplits) -> Callable:
     def sliced(array: jax.Array) -> jax.Array:  # (count, rows, ...): slice i is [i]
         return array.reshape(array.shape[0] // count, count, *array.shape[1:]).swapaxes(0, 1)
 
-    def averaged(params, *batch):
+    def of_slice(params, rows, index, rng):
+        keyed = {} if rng is None else {"rng": jax.random.fold_in(rng, index)}
+        return value_and_grad(params, *rows, **keyed)
+
+    def averaged(params, *batch, rng=None):
         slices = jax.tree.map(sliced, batch)
         if splits.accumulate:
             first = jax.tree.map(lambda a: a[0], slices)
-            zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(value_and_grad, params, *first))
+            zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(of_slice, params, first, 0, rng))
             add = lambda total, part: (jax.tree.map(jnp.add, total, part), None)
             total, _ = jax.lax.scan(
-                lambda total, rows: add(total, value_and_grad(params, *rows)), zeros, slices
+                lambda total, xs: add(total, of_slice(params, *xs, rng)),
+                zeros,
+                (slices, jnp.arange(count)),
             )
             return jax.tree.map(lambda value: value / count, total)
         parts = [
-            value_and_grad(params, *jax.tree.map(lambda a, i=i: a[i], slices)) for i in range(count)
+            of_slice(params, jax.tree.map(lambda a, i=i: a[i], slices), i, rng)
+            for i in range(count)
         ]
         return jax.tree.map(lambda *values: sum(values) / count, *parts)
 

@@ -94,12 +94,12 @@ class ClassifierTask:
                 "batch; set train.batch_splits=1"
             )
 
-        def loss_fn(params, images, labels):
+        def loss_fn(params, images, labels, rng):
             logits, updates = self.model.apply(
                 {"params": params, "batch_stats": state.batch_stats},
                 images,
                 train=True,
-                rngs={"dropout": dropout_rng},
+                rngs={"dropout": rng},
                 mutable=["batch_stats"],
             )
             loss = self._cross_entropy(logits, labels, self.label_smoothing).mean()
@@ -108,7 +108,7 @@ class ClassifierTask:
 
         value_and_grad = split_value_and_grad(loss_fn, self.batch_splits)
         (loss, (accuracy, batch_stats)), grads = value_and_grad(
-            state.params, images, batch["label"]
+            state.params, images, batch["label"], rng=dropout_rng
         )
         new_state = state.apply_gradients(grads, self.optimizer, batch_stats=batch_stats)
         metrics = {

@@ -245,11 +245,11 @@ class DiffusionTask:
 
         dropout = jax.random.fold_in(step_key(state.rng, state.step), 1)  # the draws stay
 
-        def loss_fn(params, x0, noise, times, labels=None):
-            return jnp.mean(self.loss(params, x0, noise, times, labels, dropout=dropout)), ()
+        def loss_fn(params, x0, noise, times, labels=None, rng=None):
+            return jnp.mean(self.loss(params, x0, noise, times, labels, dropout=rng)), ()
 
         value_and_grad = split_value_and_grad(loss_fn, self.batch_splits)
-        (loss, _), grads = value_and_grad(state.params, *inputs)
+        (loss, _), grads = value_and_grad(state.params, *inputs, rng=dropout)
         new_state = state.apply_gradients(grads, self.optimizer)
         ema = ema_update(state.ema, new_state.params, self.ema_decay, state.step)
         new_state = new_state.replace(ema=ema)
