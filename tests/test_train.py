@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from gen_jax import checkpoint, compiled, resume_policy, tasks, train
+from gen_jax import checkpoint, compiled, models, resume_policy, tasks, train
 from gen_jax import config as config_lib
 from gen_jax import workdir as workdir_lib
 from gen_jax.checkpoint import Checkpointer
@@ -266,6 +266,7 @@ def test_every_key_of_the_resume_policy_is_a_config_key_and_none_is_in_both():
     for family in (config_lib.base_config, config_lib.vae_config, config_lib.gan_config):
         keys |= set(config_lib._flatten(family().to_dict()))
     keys |= set(config_lib._flatten(config_lib.diffusion_config().to_dict()))
+    keys |= {f"model.{key}" for name in models.REGISTRY for key in models.options(name)}
     assert set(resume_policy.RECORDED) <= keys and set(resume_policy.FREE) <= keys
     assert not set(resume_policy.RECORDED) & set(resume_policy.FREE)
 
