@@ -253,9 +253,8 @@ def load_state(workdir: str | Path, step: int | None = None):
     their number (one device holds the whole state), data parallel over the rest."""
     workdir = Path(workdir)
     config = config_lib.load(workdir / "config.json")
-    here = ml_collections.ConfigDict({"data": -1, "fsdp": config.mesh.fsdp})
-    here.fsdp = math.gcd(max(here.fsdp, 0), jax.device_count())  # -1: all devices
-    mesh = parallel.make_mesh(here)
+    fsdp = math.gcd(max(config.mesh.fsdp, 0), jax.device_count())  # -1: all devices
+    mesh = parallel.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": fsdp}))
     parallel.check_batch_sizes({"data.eval_batch_size": config.data.eval_batch_size}, mesh)
     task = tasks.build(config)
     split = data.open_split(config.data, config.data.eval_split)  # one batch read, for shapes

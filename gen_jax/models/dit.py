@@ -25,7 +25,7 @@ import numpy as np
 
 from gen_jax.errors import GenJaxError
 from gen_jax.models.layers import depth_to_space, space_to_depth
-from gen_jax.models.unet import maybe_remat, time_embedding
+from gen_jax.models.unet import conditioning, maybe_remat
 
 FREQUENCIES = 256  # dimensions of the sinusoidal time features (DiT's TimestepEmbedder)
 XAVIER, SMALL = nn.initializers.xavier_uniform(), nn.initializers.normal(0.02)
@@ -105,11 +105,15 @@ class DiT(nn.Module):
         patches = patches.reshape(batch, rows * columns, -1)
         tokens = nn.Dense(self.features, dtype=self.dtype, kernel_init=XAVIER)(patches)
         tokens = tokens + positions_2d(rows, columns, self.features)[None]
-        condition = nn.Dense(self.features, kernel_init=SMALL)(time_embedding(t, FREQUENCIES))
-        condition = nn.Dense(self.features, kernel_init=SMALL)(nn.silu(condition))
-        if self.num_classes:
-            table = nn.Embed(self.num_classes + 1, self.features, embedding_init=SMALL)
-            condition = condition + table(labels)
+        condition = conditioning(
+            t,
+            labels,
+            FREQUENCIES,
+            self.features,
+            self.num_classes,
+            kernel_init=SMALL,
+            embedding_init=SMALL,
+        )
         block = maybe_remat(DiTBlock, self.remat)
         for index in range(self.depth):
             tokens = block(self.features, self.heads, self.dtype, name=f"DiTBlock_{index}")(

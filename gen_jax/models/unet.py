@@ -41,6 +41,32 @@ def time_embedding(t: jax.Array, dim: int) -> jax.Array:
     return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
 
+def conditioning(
+    t: jax.Array,
+    labels: jax.Array | None,
+    frequencies: int,
+    width: int,
+    num_classes: int,
+    kernel_init=nn.linear.default_kernel_init,
+    embedding_init=nn.linear.default_embed_init,
+) -> jax.Array:
+    """What a denoiser's blocks are conditioned on (B, width): the times' `frequencies`
+    sinusoidal features through a two-layer SiLU MLP, plus a learned row per label for a
+    conditional model (row `num_classes`: "no label"). Called inside a compact module, whose
+    layers they are: Dense_0 is the MLP's second layer, Dense_1 its first (the order the U-Net
+    always made them in, so that its saved runs restore)."""
+    second, first = (
+        nn.Dense(width, kernel_init=kernel_init),
+        nn.Dense(width, kernel_init=kernel_init),
+    )
+    embedding = second(nn.silu(first(time_embedding(t, frequencies))))
+    if num_classes:
+        embedding = embedding + nn.Embed(num_classes + 1, width, embedding_init=embedding_init)(
+            labels
+        )
+    return embedding
+
+
 RESAMPLINGS = ("space_to_depth", "conv")
 
 
@@ -107,11 +133,7 @@ class UNet(nn.Module):
     def __call__(
         self, x: jax.Array, t: jax.Array, labels: jax.Array | None = None, train: bool = False
     ) -> jax.Array:
-        embedding = time_embedding(t, self.features)
-        width = 4 * self.features
-        embedding = nn.Dense(width)(nn.silu(nn.Dense(width)(embedding)))
-        if self.num_classes:
-            embedding = embedding + nn.Embed(self.num_classes + 1, width)(labels)
+        embedding = conditioning(t, labels, self.features, 4 * self.features, self.num_classes)
         made = collections.Counter()  # blocks named as Linen names them unwrapped, so that
         # a checkpoint restores with remat on or off
 

@@ -235,7 +235,8 @@ class DiffusionTask:
         return jnp.mean(error.reshape(error.shape[0], -1), axis=-1)
 
     def train_step(self, state: DiffusionState, batch: Batch) -> tuple[DiffusionState, Metrics]:
-        draw_rng, label_rng = jax.random.split(step_key(state.rng, state.step))
+        key = step_key(state.rng, state.step)
+        draw_rng, label_rng = jax.random.split(key)
         images = batch["image"]
         times, noise = self._draws(draw_rng, images)
         inputs = [images, noise, times]
@@ -243,7 +244,7 @@ class DiffusionTask:
             dropped = jax.random.bernoulli(label_rng, self.label_dropout, batch["label"].shape)
             inputs.append(jnp.where(dropped, self.num_classes, batch["label"]))
 
-        dropout = jax.random.fold_in(step_key(state.rng, state.step), 1)  # the draws stay
+        dropout = jax.random.fold_in(key, 1)  # beside the split: the draws stay as they were
 
         def loss_fn(params, x0, noise, times, labels=None, rng=None):
             return jnp.mean(self.loss(params, x0, noise, times, labels, dropout=rng)), ()
